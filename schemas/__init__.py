@@ -1,0 +1,1 @@
+"""Event contracts: one definition per record, msgpack on the wire, validation, topic registry."""

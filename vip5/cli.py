@@ -1,0 +1,75 @@
+"""The `vip5` command: one CLI, subcommands contributed by each package.
+
+Each package that offers commands has a `cli.py` with `register(commands, bench)`; it adds its
+subcommands to `commands` and its benchmarks to `bench` (`vip5 bench <name>`). Handlers import
+heavy modules lazily so `vip5 --help` stays fast.
+
+Convention for every subcommand: `--json` prints exactly one JSON object on stdout; logs and
+progress go to stderr. A handler returns a dict (the result) and an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+# Packages that contribute commands, in --help order. A module missing here is skipped.
+COMMAND_MODULES = ("vip5.commands", "index.cli", "model_worker.cli", "streams.cli")
+
+Handler = Callable[[argparse.Namespace], dict]
+
+
+def add_command(commands, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    """Add a subcommand whose handler returns a result dict; gives it the shared flags."""
+    parser = commands.add_parser(name, help=help, description=help)
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def emit(result: dict, *, as_json: bool) -> None:
+    """Print a command's result: one JSON object with --json, else `key: value` lines."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        return
+    for key, value in result.items():
+        sys.stdout.write(f"{key}: {value}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vip5", description="Streaming multimodal recommendation with VIP5.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bench_parser = commands.add_parser("bench", help="benchmarks that print numbers (use --json)")
+    bench = bench_parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        module.register(commands, bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    result = args.handler(args)
+    status = int(result.pop("exit_status", 0)) if isinstance(result, dict) else 0
+    if result:
+        emit(result, as_json=getattr(args, "json", False))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
