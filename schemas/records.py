@@ -1,0 +1,180 @@
+"""The records that flow between producers and workers: one definition each.
+
+Every record is a frozen dataclass that validates itself on construction (so a producer cannot
+publish what a consumer would reject) and names its schema (`SCHEMA`, `VERSION`), which travels
+with it on the wire. Times are epoch milliseconds (`*_time_ms`). Encoding: `schemas.codec`.
+
+    Interaction     interactions topic, key user_id       a user touched an item
+    ItemUpsert      items topic, key item_id              a new or changed product, with its image
+    ItemEmbedding   item-embeddings (compacted), key item_id   the item's visual vector
+    RerankRequest   rerank-requests, key user_id          history + retrieved candidates to re-rank
+    Recommendation  recommendations, key user_id          the ranked items and who produced them
+    AdapterUpdate   adapter-updates, key "adapter"        a new adapter version to load
+    DeadLetter      dead-letter, key source topic         what could not be processed, and why
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+
+from schemas import fields as F
+from schemas.errors import SchemaError
+from schemas.limits import LIMITS
+
+ID = F.Str(max_len=LIMITS.max_id_len)
+TIME_MS = F.Int(lo=LIMITS.min_time_ms, hi=LIMITS.max_time_ms)
+SCORE = F.Float()
+INTERACTION_KINDS = ("view", "click", "add_to_cart", "purchase", "rating", "review")
+CANDIDATE_SOURCES = ("visual", "popular", "fresh", "history", "other")
+
+REGISTRY: dict[str, type[Record]] = {}
+
+
+class Part:
+    """Base of records and their nested parts: validation on construction, field-wise equality."""
+
+    def __post_init__(self) -> None:
+        F.validate_fields(self)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field rules; override where a record has them."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_equal(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
+
+    __hash__ = None  # records may hold arrays; compare, don't hash
+
+
+class Record(Part):
+    """A top-level record: it has a schema identity that travels on the wire."""
+
+    SCHEMA: ClassVar[str]
+    VERSION: ClassVar[int]
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b)
+    return a == b
+
+
+def record(schema: str, version: int):
+    """Class decorator: a frozen, keyword-only dataclass registered under its schema name."""
+
+    def wrap(cls):
+        cls = dataclasses.dataclass(frozen=True, eq=False, kw_only=True)(cls)
+        cls.SCHEMA, cls.VERSION = schema, version
+        REGISTRY[schema] = cls
+        return cls
+
+    return wrap
+
+
+def _part(cls):
+    """A nested part of a record (no schema identity of its own)."""
+    return dataclasses.dataclass(frozen=True, eq=False, kw_only=True)(cls)
+
+
+@record("interaction", 1)
+class Interaction(Record):
+    event_id: str = F.field(ID)
+    user_id: str = F.field(ID)
+    item_id: str = F.field(ID)
+    kind: str = F.field(F.Choice(choices=INTERACTION_KINDS))
+    event_time_ms: int = F.field(TIME_MS)
+    rating: float | None = F.field(F.Float(lo=0.0, hi=5.0, optional=True))
+    review_text: str | None = F.field(F.Str(max_len=LIMITS.max_text_len, min_len=0, optional=True))
+
+    def check(self) -> None:
+        if self.kind == "rating" and self.rating is None:
+            raise SchemaError("rating", "is required when kind is 'rating'")
+
+
+@record("item_upsert", 1)
+class ItemUpsert(Record):
+    item_id: str = F.field(ID)
+    title: str = F.field(F.Str(max_len=LIMITS.max_title_len))
+    event_time_ms: int = F.field(TIME_MS)
+    category: str = F.field(F.Str(max_len=LIMITS.max_title_len, min_len=0), default="")
+    image_bytes: bytes | None = F.field(F.Bytes(max_len=LIMITS.max_image_bytes, optional=True))
+    image_uri: str | None = F.field(F.Str(max_len=LIMITS.max_uri_len, optional=True))
+
+    def check(self) -> None:
+        if self.image_bytes is not None and self.image_uri is not None:
+            raise SchemaError("image_uri", "give image_bytes or image_uri, not both")
+
+
+@record("item_embedding", 1)
+class ItemEmbedding(Record):
+    item_id: str = F.field(ID)
+    vector: np.ndarray = F.field(F.Vector(max_dim=LIMITS.max_vector_dim))
+    encoder_id: str = F.field(F.Str(max_len=LIMITS.max_title_len))
+    event_time_ms: int = F.field(TIME_MS)
+    embedded_time_ms: int = F.field(TIME_MS)
+
+
+@_part
+class Candidate(Part):
+    item_id: str = F.field(ID)
+    score: float = F.field(SCORE)
+    source: str = F.field(F.Choice(choices=CANDIDATE_SOURCES))
+
+@record("rerank_request", 1)
+class RerankRequest(Record):
+    request_id: str = F.field(ID)
+    user_id: str = F.field(ID)
+    history: tuple[str, ...] = F.field(F.List(item=ID, max_items=LIMITS.max_history_len))
+    candidates: tuple[Candidate, ...] = F.field(
+        F.List(item=F.Nested(factory=Candidate), max_items=LIMITS.max_candidates, min_items=1))
+    event_ids: tuple[str, ...] = F.field(F.List(item=ID, max_items=LIMITS.max_history_len, min_items=1))
+    event_time_ms: int = F.field(TIME_MS)
+    request_time_ms: int = F.field(TIME_MS)
+
+
+@_part
+class RankedItem(Part):
+    item_id: str = F.field(ID)
+    score: float = F.field(SCORE)
+    explanation: str | None = F.field(F.Str(max_len=LIMITS.max_text_len, min_len=0, optional=True))
+
+@record("recommendation", 1)
+class Recommendation(Record):
+    request_id: str = F.field(ID)
+    user_id: str = F.field(ID)
+    items: tuple[RankedItem, ...] = F.field(
+        F.List(item=F.Nested(factory=RankedItem), max_items=LIMITS.max_candidates))
+    model_version: str = F.field(F.Str(max_len=LIMITS.max_title_len))
+    adapter_version: str = F.field(F.Str(max_len=LIMITS.max_title_len))
+    event_ids: tuple[str, ...] = F.field(F.List(item=ID, max_items=LIMITS.max_history_len, min_items=1))
+    event_time_ms: int = F.field(TIME_MS)
+    request_time_ms: int = F.field(TIME_MS)
+    publish_time_ms: int = F.field(TIME_MS)
+
+
+@record("adapter_update", 1)
+class AdapterUpdate(Record):
+    version: str = F.field(ID)
+    artifact_uri: str = F.field(F.Str(max_len=LIMITS.max_uri_len))
+    sha256: str = F.field(F.Str(max_len=64, min_len=64, pattern="[0-9a-f]{64}"))
+    backbone_id: str = F.field(F.Str(max_len=LIMITS.max_title_len))
+    created_time_ms: int = F.field(TIME_MS)
+    parent_version: str | None = F.field(F.Str(max_len=LIMITS.max_id_len, optional=True))
+    metrics: dict[str, float] | None = F.field(F.Map(max_items=LIMITS.max_metrics, optional=True))
+
+
+@record("dead_letter", 1)
+class DeadLetter(Record):
+    source_topic: str = F.field(F.Str(max_len=249))
+    partition: int = F.field(F.Int(lo=0, hi=2**31 - 1))
+    offset: int = F.field(F.Int(lo=0))
+    reason: str = F.field(F.Str(max_len=LIMITS.max_reason_len))
+    raw: bytes = F.field(F.Bytes(max_len=LIMITS.max_message_bytes, min_len=0))
+    failed_time_ms: int = F.field(TIME_MS)
+    stage: str = F.field(F.Str(max_len=LIMITS.max_id_len), default="decode")
+    raw_key: bytes | None = F.field(F.Bytes(max_len=LIMITS.max_message_bytes, min_len=0, optional=True))

@@ -1,0 +1,142 @@
+"""Every record survives encode/decode unchanged; invalid values name the field."""
+
+import msgpack
+import numpy as np
+import pytest
+
+from schemas.codec import decode, decode_any, encode
+from schemas.errors import SchemaError
+from schemas.records import (
+    REGISTRY,
+    AdapterUpdate,
+    Candidate,
+    DeadLetter,
+    Interaction,
+    ItemEmbedding,
+    ItemUpsert,
+    RankedItem,
+    Recommendation,
+    RerankRequest,
+)
+
+T = 1_764_000_000_000
+
+EXAMPLES = [
+    Interaction(event_id="e1", user_id="u1", item_id="i1", kind="rating", rating=4.5,
+                review_text="Great shade, lasts all day.", event_time_ms=T),
+    Interaction(event_id="e2", user_id="u1", item_id="i2", kind="view", event_time_ms=T),
+    ItemUpsert(item_id="i1", title="Red lipstick", category="Beauty", image_bytes=b"\xff\xd8jpeg", event_time_ms=T),
+    ItemUpsert(item_id="i2", title="Sneaker", image_uri="file:///data/2.jpg", event_time_ms=T),
+    ItemEmbedding(item_id="i1", vector=np.arange(8, dtype=np.float32) / 7, encoder_id="lite0",
+                  event_time_ms=T, embedded_time_ms=T + 5),
+    RerankRequest(request_id="r1", user_id="u1", history=["i1", "i2"],
+                  candidates=[Candidate(item_id="i3", score=0.9, source="visual"),
+                              Candidate(item_id="i4", score=0.1, source="popular")],
+                  event_ids=["e1", "e2"], event_time_ms=T, request_time_ms=T + 3),
+    Recommendation(request_id="r1", user_id="u1",
+                   items=[RankedItem(item_id="i3", score=-1.5, explanation="Matches your lipsticks."),
+                          RankedItem(item_id="i4", score=-2.0)],
+                   model_version="vip5-tiny", adapter_version="v1", event_ids=["e1"],
+                   event_time_ms=T, request_time_ms=T + 3, publish_time_ms=T + 40),
+    AdapterUpdate(version="v2", parent_version="v1", artifact_uri="file:///artifacts/v2",
+                  sha256="a" * 64, metrics={"ndcg@10": 0.21}, backbone_id="tiny-abc", created_time_ms=T),
+    DeadLetter(source_topic="vip5.interactions", partition=2, offset=17, reason="rating: is required",
+               raw=b"\x81\xa1x\x01", failed_time_ms=T),
+]
+
+
+def test_examples_cover_every_record():
+    assert {type(r) for r in EXAMPLES} == set(REGISTRY.values())
+
+
+@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: r.SCHEMA)
+def test_record_round_trips_through_msgpack(record):
+    payload = encode(record)
+    assert decode(payload, type(record)) == record
+    assert decode_any(payload) == record
+
+
+@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: r.SCHEMA)
+def test_every_record_carries_its_schema_name_and_version(record):
+    body = msgpack.unpackb(encode(record))
+    assert (body["schema"], body["v"]) == (record.SCHEMA, record.VERSION)
+
+
+def test_vectors_travel_as_float32_bytes():
+    body = msgpack.unpackb(encode(EXAMPLES[4]))
+    assert isinstance(body["vector"], bytes) and len(body["vector"]) == 8 * 4
+
+
+def test_decoding_as_another_record_type_is_reported():
+    with pytest.raises(SchemaError, match="expected interaction, got item_upsert"):
+        decode(encode(EXAMPLES[2]), Interaction)
+
+
+def test_newer_schema_version_is_reported_not_guessed():
+    body = msgpack.unpackb(encode(EXAMPLES[0]))
+    body["v"] = 2
+    with pytest.raises(SchemaError, match="version 2 is newer than supported 1"):
+        decode(msgpack.packb(body), Interaction)
+
+
+def test_unknown_schema_is_reported():
+    with pytest.raises(SchemaError, match="unknown schema 'basket'"):
+        decode_any(msgpack.packb({"schema": "basket", "v": 1}))
+
+
+def test_unknown_field_is_rejected_by_name():
+    body = msgpack.unpackb(encode(EXAMPLES[1]))
+    body["colour"] = "red"
+    with pytest.raises(SchemaError, match="^colour: unknown field"):
+        decode(msgpack.packb(body), Interaction)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"user_id": ""}, "^user_id: length 0"),
+    ({"user_id": "u" * 129}, "^user_id: length 129"),
+    ({"kind": "teleport"}, "^kind: expected one of"),
+    ({"rating": 7.0}, "^rating: 7.0 outside"),
+    ({"rating": float("nan")}, "^rating: must be finite"),
+    ({"event_time_ms": -1}, "^event_time_ms: -1 outside"),
+    ({"event_time_ms": "yesterday"}, "^event_time_ms: expected an integer"),
+    ({"kind": "rating", "rating": None}, "^rating: is required when kind is 'rating'"),
+])
+def test_invalid_interaction_names_the_field(change, message):
+    body = {**msgpack.unpackb(encode(EXAMPLES[1])), **change}
+    with pytest.raises(SchemaError, match=message):
+        decode(msgpack.packb(body), Interaction)
+
+
+def test_invalid_nested_candidate_names_its_path():
+    body = msgpack.unpackb(encode(EXAMPLES[5]))
+    body["candidates"][1]["source"] = "magic"
+    with pytest.raises(SchemaError, match=r"^candidates\[1\]\.source: expected one of"):
+        decode(msgpack.packb(body), RerankRequest)
+
+
+def test_limits_bound_history_image_and_vector_sizes():
+    with pytest.raises(SchemaError, match="^history: 513 items"):
+        RerankRequest(request_id="r", user_id="u", history=["i"] * 513, candidates=[EXAMPLES[5].candidates[0]],
+                      event_ids=["e"], event_time_ms=T, request_time_ms=T)
+    with pytest.raises(SchemaError, match="^image_bytes: size"):
+        ItemUpsert(item_id="i", title="t", image_bytes=b"x" * (5 * 1024 * 1024 + 1), event_time_ms=T)
+    with pytest.raises(SchemaError, match="^vector: shape"):
+        ItemEmbedding(item_id="i", vector=np.zeros(4097), encoder_id="e", event_time_ms=T, embedded_time_ms=T)
+
+
+def test_vector_bytes_must_be_whole_float32_and_finite():
+    body = msgpack.unpackb(encode(EXAMPLES[4]))
+    with pytest.raises(SchemaError, match="^vector: 7 bytes"):
+        decode(msgpack.packb({**body, "vector": b"\x00" * 7}), ItemEmbedding)
+    with pytest.raises(SchemaError, match="^vector: contains NaN"):
+        decode(msgpack.packb({**body, "vector": np.array([np.nan], "<f4").tobytes()}), ItemEmbedding)
+
+
+def test_image_bytes_and_uri_are_exclusive():
+    with pytest.raises(SchemaError, match="^image_uri: give image_bytes or image_uri"):
+        ItemUpsert(item_id="i", title="t", image_bytes=b"x", image_uri="file:///x", event_time_ms=T)
+
+
+def test_sha256_must_be_lowercase_hex():
+    with pytest.raises(SchemaError, match="^sha256:"):
+        AdapterUpdate(version="v", artifact_uri="file:///a", sha256="Z" * 64, backbone_id="b", created_time_ms=T)

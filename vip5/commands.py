@@ -1,0 +1,81 @@
+"""Infrastructure subcommands: `vip5 broker`, `vip5 topics create|list`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from vip5.cli import add_command
+
+
+def add_kafka_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that talks to Kafka (env: VIP5_KAFKA_*, VIP5_TOPIC_PREFIX)."""
+    parser.add_argument("--bootstrap", default=None, help="host:port[,host:port] (env VIP5_KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--topic-prefix", default=None, help="topic name prefix (env VIP5_TOPIC_PREFIX, default vip5.)")
+    parser.add_argument("--partitions", type=int, default=None, help="partitions per topic (env VIP5_PARTITIONS)")
+
+
+def kafka_config(args: argparse.Namespace):
+    from vip5.kafka import KafkaConfig
+
+    return KafkaConfig.from_env(bootstrap_servers=args.bootstrap)
+
+
+def topic_config(args: argparse.Namespace):
+    import os
+
+    from schemas.topics import TopicConfig
+
+    prefix = args.topic_prefix if args.topic_prefix is not None else os.environ.get("VIP5_TOPIC_PREFIX", "vip5.")
+    partitions = args.partitions or int(os.environ.get("VIP5_PARTITIONS", "6"))
+    return TopicConfig(prefix=prefix, partitions=partitions)
+
+
+def run_broker(args: argparse.Namespace) -> dict:
+    from vip5.broker import BrokerConfig, EmbeddedBroker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedBroker(BrokerConfig(host=args.host, port=args.port, log_path=args.log)) as broker:
+        ready = {"bootstrap": broker.bootstrap, "storage": broker.config.storage_url}
+        print(json.dumps(ready) if args.json else f"broker ready on {broker.bootstrap}", flush=True)
+        while not stop.wait(0.5):
+            if broker.process is None or broker.process.poll() is not None:
+                print("broker exited unexpectedly", file=sys.stderr)
+                return {"exit_status": 1}
+    return {}
+
+
+def run_topics_create(args: argparse.Namespace) -> dict:
+    from vip5.kafka import create_topics
+
+    return {"topics": create_topics(kafka_config(args), topic_config(args))}
+
+
+def run_topics_list(args: argparse.Namespace) -> dict:
+    from schemas.topics import ALL_TOPICS
+
+    topics = topic_config(args)
+    return {"topics": {topics.name(s): {"record": s.record.SCHEMA, "version": s.record.VERSION,
+                                        "key": s.key, "partitions": topics.partitions_of(s),
+                                        "cleanup_policy": s.cleanup_policy, "description": s.description}
+                       for s in ALL_TOPICS}}
+
+
+def register(commands, bench) -> None:
+    p = add_command(commands, "broker", run_broker,
+                    "run the embedded Kafka-protocol broker (Tansu) until SIGINT/SIGTERM")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092, help="0 picks a free port")
+    p.add_argument("--log", default=None, help="file for the broker's own log")
+
+    topics = commands.add_parser("topics", help="create or list the topics of the registry")
+    sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
+    create = add_command(sub, "create", run_topics_create, "create every topic (idempotent)")
+    add_kafka_args(create)
+    listing = add_command(sub, "list", run_topics_list, "show the topic registry")
+    add_kafka_args(listing)

@@ -1,0 +1,153 @@
+"""Kafka clients for every component, from one `KafkaConfig`: producer, consumer, admin.
+
+Security settings (TLS, SASL) are passed to every client unchanged. Defaults target a broker on
+127.0.0.1; `KafkaConfig.from_env()` reads `VIP5_KAFKA_*` (only CLI code calls it).
+
+Values are raw bytes on these clients: records are encoded/decoded by `schemas.codec` in the
+worker loop, so a record that fails to decode can go to the dead-letter topic instead of
+raising inside the client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+
+from schemas.limits import LIMITS
+from schemas.topics import ALL_TOPICS, TopicConfig, TopicSpec
+
+log = logging.getLogger(__name__)
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "vip5"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # The embedded broker joins groups in about session/2 (see vip5.broker); 6 s keeps tests quick.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 2_000
+    max_poll_interval_ms: int = 300_000
+    request_timeout_ms: int = 30_000
+    max_message_bytes: int = LIMITS.max_message_bytes
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers.strip():
+            raise ValueError("bootstrap_servers: must name at least one host:port")
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(f"security_protocol: {self.security_protocol!r} not in {SECURITY_PROTOCOLS}")
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ValueError("sasl_mechanism: required with a SASL security_protocol")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms: must be at most a third of session_timeout_ms")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> KafkaConfig:
+        """Read `VIP5_KAFKA_<FIELD>` variables (e.g. VIP5_KAFKA_BOOTSTRAP_SERVERS)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"VIP5_KAFKA_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = int(raw) if f.type == "int" else raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes) -> KafkaConfig:
+        return dataclasses.replace(self, **changes)
+
+    def common(self) -> dict:
+        """Connection and security settings shared by every kafka-python client."""
+        settings = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        optional = {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password,
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+        }
+        settings.update({k: v for k, v in optional.items() if v is not None})
+        return settings
+
+    def faust_broker_url(self) -> str:
+        return ";".join(f"kafka://{host}" for host in self.bootstrap_servers.split(","))
+
+
+def producer(cfg: KafkaConfig, **overrides):
+    from kafka import KafkaProducer
+
+    settings = {"acks": "all", "linger_ms": 5, "max_request_size": cfg.max_message_bytes,
+                "retries": 5, **cfg.common(), **overrides}
+    return KafkaProducer(**settings)
+
+
+def consumer(cfg: KafkaConfig, group_id: str | None, topics: list[str] | None = None, **overrides):
+    """A consumer with manual commits (commit after output is produced: at-least-once)."""
+    from kafka import KafkaConsumer
+
+    settings = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": cfg.session_timeout_ms,
+        "heartbeat_interval_ms": cfg.heartbeat_interval_ms,
+        "max_poll_interval_ms": cfg.max_poll_interval_ms,
+        "fetch_max_bytes": max(cfg.max_message_bytes, 52_428_800),
+        "max_partition_fetch_bytes": cfg.max_message_bytes,
+        **cfg.common(),
+        **overrides,
+    }
+    client = KafkaConsumer(**settings)
+    if topics:
+        client.subscribe(topics)
+    return client
+
+
+def admin(cfg: KafkaConfig):
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(**cfg.common())
+
+
+def create_topics(cfg: KafkaConfig, topics: TopicConfig, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> dict:
+    """Create the registry's topics; existing ones are left as they are. Returns name -> status."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    client = admin(cfg)
+    try:
+        existing = set(client.list_topics())
+        status = {}
+        for spec in specs:
+            name = topics.name(spec)
+            if name in existing:
+                status[name] = "exists"
+                continue
+            new = NewTopic(name, num_partitions=topics.partitions_of(spec),
+                           replication_factor=topics.replication_factor,
+                           topic_configs=topics.topic_configs(spec))
+            try:
+                client.create_topics([new])
+                status[name] = "created"
+            except TopicAlreadyExistsError:  # raced with another creator
+                status[name] = "exists"
+        log.info("topics: %s", status)
+        return status
+    finally:
+        client.close()
