@@ -178,3 +178,13 @@ class DeadLetter(Record):
     failed_time_ms: int = F.field(TIME_MS)
     stage: str = F.field(F.Str(max_len=LIMITS.max_id_len), default="decode")
     raw_key: bytes | None = F.field(F.Bytes(max_len=LIMITS.max_message_bytes, min_len=0, optional=True))
+
+    @classmethod
+    def of(cls, *, source_topic: str, partition: int, offset: int, raw: bytes | None, reason: str,
+           stage: str, raw_key: bytes | None = None, now_ms: int) -> DeadLetter:
+        """A dead letter for any failure; reason and bytes are cut to the limits so it always encodes."""
+        cap = LIMITS.max_message_bytes - LIMITS.max_reason_len - 1024
+        return cls(source_topic=source_topic, partition=partition, offset=offset,
+                   reason=(reason or "unknown")[: LIMITS.max_reason_len], raw=bytes(raw or b"")[:cap],
+                   raw_key=None if raw_key is None else bytes(raw_key)[:1024], stage=stage[: LIMITS.max_id_len],
+                   failed_time_ms=now_ms)

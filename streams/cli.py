@@ -1,0 +1,52 @@
+"""`vip5 streams`: run the faust streams worker (flags override VIP5_* environment variables)."""
+
+from __future__ import annotations
+
+import argparse
+
+from vip5.cli import add_command
+from vip5.commands import add_kafka_args, kafka_config, topic_config
+
+
+def streams_config(args: argparse.Namespace):
+    from index.candidates import CandidateConfig
+    from index.encoders import EncoderConfig
+    from streams.config import StreamsConfig
+
+    return StreamsConfig(
+        kafka=kafka_config(args),
+        topics=topic_config(args),
+        encoder=EncoderConfig(kind=args.encoder, model=args.encoder_model, image_size=args.image_size,
+                              device=args.device),
+        candidates=CandidateConfig(k=args.candidates),
+        app_id=args.app_id,
+        data_dir=args.data_dir,
+        history_len=args.history_len,
+        coalesce_ms=args.coalesce_ms,
+        one_record_per_batch=not args.batched_changelog,
+    )
+
+
+def run_streams(args: argparse.Namespace) -> dict:
+    from streams.worker import run_worker
+
+    run_worker(streams_config(args), loglevel="debug" if args.verbose else "info")
+    return {}
+
+
+def register(commands, bench) -> None:
+    p = add_command(commands, "streams", run_streams,
+                    "run the streams worker: items -> embeddings, interactions -> re-rank requests")
+    add_kafka_args(p)
+    p.add_argument("--app-id", default="vip5-streams", help="faust app id (consumer group and table names)")
+    p.add_argument("--data-dir", default="runs/streams", help="faust working directory")
+    p.add_argument("--encoder", default="lite0", choices=("lite0", "clip"), help="visual encoder")
+    p.add_argument("--encoder-model", default=None, help="CLIP hub name or local folder; lite0 weights path")
+    p.add_argument("--image-size", type=int, default=224, help="lite0 input side in pixels")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
+    p.add_argument("--history-len", type=int, default=50, help="items kept per user")
+    p.add_argument("--coalesce-ms", type=int, default=0,
+                   help="> 0: a user's interactions within this window become one request")
+    p.add_argument("--batched-changelog", action="store_true",
+                   help="batch table changelog writes (faster; only correct on Apache Kafka, not on Tansu)")

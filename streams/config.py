@@ -1,0 +1,46 @@
+"""Configuration of the streams worker (one frozen object, built by the CLI from flags and env)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from index.candidates import CandidateConfig
+from index.encoders import EncoderConfig
+from schemas.topics import TopicConfig
+from vip5.kafka import KafkaConfig
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: TopicConfig = field(default_factory=TopicConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    app_id: str = "vip5-streams"
+    data_dir: str = "runs/streams"  # faust's working directory
+    history_len: int = 50  # items kept per user
+    dedupe_window: int = 512  # latest event ids remembered per user for duplicate detection
+    coalesce_ms: int = 0  # > 0: a user's interactions within this window become one request
+    coalesce_max: int = 64  # most interactions buffered per coalescing window
+    image_batch_size: int = 16  # images embedded per micro-batch
+    image_batch_wait_ms: int = 200  # longest wait to fill an image micro-batch
+    popularity_half_life_s: float = 3600.0
+    fresh_max_age_s: float = 7 * 86400.0
+    # Tansu reports end offsets wrongly unless every produce batch holds one record; faust's
+    # table recovery depends on them. True costs throughput; set False against Apache Kafka.
+    one_record_per_batch: bool = True
+    replica_wait_s: float = 30.0  # how long start-up waits for the embeddings replica to catch up
+
+    def __post_init__(self) -> None:
+        positive = ("history_len", "dedupe_window", "coalesce_max", "image_batch_size", "image_batch_wait_ms")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.coalesce_ms < 0:
+            raise ValueError(f"coalesce_ms: must be >= 0, got {self.coalesce_ms}")
+        if not self.app_id:
+            raise ValueError("app_id: must not be empty")
+
+    def replace(self, **changes) -> StreamsConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,58 @@
+"""The streams worker's logic as plain functions: no Kafka, no faust.
+
+    Interaction(s) of one user + UserState  ──► new UserState, the events not seen before
+    UserState + Candidates                  ──► RerankRequest (request_id derived from the events)
+
+A user's state is a small dict so faust's table can store it as JSON:
+    {"items": [item ids, oldest first], "events": [recent event ids, oldest first]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from index.candidates import Candidate as Retrieved
+from schemas.records import Candidate, Interaction, RerankRequest
+
+
+def empty_state() -> dict:
+    return {"items": [], "events": []}
+
+
+def apply_interactions(state: dict | None, interactions: Sequence[Interaction], *, history_len: int,
+                       dedupe_window: int) -> tuple[dict, list[Interaction]]:
+    """Append the interactions not seen before (by event id) to the user's bounded history."""
+    state = state or empty_state()
+    items, events = list(state["items"]), list(state["events"])
+    known = set(events)
+    fresh = []
+    for interaction in sorted(interactions, key=lambda i: i.event_time_ms):
+        if interaction.event_id in known:
+            continue
+        known.add(interaction.event_id)
+        events.append(interaction.event_id)
+        items.append(interaction.item_id)
+        fresh.append(interaction)
+    return {"items": items[-history_len:], "events": events[-dedupe_window:]}, fresh
+
+
+def request_id_for(user_id: str, event_ids: Sequence[str]) -> str:
+    """Deterministic in the user and the events, so a redelivery yields the same request id."""
+    digest = hashlib.sha256("\x1f".join([user_id, *event_ids]).encode()).hexdigest()
+    return f"rq-{digest[:32]}"
+
+
+def build_request(user_id: str, state: dict, interactions: Sequence[Interaction],
+                  candidates: Sequence[Retrieved], *, now_ms: int) -> RerankRequest:
+    """The re-rank request reflecting `interactions` (the ones that triggered it)."""
+    event_ids = [i.event_id for i in interactions]
+    return RerankRequest(
+        request_id=request_id_for(user_id, event_ids),
+        user_id=user_id,
+        history=state["items"],
+        candidates=[Candidate(item_id=c.item_id, score=c.score, source=c.source) for c in candidates],
+        event_ids=event_ids,
+        event_time_ms=max(i.event_time_ms for i in interactions),
+        request_time_ms=now_ms,
+    )

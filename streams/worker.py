@@ -1,0 +1,47 @@
+"""Runs one streams worker process: encoder, catalogue replica, embeddings follower, faust app.
+
+    run_worker(StreamsConfig) blocks until SIGINT/SIGTERM, then shuts everything down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from index.candidates import PopularityTracker
+from index.encoders import build_encoder
+from index.item_index import IndexConfig
+from index.replica import CatalogReplica, EmbeddingFollower
+from schemas.topics import ITEM_EMBEDDINGS
+from streams.app import StreamsContext, build_app
+from streams.config import StreamsConfig
+from vip5.kafka import consumer, create_topics
+
+log = logging.getLogger(__name__)
+
+
+def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, EmbeddingFollower]:
+    encoder = build_encoder(cfg.encoder)
+    replica = CatalogReplica(IndexConfig(dim=encoder.dim), fresh_max_age_s=cfg.fresh_max_age_s)
+    follower = EmbeddingFollower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    popularity = PopularityTracker(half_life_s=cfg.popularity_half_life_s)
+    return StreamsContext(encoder=encoder, replica=replica, popularity=popularity, stats=Counter()), follower
+
+
+def run_worker(cfg: StreamsConfig, *, loglevel: str = "info") -> None:
+    import faust
+
+    create_topics(cfg.kafka, cfg.topics)
+    ctx, follower = build_context(cfg)
+    follower.start()
+    if not follower.wait_caught_up(cfg.replica_wait_s):
+        log.warning("embeddings replica not caught up after %.0fs; starting anyway", cfg.replica_wait_s)
+    log.info("catalogue replica holds %d items (encoder %s, dim %d)", len(ctx.replica), ctx.encoder.encoder_id,
+             ctx.encoder.dim)
+    app = build_app(cfg, ctx)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()  # returns/raises SystemExit on SIGINT/SIGTERM
+    finally:
+        follower.stop()
+        log.info("streams worker stopped: %s", dict(ctx.stats))
