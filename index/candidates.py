@@ -1,0 +1,169 @@
+"""Candidate generation for one user: visual neighbours of the history, plus popular and fresh items.
+
+In:  the user's history (item ids, oldest first), the `ItemIndex`, a `PopularityTracker` and a
+     `FreshnessTracker` fed from the interactions and items streams.
+Out: up to `CandidateConfig.k` `Candidate(item_id, score, source)`, no duplicates, no seen items:
+     visual ones first (score: cosine to the query), then popular (decayed count), then fresh
+     (seconds since added, negated, so newer is higher). Scores are comparable within a source only.
+
+The query is the recency-weighted mean of the history's unit vectors (weight 0.5 ** (age /
+half_life), age 0 = latest item), normalised. Popular and fresh items have reserved slots, so a new
+user (no vectors) still gets a full list and a new product can reach users before anyone clicks it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from index.item_index import ItemIndex
+
+SOURCES = ("visual", "popular", "fresh")
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    """How many candidates, and from where."""
+
+    k: int = 100  # candidates per request
+    popular_k: int = 10  # slots reserved for popular items (filled by visual when none qualify)
+    fresh_k: int = 10  # slots reserved for freshly added items
+    history_len: int = 20  # latest history items that shape the query
+    recency_half_life: float = 5.0  # in history positions: the item 5 back weighs half the latest
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"CandidateConfig.k must be >= 1, got {self.k}")
+        for name in ("popular_k", "fresh_k"):
+            if not 0 <= getattr(self, name) <= self.k:
+                raise ValueError(f"CandidateConfig.{name} must be in [0, k={self.k}], got {getattr(self, name)}")
+        if self.history_len < 1:
+            raise ValueError(f"CandidateConfig.history_len must be >= 1, got {self.history_len}")
+        if not self.recency_half_life > 0:
+            raise ValueError(f"CandidateConfig.recency_half_life must be > 0, got {self.recency_half_life}")
+
+
+class Candidate(NamedTuple):
+    item_id: str
+    score: float
+    source: str  # one of SOURCES
+
+
+class PopularityTracker:
+    """Exponentially decayed interaction counts: an event's weight halves every `half_life_s`.
+
+    Scores are stored relative to a fixed origin (`2 ** ((t - origin) / half_life)`), so recording
+    is O(1) and older items fall behind without touching them; rebased before the exponent grows big.
+    """
+
+    def __init__(self, *, half_life_s: float = 3600.0, max_items: int = 100_000):
+        if half_life_s <= 0 or max_items < 1:
+            raise ValueError("PopularityTracker needs half_life_s > 0 and max_items >= 1")
+        self.half_life_s = half_life_s
+        self.max_items = max_items
+        self._origin_s: float | None = None
+        self._scores: dict[str, float] = {}
+
+    def record(self, item_id: str, event_time_s: float, weight: float = 1.0) -> None:
+        if self._origin_s is None:
+            self._origin_s = event_time_s
+        exponent = (event_time_s - self._origin_s) / self.half_life_s
+        if exponent > 500:  # keep floats finite: move the origin to now
+            self._rebase(event_time_s)
+            exponent = 0.0
+        self._scores[item_id] = self._scores.get(item_id, 0.0) + weight * 2.0**exponent
+        if len(self._scores) > 2 * self.max_items:
+            self._scores = dict(heapq.nlargest(self.max_items, self._scores.items(), key=lambda kv: kv[1]))
+
+    def top(self, n: int, *, now_s: float, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """The n most popular ids not in `exclude`, with their decayed counts as of `now_s`."""
+        if self._origin_s is None or n <= 0:
+            return []
+        scale = 2.0 ** ((self._origin_s - now_s) / self.half_life_s)
+        best = heapq.nlargest(n + len(exclude), self._scores.items(), key=lambda kv: kv[1])
+        return [(item, score * scale) for item, score in best if item not in exclude][:n]
+
+    def _rebase(self, new_origin_s: float) -> None:
+        factor = 2.0 ** ((self._origin_s - new_origin_s) / self.half_life_s)
+        self._scores = {item: s * factor for item, s in self._scores.items() if s * factor > 1e-12}
+        self._origin_s = new_origin_s
+
+
+class FreshnessTracker:
+    """The most recently added items (newest last), at most `max_items`, each with its add time."""
+
+    def __init__(self, *, max_age_s: float = 7 * 86400.0, max_items: int = 10_000):
+        if max_age_s <= 0 or max_items < 1:
+            raise ValueError("FreshnessTracker needs max_age_s > 0 and max_items >= 1")
+        self.max_age_s = max_age_s
+        self.max_items = max_items
+        self._added: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, item_id: str, added_time_s: float) -> None:
+        self._added.pop(item_id, None)
+        self._added[item_id] = added_time_s
+        while len(self._added) > self.max_items:
+            self._added.popitem(last=False)
+
+    def discard(self, item_id: str) -> None:
+        self._added.pop(item_id, None)
+
+    def recent(self, n: int, *, now_s: float, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """Up to n newest ids added within max_age_s of `now_s`, score = -(age in seconds)."""
+        out = []
+        for item, added_s in reversed(self._added.items()):
+            if len(out) >= n or now_s - added_s > self.max_age_s:
+                break
+            if item not in exclude:
+                out.append((item, -(now_s - added_s)))
+        return out
+
+
+def history_query(history: Sequence[str], index: ItemIndex, config: CandidateConfig) -> np.ndarray | None:
+    """(D,) unit query from the latest `history_len` items that have vectors; None if none do."""
+    recent = list(history)[-config.history_len:]
+    vectors = index.get_vectors(recent)
+    rows, weights = [], []
+    for age, item in enumerate(reversed(recent)):  # age 0 = latest
+        if item in vectors:
+            rows.append(vectors[item])
+            weights.append(0.5 ** (age / config.recency_half_life))
+    if not rows:
+        return None
+    query = np.average(np.stack(rows), axis=0, weights=np.asarray(weights))  # (D,)
+    norm = float(np.linalg.norm(query))
+    return query / norm if norm > 0 and math.isfinite(norm) else None
+
+
+def generate_candidates(history: Sequence[str], index: ItemIndex, popularity: PopularityTracker,
+                        freshness: FreshnessTracker, config: CandidateConfig, *, now_s: float,
+                        exclude: Collection[str] = ()) -> list[Candidate]:
+    """Up to k candidates for a user with `history`; never an item of the history or `exclude`."""
+    seen = set(history) | set(exclude)
+    popular = popularity.top(config.popular_k, now_s=now_s, exclude=seen)
+    fresh = freshness.recent(config.fresh_k, now_s=now_s, exclude=seen | {i for i, _ in popular})
+    reserved = {i for i, _ in popular} | {i for i, _ in fresh}
+    visual: list[Candidate] = []
+    query = history_query(history, index, config)
+    if query is not None:
+        hits = index.search_one(query, config.k, exclude=seen | reserved)
+        visual = [Candidate(h.item_id, h.score, "visual") for h in hits]
+    extra = [Candidate(i, s, "popular") for i, s in popular] + [Candidate(i, s, "fresh") for i, s in fresh]
+    picked = visual[: config.k - len(extra)] + extra
+    if len(picked) < config.k:  # too few neighbours (cold user or small catalogue): more popular, then fresh
+        picked += _backfill(config.k - len(picked), popularity, freshness, now_s, seen | {c.item_id for c in picked})
+    return picked[: config.k]
+
+
+def _backfill(n: int, popularity: PopularityTracker, freshness: FreshnessTracker, now_s: float,
+              taken: set[str]) -> list[Candidate]:
+    more = [Candidate(i, s, "popular") for i, s in popularity.top(n, now_s=now_s, exclude=taken)]
+    taken = taken | {c.item_id for c in more}
+    more += [Candidate(i, s, "fresh") for i, s in freshness.recent(n - len(more), now_s=now_s, exclude=taken)]
+    return more

@@ -1,0 +1,96 @@
+"""`vip5` subcommands of the index package; handlers import torch/faiss lazily.
+
+    vip5 index-embed IMAGE... [--encoder lite0|clip --model M]   vectors' dim, norms and per-image errors
+    vip5 index-info SNAPSHOT_DIR                                 what a snapshot holds
+    vip5 bench index [--quick] [--dim D] [--sizes N,...]          index and encoder numbers
+    vip5 bench visual-neighbours --data DIR [--k 10] [--limit N]  precision@k of same label among neighbours
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from vip5.cli import add_command
+
+log = logging.getLogger(__name__)
+FULL_SIZES = (10_000, 100_000, 1_000_000)
+BENCH_DIM = 256
+DEFAULT_FASHION_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "fashion"
+
+
+def register(commands, bench) -> None:
+    embed = add_command(commands, "index-embed", embed_command, "embed images with the visual encoder")
+    embed.add_argument("images", nargs="+", help="image files or file:// URIs")
+    _encoder_args(embed)
+
+    info = add_command(commands, "index-info", info_command, "describe an item-index snapshot")
+    info.add_argument("snapshot", help="snapshot root folder (holds CURRENT)")
+
+    index = add_command(bench, "index", bench_index_command, "item index: add rate, latency, recall@100, memory")
+    index.add_argument("--quick", action="store_true", help=f"only the smallest size ({FULL_SIZES[0]:,})")
+    index.add_argument("--sizes", type=_int_list, default=FULL_SIZES, help="comma-separated catalogue sizes")
+    index.add_argument("--dim", type=int, default=BENCH_DIM, help="vector dimension")
+    index.add_argument("--distribution", choices=("clustered", "uniform"), default="clustered")
+    index.add_argument("--images", type=Path, default=DEFAULT_FASHION_DIR,
+                       help="folder with products.csv + images/ for the encoder images/s")
+    index.add_argument("--skip-encoder", action="store_true", help="leave out the encoder images/s")
+
+    neighbours = add_command(bench, "visual-neighbours", neighbours_command,
+                             "precision@k of same article type among visual neighbours")
+    neighbours.add_argument("--data", type=Path, required=True, help="folder with products.csv + images/")
+    neighbours.add_argument("--k", type=int, default=10)
+    neighbours.add_argument("--limit", type=int, default=None, help="first N products only")
+    _encoder_args(neighbours)
+
+
+def _encoder_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", choices=("lite0", "clip"), default="lite0")
+    parser.add_argument("--model", default=None, help="clip: hub name or local folder; lite0: .pth path")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(part.replace("_", "")) for part in text.split(",") if part)
+
+
+def _encoder(args: argparse.Namespace):
+    from index.encoders import EncoderConfig, build_encoder
+
+    return build_encoder(EncoderConfig(kind=args.encoder, model=args.model, image_size=args.image_size,
+                                       device=args.device))
+
+
+def embed_command(args: argparse.Namespace) -> dict:
+    encoder = _encoder(args)
+    result = encoder.embed(args.images)
+    items = [{"image": str(src), "ok": err is None, "error": None if err is None else str(err)}
+             for src, err in zip(args.images, result.errors, strict=True)]
+    failed = sum(not item["ok"] for item in items)
+    return {"encoder_id": encoder.encoder_id, "dim": encoder.dim, "images": items, "exit_status": int(failed > 0)}
+
+
+def info_command(args: argparse.Namespace) -> dict:
+    from index.item_index import ItemIndex
+
+    index = ItemIndex.restore(args.snapshot)
+    return {"snapshot": args.snapshot, **index.stats(), "config": vars(index.config)}
+
+
+def bench_index_command(args: argparse.Namespace) -> dict:
+    from index.bench import bench_encoder, bench_index, labelled_images
+
+    sizes = args.sizes[:1] if args.quick else args.sizes
+    result = bench_index(sizes, args.dim, distribution=args.distribution)
+    if not args.skip_encoder:
+        paths, _ = labelled_images(args.images)
+        result["encoder"] = bench_encoder(paths, (1, 64))
+    return result
+
+
+def neighbours_command(args: argparse.Namespace) -> dict:
+    from index.bench import visual_neighbour_precision
+
+    return visual_neighbour_precision(args.data, k=args.k, limit=args.limit, encoder=_encoder(args))
