@@ -151,3 +151,39 @@ def create_topics(cfg: KafkaConfig, topics: TopicConfig, specs: tuple[TopicSpec,
         return status
     finally:
         client.close()
+
+
+def read_topic(cfg: KafkaConfig, topic: str, *, until=None, timeout_s: float = 30.0, idle_s: float | None = None):
+    """Every message of `topic` from the beginning, outside any group (tests, benches, demo).
+
+    Stops when `until(messages)` holds, when nothing arrived for `idle_s` (if given) after at
+    least one message, or at `timeout_s`. Returns the kafka-python ConsumerRecords read.
+    """
+    import time
+
+    from kafka import TopicPartition
+
+    client = consumer(cfg, None)
+    messages, deadline, last = [], time.monotonic() + timeout_s, time.monotonic()
+    try:
+        partitions = None
+        while not partitions and time.monotonic() < deadline:
+            partitions = client.partitions_for_topic(topic)
+            if not partitions:
+                time.sleep(0.2)
+        if not partitions:
+            return messages
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        client.assign(tps)
+        client.seek_to_beginning(*tps)
+        while time.monotonic() < deadline and not (until and until(messages)):
+            batch = client.poll(timeout_ms=200)
+            for records in batch.values():
+                messages.extend(records)
+            if batch:
+                last = time.monotonic()
+            elif idle_s is not None and time.monotonic() - last > idle_s:
+                break
+        return messages
+    finally:
+        client.close()

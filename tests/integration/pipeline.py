@@ -1,0 +1,55 @@
+"""Helpers shared by the pipeline integration tests: real records from the vendored data."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from schemas.codec import decode_any, encode
+from schemas.records import Interaction, ItemUpsert
+from schemas.topics import INTERACTIONS, ITEMS, TopicConfig
+from vip5.kafka import KafkaConfig, producer, read_topic
+
+FASHION = Path(__file__).resolve().parents[1] / "data" / "fashion"
+
+
+def fashion_items(n: int) -> list[ItemUpsert]:
+    with open(FASHION / "products.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    now = int(time.time() * 1000)
+    return [ItemUpsert(item_id=f"p{r['product_id']}", title=r["title"], category=r["article_type"],
+                       image_bytes=(FASHION / r["image"]).read_bytes(), event_time_ms=now) for r in rows]
+
+
+def click(event_id: str, user: str, item: str) -> Interaction:
+    return Interaction(event_id=event_id, user_id=user, item_id=item, kind="click",
+                       event_time_ms=int(time.time() * 1000))
+
+
+def publish(cfg: KafkaConfig, topics: TopicConfig, records, *, raw: list[tuple[str, bytes]] = ()) -> None:
+    """Send records to their topics (items or interactions), plus raw (topic base name, bytes) pairs."""
+    client = producer(cfg)
+    for record in records:
+        spec, key = (ITEMS, record.item_id) if isinstance(record, ItemUpsert) else (INTERACTIONS, record.user_id)
+        client.send(topics.name(spec), key=key.encode(), value=encode(record))
+    for base, payload in raw:
+        client.send(f"{topics.prefix}{base}", key=b"bad", value=payload)
+    client.flush()
+    client.close()
+
+
+def records_on(cfg: KafkaConfig, topics: TopicConfig, spec, *, count: int, timeout_s: float = 60.0) -> list:
+    """Decoded records of a topic, once at least `count` arrived (or at timeout)."""
+    messages = read_topic(cfg, topics.name(spec), until=lambda ms: len(ms) >= count, timeout_s=timeout_s)
+    return [decode_any(m.value) for m in messages]
+
+
+def worker_args(command: str, cfg: KafkaConfig, topics: TopicConfig, *extra: str) -> list[str]:
+    return [command, "--bootstrap", cfg.bootstrap_servers, "--topic-prefix", topics.prefix,
+            "--partitions", str(topics.partitions), *extra]
+
+
+def worker_env(cfg: KafkaConfig) -> dict[str, str]:
+    return {"VIP5_KAFKA_SESSION_TIMEOUT_MS": str(cfg.session_timeout_ms),
+            "VIP5_KAFKA_HEARTBEAT_INTERVAL_MS": str(cfg.heartbeat_interval_ms)}

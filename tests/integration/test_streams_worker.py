@@ -1,0 +1,70 @@
+"""The streams worker against the embedded broker: items become embeddings, interactions become
+re-rank requests, bad input becomes dead letters, and user histories survive a restart."""
+
+import pytest
+
+from schemas.records import DeadLetter, ItemEmbedding, ItemUpsert, RerankRequest
+from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RERANK_REQUESTS
+from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
+from vip5.kafka import create_topics
+from vip5.processes import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def start_streams(kafka_cfg, topics, tmp_path, name):
+    args = worker_args("streams", kafka_cfg, topics, "--data-dir", str(tmp_path / "faust"), "--image-size", "96",
+                       "--candidates", "20")
+    worker = WorkerProcess(args, log_path=tmp_path / f"{name}.log", env=worker_env(kafka_cfg)).start()
+    assert worker.wait_for_log("[^Worker]: Ready", 120), (tmp_path / f"{name}.log").read_text()[-3000:]
+    return worker
+
+
+def test_streams_worker_end_to_end_with_restart(broker, kafka_cfg, topics, tmp_path):
+    create_topics(kafka_cfg, topics)
+    items = fashion_items(24)
+    corrupt = ItemUpsert(item_id="broken", title="Broken image", image_bytes=b"\xff\xd8 not a jpeg",
+                         event_time_ms=items[0].event_time_ms)
+    publish(kafka_cfg, topics, [*items, corrupt], raw=[("items", b"\x93garbage"), ("interactions", b"")])
+
+    worker = start_streams(kafka_cfg, topics, tmp_path, "first")
+    try:
+        embeddings = records_on(kafka_cfg, topics, ITEM_EMBEDDINGS, count=len(items))
+        assert {e.item_id for e in embeddings} == {i.item_id for i in items}
+        assert all(isinstance(e, ItemEmbedding) and e.vector.shape == (1280,) for e in embeddings)
+
+        letters = records_on(kafka_cfg, topics, DEAD_LETTER, count=3)
+        assert all(isinstance(d, DeadLetter) for d in letters)
+        reasons = {d.stage: d.reason for d in letters}
+        assert "image" in reasons["embed"] and "msgpack" in reasons["decode"]
+        assert {d.source_topic for d in letters} == {topics.prefix + "items", topics.prefix + "interactions"}
+
+        catalogue = {i.item_id for i in items}
+        first = [click(f"e{n}", f"u{n % 3}", items[n].item_id) for n in range(6)]
+        publish(kafka_cfg, topics, first)
+        requests = records_on(kafka_cfg, topics, RERANK_REQUESTS, count=6)
+        assert len(requests) == 6 and all(isinstance(r, RerankRequest) for r in requests)
+        for request in requests:
+            candidates = [c.item_id for c in request.candidates]
+            assert set(candidates) <= catalogue and not set(candidates) & set(request.history)
+        assert len({r.request_id for r in requests}) == 6  # one id per event
+    finally:
+        assert worker.stop() == 0
+
+    worker = start_streams(kafka_cfg, topics, tmp_path, "second")
+    try:
+        new_item = fashion_items(30)[-1]
+        publish(kafka_cfg, topics, [new_item])
+        records_on(kafka_cfg, topics, ITEM_EMBEDDINGS, count=len(items) + 1)
+        publish(kafka_cfg, topics, [click("e6", "u0", items[6].item_id), click("e0", "u0", items[0].item_id)])
+        requests = records_on(kafka_cfg, topics, RERANK_REQUESTS, count=8)
+        fresh_request = next(r for r in requests if r.event_ids == ("e6",))
+        # u0 clicked items 0 and 3 before the restart: the recovered table still has them.
+        assert fresh_request.history == (items[0].item_id, items[3].item_id, items[6].item_id)
+        assert new_item.item_id in {c.item_id for c in fresh_request.candidates}
+        # A redelivered event keeps the history unchanged and reuses its request id.
+        original, repeat = [r for r in requests if r.event_ids == ("e0",)]
+        assert repeat.request_id == original.request_id
+        assert repeat.history == fresh_request.history
+    finally:
+        assert worker.stop() == 0
