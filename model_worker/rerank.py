@@ -1,0 +1,113 @@
+"""Re-ranking for the serving worker: VIP5 scores a request's candidates under the direct prompt.
+
+In: `RerankRequest`s (user id, history item ids, candidate item ids, optional retrieval scores) and
+an image-feature lookup (item id -> (F,) vector; missing items use the "no image" tokens).
+Out: per request, one score per candidate in the request's order:
+  score = log p(candidate id tokens | direct prompt) + retrieval_weight * retrieval score.
+
+Cost: one encoder pass per request (requests batched), then one decoder pass over each request's
+candidate trie (see vip5/scoring.py). `score_naive` and `beam` are the slower reference forms the
+benchmark compares against. Adapters can be swapped between calls with `model.load_adapter(path)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from model_worker.vip5.encoding import ImageLookup
+from model_worker.vip5.prompts import TEMPLATES, direct_prompt
+from model_worker.vip5.scoring import constrained_beam, score_candidates, score_naive
+from model_worker.vip5.trie import ItemTrie
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    user_id: str
+    history: tuple[str, ...]
+    candidates: tuple[str, ...]
+    retrieval_scores: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            raise ValueError("RerankRequest.candidates must not be empty")
+        if self.retrieval_scores is not None and len(self.retrieval_scores) != len(self.candidates):
+            raise ValueError("RerankRequest.retrieval_scores must have one score per candidate")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    template_id: str = "B-7"
+    """direct-recommendation list template (B-7 and B-9 also show the history)"""
+    history_len: int = 20
+    """most recent history items written into the prompt"""
+    retrieval_weight: float = 0.0
+    """weight of the retrieval score added to the log-likelihood"""
+    max_batch_requests: int = 16
+    """requests encoded and decoded together"""
+
+    def __post_init__(self) -> None:
+        template = TEMPLATES.get(self.template_id)
+        if template is None or template.family != "direct" or template.target != "item":
+            raise ValueError(f"RerankConfig.template_id {self.template_id!r} is not a direct list template")
+        if self.history_len < 0:
+            raise ValueError("RerankConfig.history_len must be >= 0")
+        if self.max_batch_requests < 1:
+            raise ValueError("RerankConfig.max_batch_requests must be >= 1")
+
+
+class Reranker:
+    def __init__(self, model, image_lookup: ImageLookup | None = None, config: RerankConfig = RerankConfig()):
+        self.model, self.image_lookup, self.config = model, image_lookup, config
+
+    def _batches(self, requests: Sequence[RerankRequest]):
+        size = self.config.max_batch_requests
+        for lo in range(0, len(requests), size):
+            chunk = requests[lo: lo + size]
+            prompts = [
+                direct_prompt(self.config.template_id, r.user_id, r.candidates,
+                              history=list(r.history)[-self.config.history_len:] if self.config.history_len else [])
+                for r in chunk
+            ]
+            yield chunk, self.model.encoder.encode(prompts, self.image_lookup, with_labels=False)
+
+    def score(self, requests: Sequence[RerankRequest]) -> list[list[float]]:
+        """Exact scores, one list per request, aligned with its candidates."""
+        results = []
+        for chunk, batch in self._batches(requests):
+            tries = [ItemTrie.from_items(self.model.encoder, r.candidates) for r in chunk]
+            for request, llh in zip(chunk, score_candidates(self.model, batch, tries), strict=True):
+                results.append(self._combine(request, llh))
+        return results
+
+    def score_naive(self, requests: Sequence[RerankRequest]) -> list[list[float]]:
+        """Same scores as `score`, computed with the encoder output repeated per candidate."""
+        results = []
+        for chunk, batch in self._batches(requests):
+            tokens = [self.model.encoder.target_token_ids(r.candidates) for r in chunk]
+            for request, llh in zip(chunk, score_naive(self.model, batch, tokens), strict=True):
+                results.append(self._combine(request, llh))
+        return results
+
+    def beam(self, requests: Sequence[RerankRequest], *, num_beams: int = 20) -> list[list[str]]:
+        """Top candidates by beam search constrained to each request's candidate ids."""
+        results = []
+        for chunk, batch in self._batches(requests):
+            tries = [ItemTrie.from_items(self.model.encoder, r.candidates) for r in chunk]
+            ranked = constrained_beam(self.model, batch, tries, num_beams=num_beams)
+            results.extend([[item for item, _ in r] for r in ranked])
+        return results
+
+    def _combine(self, request: RerankRequest, llh: torch.Tensor) -> list[float]:
+        scores = llh.double()
+        if request.retrieval_scores is not None and self.config.retrieval_weight:
+            scores = scores + self.config.retrieval_weight * torch.tensor(request.retrieval_scores, dtype=torch.float64)
+        return scores.tolist()
+
+
+def rank(candidates: Sequence[str], scores: Sequence[float]) -> list[str]:
+    """Candidates best first (ties keep the candidates' order)."""
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+    return [candidates[i] for i in order]

@@ -1,0 +1,131 @@
+"""VIP5 configuration: one frozen dataclass, validated on construction, plus backbone presets.
+
+In: field values (or a dict read back from `vip5_config.json`). Out: a `VIP5Config` and, for preset
+backbones, the `transformers.T5Config` that builds a randomly initialised T5.
+
+`backbone` is either a preset name (`PRESETS`: built from a T5Config with random weights, for offline
+use) or a hub name / local path loaded with `from_pretrained` when the weights exist on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+ADAPTER_KINDS = ("bottleneck", "lora")
+STAGES = ("pretrain", "adapt")
+
+# Architectures only; no weights. "t5-small" and "t5-base" match the published checkpoints' shapes
+# (relu feed-forward, vocab 32128) so parameter counts compare with the paper.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16),
+    "small": dict(d_model=256, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4, d_kv=64),
+    "t5-small": dict(
+        d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64, vocab_size=32128
+    ),
+    "t5-base": dict(
+        d_model=768, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12, d_kv=64, vocab_size=32128
+    ),
+}
+
+
+@dataclass(frozen=True)
+class VIP5Config:
+    """Everything that shapes a VIP5 model. Field docs say what each one controls."""
+
+    backbone: str = "tiny"
+    """preset name (see PRESETS) or a hub name / local directory of a T5 checkpoint"""
+    image_feature_dim: int = 1280
+    """size of one item's image vector: 1280 for EfficientNet-Lite0, 512 for CLIP ViT-B/32"""
+    image_tokens: int = 2
+    """k: placeholder tokens per item image (the mapping network emits k x d_model)"""
+    adapter_kind: str = "bottleneck"
+    """"bottleneck" (the paper's adapters) or "lora" (peft LoRA)"""
+    reduction_factor: int = 8
+    """bottleneck width = d_model // reduction_factor"""
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("q", "v")
+    """names of the T5 linear layers that receive LoRA (attention q/k/v/o, feed-forward wi/wo)"""
+    whole_word_embedding: bool = True
+    """add an embedding of the whole-word index (marks the sub-tokens of one ID)"""
+    whole_word_vocab: int = 1024
+    """number of whole-word indices; later words share the last index"""
+    max_source_length: int = 1024
+    """encoder tokens per prompt (after image placeholders are expanded); longer prompts are cut"""
+    max_target_length: int = 64
+    vocab_size: int | None = None
+    """backbone vocabulary of a preset without a fixed one; None = the tokenizer's size"""
+    dropout_rate: float = 0.1
+    """backbone dropout for preset backbones (pretrained backbones keep their own)"""
+    image_token: str = "<image>"
+    """special token used as the image placeholder"""
+
+    def __post_init__(self) -> None:
+        # tuple() so a list read back from JSON still gives a hashable, frozen config
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        _check(bool(self.backbone), "backbone", "must be a preset name or a path/hub name")
+        _check(self.image_feature_dim > 0, "image_feature_dim", "must be > 0")
+        _check(self.image_tokens >= 1, "image_tokens", "must be >= 1")
+        _check(self.adapter_kind in ADAPTER_KINDS, "adapter_kind", f"must be one of {ADAPTER_KINDS}")
+        _check(self.reduction_factor >= 1, "reduction_factor", "must be >= 1")
+        _check(self.lora_rank >= 1, "lora_rank", "must be >= 1")
+        _check(self.lora_alpha > 0, "lora_alpha", "must be > 0")
+        _check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
+        _check(len(self.lora_target_modules) > 0, "lora_target_modules", "must name at least one module")
+        _check(self.whole_word_vocab >= 2, "whole_word_vocab", "must be >= 2")
+        _check(self.max_source_length >= 8, "max_source_length", "must be >= 8")
+        _check(self.max_target_length >= 2, "max_target_length", "must be >= 2")
+        _check(self.vocab_size is None or self.vocab_size >= 8, "vocab_size", "must be None or >= 8")
+        _check(0.0 <= self.dropout_rate < 1.0, "dropout_rate", "must be in [0, 1)")
+        _check(bool(self.image_token.strip()), "image_token", "must be a non-empty token string")
+
+    @property
+    def is_preset(self) -> bool:
+        return self.backbone in PRESETS
+
+    def replace(self, **changes) -> VIP5Config:
+        return VIP5Config(**{**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["lora_target_modules"] = list(self.lora_target_modules)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VIP5Config:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"VIP5Config: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"VIP5Config.{field} {message}")
+
+
+def preset_t5_config(config: VIP5Config, *, vocab_size: int, pad_token_id: int, eos_token_id: int):
+    """The T5Config of a preset backbone. Vocabulary: the preset's if it fixes one, else
+    config.vocab_size, else `vocab_size` (the tokenizer's size)."""
+    from transformers import T5Config
+
+    if not config.is_preset:
+        raise ValueError(f"VIP5Config.backbone {config.backbone!r} is not a preset ({sorted(PRESETS)})")
+    shape = dict(PRESETS[config.backbone])
+    shape.setdefault("vocab_size", config.vocab_size or vocab_size)
+    if shape["vocab_size"] < vocab_size:
+        raise ValueError(f"VIP5Config.vocab_size: backbone vocab {shape['vocab_size']} < tokenizer size {vocab_size}")
+    return T5Config(
+        **shape,
+        dropout_rate=config.dropout_rate,
+        feed_forward_proj="relu",
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        decoder_start_token_id=pad_token_id,
+    )

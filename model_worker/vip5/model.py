@@ -1,0 +1,220 @@
+"""VIP5: a T5 encoder-decoder fed with multimodal personalized prompts, tuned through adapters.
+
+In: a `Batch` (see encoding.py). Out: loss (training), encoder states (scoring), generated ids.
+Letters: B batch, T source tokens, M image slots, F image feature size, k image tokens per item,
+D d_model, L target tokens, V vocabulary.
+
+Encoder input embedding of a prompt:
+  token embedding (B, T, D), with the k placeholders of item m replaced by the image mapping
+  network's output for m (F -> k x D: Linear, Tanh, Linear, LayerNorm), or by the learned
+  "no image" tokens when m has no feature
+  + whole-word embedding (which sub-tokens form one ID)   (optional, config.whole_word_embedding)
+  + modality embedding (0 text, 1 image)
+
+Two stages (`set_stage`): "pretrain" trains the backbone and the multimodal parts with adapters
+left at identity (needed offline, where no pretrained T5 exists); "adapt" freezes all of that and
+trains only adapters, the image mapping network, the "no image" tokens and the backbone's layer
+norms. Whole-word and modality embeddings are frozen in "adapt" as in the paper (its 3.58%
+trainable share counts them frozen); the "no image" tokens train because they stand in for the
+mapping network's output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+from .adapters import attach_adapters, is_adapter_param, pure_backbone_state_dict
+from .config import STAGES, VIP5Config, preset_t5_config
+from .encoding import Batch, PromptEncoder
+from .tokenizer import load_tokenizer
+
+GROUPS = ("backbone", "layer_norms", "adapters", "image_mapping", "id_embeddings")
+
+
+class ImageMapping(nn.Module):
+    """(..., F) -> (..., k, D): Linear(F, kD/2), Tanh, Linear(kD/2, kD), LayerNorm(kD), split in k."""
+
+    def __init__(self, feature_dim: int, d_model: int, image_tokens: int):
+        super().__init__()
+        self.image_tokens, self.d_model = image_tokens, d_model
+        width = d_model * image_tokens
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim, width // 2), nn.Tanh(), nn.Linear(width // 2, width), T5LayerNorm(width)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.net(features)  # (..., k*D)
+        return out.view(*features.shape[:-1], self.image_tokens, self.d_model)  # (..., k, D)
+
+
+class VIP5Model(nn.Module):
+    def __init__(self, config: VIP5Config, backbone: nn.Module, tokenizer):
+        super().__init__()
+        self.config, self.tokenizer = config, tokenizer
+        if len(tokenizer) > backbone.config.vocab_size:
+            backbone.resize_token_embeddings(len(tokenizer))
+        self.backbone = backbone
+        d_model = backbone.config.d_model
+        self.image_mapping = ImageMapping(config.image_feature_dim, d_model, config.image_tokens)
+        self.no_image = nn.Parameter(torch.randn(config.image_tokens, d_model))  # (k, D), unit RMS like LN output
+        self.modality_embedding = nn.Embedding(2, d_model)
+        nn.init.normal_(self.modality_embedding.weight, std=0.1)
+        self.whole_word_embedding = None
+        if config.whole_word_embedding:
+            self.whole_word_embedding = nn.Embedding(config.whole_word_vocab, d_model)
+            nn.init.normal_(self.whole_word_embedding.weight, std=0.1)
+        self.adapters = attach_adapters(backbone, config)  # None for LoRA (lives inside the backbone)
+        self.encoder = PromptEncoder(tokenizer, config)
+        self.stage: str | None = None
+        self.stages_run: list[str] = []
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, config: VIP5Config, tokenizer=None, *, seed: int | None = None) -> VIP5Model:
+        """A new model: preset backbones get random weights (needs `tokenizer`); otherwise the
+        backbone (and, if `tokenizer` is None, its tokenizer) load from the hub name / local path."""
+        from transformers import T5ForConditionalGeneration
+
+        if seed is not None:
+            torch.manual_seed(seed)
+        if config.is_preset:
+            if tokenizer is None:
+                raise ValueError("a preset backbone needs a tokenizer (see tokenizer.build_tokenizer)")
+            t5_config = preset_t5_config(config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=tokenizer.eos_token_id)
+            backbone = T5ForConditionalGeneration(t5_config)
+        else:
+            tokenizer = tokenizer or load_tokenizer(config.backbone, image_token=config.image_token)
+            backbone = T5ForConditionalGeneration.from_pretrained(config.backbone)
+        return cls(config, backbone, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path) -> VIP5Model:
+        """Load a directory written by `save_pretrained` (see checkpoint.py)."""
+        from .checkpoint import load_model_dir
+
+        return load_model_dir(path)
+
+    def save_pretrained(self, path) -> None:
+        from .checkpoint import save_model_dir
+
+        save_model_dir(self, path)
+
+    # ---- forward --------------------------------------------------------------------------------
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Encoder input embeddings (B, T, D)."""
+        x = self.backbone.get_input_embeddings()(batch.input_ids)  # (B, T, D)
+        is_image = batch.modality_ids == 1  # (B, T)
+        if is_image.any():
+            x = torch.where(is_image[..., None], self._image_tokens_at(batch, is_image), x)
+        x = x + self.modality_embedding(batch.modality_ids)
+        if self.whole_word_embedding is not None:
+            x = x + self.whole_word_embedding(batch.whole_word_ids)
+        return x
+
+    def _image_tokens_at(self, batch: Batch, is_image: torch.Tensor) -> torch.Tensor:
+        """(B, T, D): the image token for every placeholder position (garbage elsewhere)."""
+        vis = self.image_mapping(batch.image_features)  # (B, M, k, D)
+        vis = torch.where(batch.image_mask[..., None, None], vis, self.no_image.to(vis.dtype))
+        vis = vis.flatten(1, 2)  # (B, M*k, D), item-major: item m's tokens at m*k .. m*k+k-1
+        rank = is_image.long().cumsum(dim=1) - 1  # (B, T) placeholder order within the row
+        assert int(rank.max()) < vis.shape[1], "more image placeholders than image slots x k"
+        index = rank.clamp(min=0)[..., None].expand(-1, -1, vis.shape[-1])  # (B, T, D)
+        return vis.gather(1, index)
+
+    def encode(self, batch: Batch) -> BaseModelOutput:
+        """Encoder states (B, T, D) wrapped for `generate`/decoder calls."""
+        return self.backbone.get_encoder()(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask)
+
+    def forward(self, batch: Batch) -> dict:
+        """Returns loss (mean over prompts of each prompt's mean target-token NLL), per_prompt_loss
+        (B,) and logits (B, L, V). Averaging per prompt first keeps long explanation targets from
+        outweighing 5-token item ids."""
+        if batch.labels is None:
+            raise ValueError("forward needs batch.labels (encode with with_labels=True)")
+        out = self.backbone(encoder_outputs=self.encode(batch), attention_mask=batch.attention_mask,
+                            labels=batch.labels)
+        logits = out.logits  # (B, L, V)
+        nll = F.cross_entropy(logits.transpose(1, 2), batch.labels, ignore_index=-100, reduction="none")  # (B, L)
+        counts = (batch.labels != -100).sum(dim=1).clamp(min=1)
+        per_prompt = nll.sum(dim=1) / counts  # (B,)
+        return {"loss": per_prompt.mean(), "per_prompt_loss": per_prompt, "logits": logits}
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, **generate_kwargs) -> torch.Tensor:
+        """Token ids (B * num_return_sequences, L'); e.g. explanations with greedy decoding."""
+        generate_kwargs.setdefault("max_new_tokens", self.config.max_target_length)
+        return self.backbone.generate(encoder_outputs=self.encode(batch), attention_mask=batch.attention_mask,
+                                      **generate_kwargs)
+
+    def generate_text(self, batch: Batch, **generate_kwargs) -> list[str]:
+        ids = self.generate(batch, **generate_kwargs)
+        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    # ---- stages and parameter groups ------------------------------------------------------------
+
+    def param_group(self, name: str) -> str:
+        if is_adapter_param(name):
+            return "adapters"
+        if name.startswith(("image_mapping.", "no_image")):
+            return "image_mapping"
+        if name.startswith(("whole_word_embedding.", "modality_embedding.")):
+            return "id_embeddings"
+        if name.startswith("backbone.") and "layer_norm" in name:
+            return "layer_norms"
+        return "backbone"
+
+    def trainable_in(self, stage: str, name: str) -> bool:
+        group = self.param_group(name)
+        if stage == "pretrain":
+            return group != "adapters"
+        if stage == "adapt":
+            return group in ("adapters", "image_mapping", "layer_norms")
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+
+    def set_stage(self, stage: str) -> None:
+        """Set requires_grad for `stage` and record it in `stages_run` (saved with checkpoints)."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(self.trainable_in(stage, name))
+        self.stage = stage
+        if not self.stages_run or self.stages_run[-1] != stage:
+            self.stages_run.append(stage)
+
+    def trainable_parameters(self) -> dict:
+        """Parameter counts by group (tied weights counted once) and the trainable share."""
+        groups = {g: {"params": 0, "trainable": 0} for g in GROUPS}
+        for name, param in self.named_parameters():
+            group = groups[self.param_group(name)]
+            group["params"] += param.numel()
+            group["trainable"] += param.numel() if param.requires_grad else 0
+        total = sum(g["params"] for g in groups.values())
+        trainable = sum(g["trainable"] for g in groups.values())
+        return {"total_params": total, "trainable_params": trainable,
+                "trainable_fraction": trainable / total, "groups": groups}
+
+    def adapt_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything stage "adapt" trains: the adapter artifact's contents."""
+        return {n: p.detach() for n, p in self.named_parameters() if self.trainable_in("adapt", n)}
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """Backbone weights under stock T5 names (no LoRA factors)."""
+        return pure_backbone_state_dict(self.backbone.state_dict())
+
+    # ---- adapters -------------------------------------------------------------------------------
+
+    def save_adapter(self, path) -> None:
+        from .checkpoint import save_adapter
+
+        save_adapter(self, path)
+
+    def load_adapter(self, path, *, check_backbone: bool = True) -> None:
+        """Swap in adapter weights saved by `save_adapter` (validated before anything is copied)."""
+        from .checkpoint import apply_adapter, read_adapter
+
+        apply_adapter(self, read_adapter(path), check_backbone=check_backbone)
