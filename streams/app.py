@@ -100,9 +100,7 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
 
     async def _embed_items(upserts) -> None:
         with_image = [(e, u) for e, u in upserts if u.image_bytes is not None or u.image_uri is not None]
-        for event, upsert in upserts:
-            if upsert.image_bytes is None and upsert.image_uri is None:
-                ctx.stats["items_without_image"] += 1
+        ctx.stats["items_without_image"] += len(upserts) - len(with_image)
         if not with_image:
             return
         sources = [u.image_bytes if u.image_bytes is not None else u.image_uri for _, u in with_image]

@@ -19,6 +19,8 @@ from vip5.kafka import consumer, create_topics
 
 log = logging.getLogger(__name__)
 
+READY_LINE = "[^Worker]: Ready"  # faust logs this once partitions are assigned and tables recovered
+
 
 def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, EmbeddingFollower]:
     encoder = build_encoder(cfg.encoder)

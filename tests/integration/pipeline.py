@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from schemas.codec import decode_any, encode
+from schemas.errors import SchemaError
 from schemas.records import Interaction, ItemUpsert
 from schemas.topics import INTERACTIONS, ITEMS, TopicConfig
 from vip5.kafka import KafkaConfig, producer, read_topic
@@ -40,9 +41,16 @@ def publish(cfg: KafkaConfig, topics: TopicConfig, records, *, raw: list[tuple[s
 
 
 def records_on(cfg: KafkaConfig, topics: TopicConfig, spec, *, count: int, timeout_s: float = 60.0) -> list:
-    """Decoded records of a topic, once at least `count` arrived (or at timeout)."""
+    """Decoded records of a topic once at least `count` messages arrived (or at timeout);
+    messages that do not decode (deliberately bad input) are left out."""
     messages = read_topic(cfg, topics.name(spec), until=lambda ms: len(ms) >= count, timeout_s=timeout_s)
-    return [decode_any(m.value) for m in messages]
+    decoded = []
+    for message in messages:
+        try:
+            decoded.append(decode_any(message.value))
+        except SchemaError:
+            pass
+    return decoded
 
 
 def worker_args(command: str, cfg: KafkaConfig, topics: TopicConfig, *extra: str) -> list[str]:

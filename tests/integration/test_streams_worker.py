@@ -5,6 +5,7 @@ import pytest
 
 from schemas.records import DeadLetter, ItemEmbedding, ItemUpsert, RerankRequest
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RERANK_REQUESTS
+from streams.worker import READY_LINE
 from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
 from vip5.kafka import create_topics
 from vip5.processes import WorkerProcess
@@ -16,7 +17,7 @@ def start_streams(kafka_cfg, topics, tmp_path, name):
     args = worker_args("streams", kafka_cfg, topics, "--data-dir", str(tmp_path / "faust"), "--image-size", "96",
                        "--candidates", "20")
     worker = WorkerProcess(args, log_path=tmp_path / f"{name}.log", env=worker_env(kafka_cfg)).start()
-    assert worker.wait_for_log("[^Worker]: Ready", 120), (tmp_path / f"{name}.log").read_text()[-3000:]
+    assert worker.wait_for_log(READY_LINE, 120), (tmp_path / f"{name}.log").read_text()[-3000:]
     return worker
 
 

@@ -1,0 +1,99 @@
+"""VIP5 behind the serving loop's `Ranker` protocol (model_worker.serve).
+
+    RerankRequest records + image features ──► VIP5 direct-prompt log-likelihood per candidate
+                                           ──► [(item_id, score)] best first
+
+`VIP5Ranker.load(RankerConfig)` reads a model directory (VIP5Model.save_pretrained), moves it to
+the device (CUDA when present and asked for) and names the versions every Recommendation carries:
+`model_version` (backbone identity) and `adapter_version` ("base" until an adapter is applied).
+`with_adapter` returns a standby copy with an adapter artifact applied, for a swap between batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_worker.rerank import RerankConfig, Reranker
+from model_worker.rerank import RerankRequest as ModelRequest
+from model_worker.vip5.model import VIP5Model
+from model_worker.vip5.prompts import TEMPLATES, explanation_prompt
+from schemas.records import RerankRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    model_dir: str
+    device: str = "auto"  # "auto": cuda when available
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    explanation_template: str = "C-1"
+    explanation_max_tokens: int = 24
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device: {self.device!r} must be auto, cpu or cuda")
+        template = TEMPLATES.get(self.explanation_template)
+        if template is None or template.family != "explanation" or "star_rating" in template.fields:
+            raise ValueError(f"explanation_template: {self.explanation_template!r} is not a plain explanation template")
+        if self.explanation_max_tokens < 1:
+            raise ValueError("explanation_max_tokens: must be >= 1")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    return device
+
+
+class VIP5Ranker:
+    def __init__(self, model: VIP5Model, config: RankerConfig, *, model_version: str, adapter_version: str = "base"):
+        self.model, self.config = model.eval(), config
+        self.model_version, self.adapter_version = model_version, adapter_version
+
+    @classmethod
+    def load(cls, config: RankerConfig) -> VIP5Ranker:
+        if not Path(config.model_dir).is_dir():
+            raise FileNotFoundError(f"model_dir: no model directory at {config.model_dir} "
+                                    "(create one with `vip5 train` or VIP5Model.save_pretrained)")
+        from model_worker.vip5.checkpoint import backbone_sha256
+
+        model = VIP5Model.from_pretrained(config.model_dir).to(resolve_device(config.device))
+        version = f"vip5-{model.config.backbone}-{backbone_sha256(model)[:12]}"
+        log.info("loaded %s from %s on %s", version, config.model_dir, next(model.parameters()).device)
+        return cls(model, config, model_version=version)
+
+    def with_adapter(self, artifact, version: str) -> VIP5Ranker:
+        """A standby copy with `artifact` applied (checks backbone identity, keys and shapes)."""
+        from model_worker.vip5.checkpoint import apply_adapter
+
+        standby = copy.deepcopy(self.model)
+        apply_adapter(standby, artifact)
+        return VIP5Ranker(standby, self.config, model_version=self.model_version, adapter_version=version)
+
+    @torch.inference_mode()
+    def rank(self, requests: Sequence[RerankRequest],
+             features: Mapping[str, np.ndarray]) -> list[list[tuple[str, float]]]:
+        model_requests = [ModelRequest(user_id=r.user_id, history=r.history,
+                                       candidates=tuple(c.item_id for c in r.candidates),
+                                       retrieval_scores=tuple(c.score for c in r.candidates)) for r in requests]
+        scores = Reranker(self.model, features, self.config.rerank).score(model_requests)
+        return [sorted(zip(r.candidates, s, strict=True), key=lambda pair: -pair[1])
+                for r, s in zip(model_requests, scores, strict=True)]
+
+    @torch.inference_mode()
+    def explain(self, user_id: str, item_id: str, features: Mapping[str, np.ndarray]) -> str:
+        prompt = explanation_prompt(self.config.explanation_template, user_id, item_id)
+        batch = self.model.encoder.encode([prompt], features, with_labels=False)
+        batch = batch.to(next(self.model.parameters()).device)
+        return self.model.generate_text(batch, max_new_tokens=self.config.explanation_max_tokens, num_beams=1,
+                                        do_sample=False)[0]

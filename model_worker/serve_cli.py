@@ -1,0 +1,36 @@
+"""`vip5 serve`: run a model worker (flags override VIP5_* environment variables)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from vip5.cli import add_command
+from vip5.commands import add_kafka_args, kafka_config, topic_config
+
+
+def run_serve(args: argparse.Namespace) -> dict:
+    from model_worker.ranker import RankerConfig
+    from model_worker.serve import ServeConfig
+    from model_worker.worker import run_model_worker
+
+    model_dir = args.model_dir or os.environ.get("VIP5_MODEL_DIR")
+    if not model_dir:
+        raise SystemExit("vip5 serve: give --model-dir or set VIP5_MODEL_DIR")
+    serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topic_config(args), group_id=args.group_id,
+                            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, top_n=args.top_n,
+                            explain_top=args.explain)
+    stats = run_model_worker(serve_cfg, RankerConfig(model_dir=model_dir, device=args.device))
+    return {"stats": stats} if args.json else {}
+
+
+def register(commands, bench) -> None:
+    p = add_command(commands, "serve", run_serve, "run a model worker: re-rank requests -> recommendations")
+    add_kafka_args(p)
+    p.add_argument("--model-dir", default=None, help="VIP5 model directory (env VIP5_MODEL_DIR)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--group-id", default="vip5-model-worker", help="consumer group of the model workers")
+    p.add_argument("--max-batch", type=int, default=16, help="requests scored together")
+    p.add_argument("--max-wait-ms", type=int, default=50, help="longest wait for a batch to fill")
+    p.add_argument("--top-n", type=int, default=10, help="items per recommendation")
+    p.add_argument("--explain", action="store_true", help="attach a generated explanation to the top item")
