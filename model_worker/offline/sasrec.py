@@ -1,0 +1,214 @@
+"""SASRec (Kang & McAuley, ICDM 2018), a standard implementation in torch.
+
+RecBole's SASRec needs its own environment here (see the project notes), so this is our own
+implementation of the paper's model: item embeddings (scaled by sqrt(D)) plus learned positions,
+`n_blocks` pre-LayerNorm blocks of causal self-attention and a point-wise feed-forward net, a final
+LayerNorm; the score of item j after position t is <h_t, E_j>. Training: binary cross-entropy with
+one sampled negative per position (an item the user never touched), as in the paper.
+
+In:  training sequences (items 1..I, oldest first); histories to score.
+Out: `scores(histories)` -> (B, I+1) numpy array, column 0 = -inf (the `Scorer` interface).
+Shapes: B batch, L max_len, D hidden, I items.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    """hidden: D; n_blocks/n_heads: attention blocks and heads; max_len: L (older items dropped);
+    dropout: on embeddings and inside blocks; lr/batch_size/max_epochs: Adam training;
+    time_budget_s: training stops after the epoch that crosses it; seed: init and sampling."""
+
+    hidden: int = 64
+    n_blocks: int = 2
+    n_heads: int = 1
+    max_len: int = 50
+    dropout: float = 0.5
+    lr: float = 1e-3
+    batch_size: int = 128
+    max_epochs: int = 200
+    time_budget_s: float = 300.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "n_blocks", "n_heads", "max_len", "batch_size", "max_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SASRecConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden % self.n_heads:
+            raise ValueError(f"SASRecConfig.hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"SASRecConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0 or self.time_budget_s <= 0:
+            raise ValueError("SASRecConfig.lr and SASRecConfig.time_budget_s must be > 0")
+
+
+class SASRecBlock(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.hidden, eps=1e-8)
+        self.attn = nn.MultiheadAttention(config.hidden, config.n_heads, dropout=config.dropout, batch_first=True)
+        self.ff_norm = nn.LayerNorm(config.hidden, eps=1e-8)
+        self.ff = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.ReLU(), nn.Dropout(config.dropout),
+                                nn.Linear(config.hidden, config.hidden), nn.Dropout(config.dropout))
+
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D); blocked (B*heads, L, L) True where attention is not allowed; keep (B, L, 1)."""
+        query = self.attn_norm(x)
+        attended, _ = self.attn(query, x, x, attn_mask=blocked, need_weights=False)
+        x = query + attended  # (B, L, D); residual on the normalised query, as in the reference code
+        x = x + self.ff(self.ff_norm(x))
+        return x * keep
+
+
+class SASRec(nn.Module):
+    def __init__(self, n_items: int, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config, self.n_items = config, n_items
+        self.item_emb = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(config.max_len, config.hidden)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.n_blocks))
+        self.final_norm = nn.LayerNorm(config.hidden, eps=1e-8)
+        for name, param in self.named_parameters():
+            if param.dim() > 1 and "norm" not in name:
+                nn.init.xavier_normal_(param)  # as the reference implementation
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def attention_mask(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(B*heads, L, L), True = blocked: future positions and padding keys; the diagonal stays
+        open so a padding query has something to attend to (its output is zeroed anyway)."""
+        length = seqs.shape[1]
+        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=seqs.device), diagonal=1)
+        blocked = future[None] | (seqs == 0)[:, None, :]  # (B, L, L)
+        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=seqs.device)[None]
+        return blocked.repeat_interleave(self.config.n_heads, dim=0)
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs (B, T) item ids, left-padded with 0, T <= L -> hidden states (B, T, D).
+
+        Positions count back from the last column, so trimming all-padding columns on the left
+        gives exactly the same outputs."""
+        length = seqs.shape[1]
+        positions = torch.arange(self.config.max_len - length, self.config.max_len, device=seqs.device)
+        x = self.item_emb(seqs) * math.sqrt(self.config.hidden) + self.pos_emb(positions)[None]
+        keep = (seqs > 0).unsqueeze(-1).float()  # (B, T, 1)
+        x = self.dropout(x) * keep
+        blocked = self.attention_mask(seqs)
+        for block in self.blocks:
+            x = block(x, blocked, keep)
+        return self.final_norm(x)
+
+    def bce_loss(self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """seqs, pos, neg (B, L); positions where pos == 0 are padding and ignored."""
+        hidden = self.forward(seqs)
+        pos_logits = (hidden * self.item_emb(pos)).sum(-1)  # (B, L)
+        neg_logits = (hidden * self.item_emb(neg)).sum(-1)
+        mask = pos > 0
+        bce = nn.functional.binary_cross_entropy_with_logits
+        loss = bce(pos_logits[mask], torch.ones_like(pos_logits[mask]), reduction="sum")
+        loss = loss + bce(neg_logits[mask], torch.zeros_like(neg_logits[mask]), reduction="sum")
+        return loss / mask.sum().clamp(min=1)
+
+
+def left_pad(items: Sequence[int], length: int) -> list[int]:
+    items = list(items)[-length:]
+    return [0] * (length - len(items)) + items
+
+
+def training_arrays(train: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs items[:-1] and positives items[1:], left-padded to (N, L); users with < 2 items dropped."""
+    usable = [items for items in train if len(items) >= 2]
+    seqs = np.array([left_pad(items[:-1], max_len) for items in usable], dtype=np.int64).reshape(-1, max_len)
+    pos = np.array([left_pad(items[1:], max_len) for items in usable], dtype=np.int64).reshape(-1, max_len)
+    return seqs, pos
+
+
+def trim_padding(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Drop the left columns that are padding in every row of the first array."""
+    filled = np.nonzero((arrays[0] > 0).any(axis=0))[0]
+    start = int(filled[0]) if len(filled) else arrays[0].shape[1] - 1
+    return [a[:, start:] for a in arrays]
+
+
+def length_batches(seqs: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices grouped by similar length (less padding per batch), batches in random order."""
+    lengths = (seqs > 0).sum(axis=1) + rng.random(len(seqs))  # random tie-break inside a length
+    order = np.argsort(lengths)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sample_training_negatives(pos: np.ndarray, touched: list[set[int]], n_items: int,
+                              rng: np.random.Generator) -> np.ndarray:
+    """One random item per non-padding position, never one the user touched."""
+    neg = rng.integers(1, n_items + 1, size=pos.shape)
+    for row, seen in enumerate(touched):
+        for col in np.nonzero(pos[row])[0]:
+            while int(neg[row, col]) in seen:
+                neg[row, col] = rng.integers(1, n_items + 1)
+    return neg * (pos > 0)
+
+
+class SASRecScorer:
+    """Fits SASRec on training sequences within the config's epoch and time budget."""
+
+    name = "sasrec"
+
+    def __init__(self, train: Sequence[Sequence[int]], n_items: int, config: SASRecConfig | None = None) -> None:
+        self.config = config or SASRecConfig()
+        self.n_items = n_items
+        torch.manual_seed(self.config.seed)
+        self.model = SASRec(n_items, self.config)
+        self.epochs_run, self.train_s, self.last_loss = self._fit(train)
+
+    def _fit(self, train: Sequence[Sequence[int]]) -> tuple[int, float, float]:
+        config = self.config
+        rng = np.random.default_rng(config.seed)
+        seqs, pos = training_arrays(train, config.max_len)
+        touched = [set(items) for items in train if len(items) >= 2]
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.98))
+        start, epoch, loss_value = time.monotonic(), 0, float("nan")
+        self.model.train()
+        while epoch < config.max_epochs and time.monotonic() - start < config.time_budget_s and len(seqs):
+            neg = sample_training_negatives(pos, touched, self.n_items, rng)
+            losses = []
+            for batch in length_batches(seqs, config.batch_size, rng):
+                arrays = trim_padding(seqs[batch], pos[batch], neg[batch])
+                loss = self.model.bce_loss(*(torch.from_numpy(a) for a in arrays))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            epoch, loss_value = epoch + 1, float(np.mean(losses))
+            log.debug("sasrec epoch %d loss %.4f", epoch, loss_value)
+        self.model.eval()
+        elapsed = time.monotonic() - start
+        log.info("sasrec: %d epochs in %.0f s, last loss %.4f", epoch, elapsed, loss_value)
+        return epoch, elapsed, loss_value
+
+    @torch.no_grad()
+    def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        padded = np.array([left_pad(h, self.config.max_len) for h in histories], dtype=np.int64)
+        hidden = self.model(torch.from_numpy(trim_padding(padded)[0]))[:, -1]  # (B, D): the state after the last history item
+        out = (hidden @ self.model.item_emb.weight.T).numpy().astype(np.float64)  # (B, I+1)
+        out[:, 0] = -np.inf
+        return out
+
+    def info(self) -> dict:
+        return {"implementation": "own torch SASRec (Kang & McAuley 2018), BCE with one negative per position",
+                "epochs": self.epochs_run, "train_s": round(self.train_s, 1), "last_loss": self.last_loss,
+                **{k: getattr(self.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "dropout")}}
