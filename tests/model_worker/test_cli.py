@@ -1,0 +1,24 @@
+import json
+
+from vip5.cli import main
+
+
+def _run(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_model_info_reports_counts_by_group(capsys):
+    info = _run(capsys, ["model", "info", "--preset", "tiny", "--image-feature-dim", "64", "--json"])
+    assert info["trainable_params"] == sum(info[f"{g}_trainable"] for g in
+                                           ("backbone", "layer_norms", "adapters", "image_mapping", "id_embeddings"))
+    assert 0 < info["trainable_fraction"] < 1 and info["backbone_trainable"] == 0
+
+
+def test_bench_rerank_reports_timings_and_agreement(capsys):
+    out = _run(capsys, ["bench", "rerank", "--preset", "tiny", "--requests", "2", "--candidates", "20",
+                        "--beams", "4", "--history", "3", "--vocab-size", "512", "--image-feature-dim", "16",
+                        "--catalogue", "500", "--threads", "1",
+                        "--json"])
+    assert out["rankings_agree"] is True
+    assert all(out[key] > 0 for key in ("exact_ms", "naive_ms", "beam_ms"))
