@@ -96,7 +96,11 @@ class PopularityTracker:
 
 
 class FreshnessTracker:
-    """The most recently added items (newest last), at most `max_items`, each with its add time."""
+    """The most recently added items, at most `max_items`, each with its add time.
+
+    Kept in arrival order (an item added again moves to the end); `recent` walks back from the
+    latest arrival and stops at the first one older than max_age_s.
+    """
 
     def __init__(self, *, max_age_s: float = 7 * 86400.0, max_items: int = 10_000):
         if max_age_s <= 0 or max_items < 1:

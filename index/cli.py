@@ -36,6 +36,7 @@ def register(commands, bench) -> None:
     index.add_argument("--images", type=Path, default=DEFAULT_FASHION_DIR,
                        help="folder with products.csv + images/ for the encoder images/s")
     index.add_argument("--skip-encoder", action="store_true", help="leave out the encoder images/s")
+    index.add_argument("--threads", type=int, default=None, help="CPU threads for the encoder (torch)")
 
     neighbours = add_command(bench, "visual-neighbours", neighbours_command,
                              "precision@k of same article type among visual neighbours")
@@ -50,6 +51,7 @@ def _encoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="clip: hub name or local folder; lite0: .pth path")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the encoder (torch)")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -60,7 +62,7 @@ def _encoder(args: argparse.Namespace):
     from index.encoders import EncoderConfig, build_encoder
 
     return build_encoder(EncoderConfig(kind=args.encoder, model=args.model, image_size=args.image_size,
-                                       device=args.device))
+                                       device=args.device, num_threads=args.threads))
 
 
 def embed_command(args: argparse.Namespace) -> dict:
@@ -85,9 +87,18 @@ def bench_index_command(args: argparse.Namespace) -> dict:
     sizes = args.sizes[:1] if args.quick else args.sizes
     result = bench_index(sizes, args.dim, distribution=args.distribution)
     if not args.skip_encoder:
+        from index.encoders import EncoderConfig, build_encoder
+
         paths, _ = labelled_images(args.images)
-        result["encoder"] = bench_encoder(paths, (1, 64))
+        encoder = build_encoder(EncoderConfig(num_threads=args.threads))
+        result["encoder"] = {**bench_encoder(paths, (1, 64), encoder=encoder), "threads": _torch_threads()}
     return result
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def neighbours_command(args: argparse.Namespace) -> dict:

@@ -37,6 +37,7 @@ class EncoderConfig:
     image_size: int = 224  # lite0 input side in pixels (clip uses its processor's size)
     batch_size: int = 64  # images per forward pass
     device: str = "auto"  # "auto" picks cuda when available
+    num_threads: int | None = None  # CPU: torch intra-op threads, set process-wide; None keeps torch's
     limits: ImageLimits = field(default_factory=ImageLimits)
 
     def __post_init__(self) -> None:
@@ -50,6 +51,8 @@ class EncoderConfig:
             raise ValueError(f"EncoderConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.device not in DEVICES:
             raise ValueError(f"EncoderConfig.device must be one of {DEVICES}, got {self.device!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"EncoderConfig.num_threads must be >= 1 or None, got {self.num_threads}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class VisualEncoder(ABC):
     def __init__(self, config: EncoderConfig):
         self.config = config
         self.device = resolve_device(config.device)
+        if config.num_threads is not None:
+            import torch
+
+            torch.set_num_threads(config.num_threads)
 
     def embed(self, images: Sequence[ImageSource]) -> Embeddings:
         decoded, errors = [], []
@@ -134,11 +141,11 @@ class Lite0Encoder(VisualEncoder):
 
 class ClipEncoder(VisualEncoder):
     def __init__(self, config: EncoderConfig):
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection
 
         super().__init__(config)
         try:
-            self.processor = CLIPImageProcessor.from_pretrained(config.model)
+            self.processor = _clip_processor_class().from_pretrained(config.model)
             self.model = CLIPVisionModelWithProjection.from_pretrained(config.model)
         except OSError as err:
             raise OSError(
@@ -147,11 +154,22 @@ class ClipEncoder(VisualEncoder):
             ) from err
         self.model = self.model.to(self.device).eval()
         self.dim = int(self.model.config.projection_dim)
-        self.encoder_id = f"clip/{config.model}"
+        self.encoder_id = f"clip:{config.model}"
 
     def _features(self, images: list):
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]  # (B, 3, S, S)
         return self.model(pixel_values=pixels.to(self.device)).image_embeds
+
+
+def _clip_processor_class():
+    """The PIL-backed CLIP processor when torchvision is absent (same output, no fallback warning)."""
+    import importlib.util
+
+    import transformers
+
+    if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
+        return transformers.CLIPImageProcessorPil
+    return transformers.CLIPImageProcessor
 
 
 def resolve_device(device: str) -> str:

@@ -6,8 +6,9 @@ Out: `search(queries (B, D), k)` -> B lists of `Hit(item_id, score)`, best first
      never an id from that query's `exclude`; `get_vectors(ids)` -> {id: (D,) float32}.
 
 Exact (flat) below `IndexConfig.approx_min_items`, then the configured approximate kind (IVF or
-HNSW); the switch, IVF re-training after 4x growth and HNSW tombstone compaction happen inside
-the write that crosses the line. Own copy of every vector (rows of one array), so rebuilds and
+HNSW). The switch, IVF re-training after 4x growth and HNSW tombstone compaction start when a write
+crosses the line and run in a background thread on a copy; writes made meanwhile are journalled
+and replayed before the new index is swapped in, so searches and writes never wait for a rebuild. Own copy of every vector (rows of one array), so rebuilds and
 `get_vectors` never depend on what a faiss index can reconstruct. Thread-safe: searches share a
 read lock, writes take the write lock.
 """
@@ -47,6 +48,7 @@ class IndexConfig:
     max_dead_fraction: float = 0.2  # HNSW: compact when tombstones exceed this share of live items
     normalize: bool = True  # L2-normalise stored vectors and queries (inner product = cosine)
     use_gpu: bool | None = None  # None: a GPU copy for search when faiss sees a GPU (flat/ivf only)
+    background_reorganise: bool = True  # switch kind / re-train / compact in a thread; writes go on
 
     def __post_init__(self) -> None:
         checks = {
@@ -103,6 +105,9 @@ class ItemIndex:
         self._gpu_resources = None
         self._use_gpu = bool(config.use_gpu if config.use_gpu is not None else fb.gpu_count() > 0)
         self._state = _build_state(config, [], np.zeros((0, config.dim), np.float32))
+        self._generation = 0  # bumped on every swap of the whole state
+        self._reorganiser: threading.Thread | None = None
+        self._journal: set[str] | None = None  # ids written while a background rebuild runs
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -110,32 +115,15 @@ class ItemIndex:
         """Add new items or replace the vectors of existing ones; the last duplicate wins."""
         ids, rows = _dedup_last(list(item_ids), self._prepare(vectors, len(item_ids)))
         with self._lock.write():
-            st = self._state
-            self._forget_labels(st, [st.label_of[i] for i in ids if i in st.label_of])
-            labels = np.arange(st.next_label, st.next_label + len(ids), dtype=np.int64)
-            st.next_label += len(ids)
-            slots = [_take_slot(st, item) for item in ids]
-            st.vectors[slots] = rows
-            for item, label in zip(ids, labels.tolist(), strict=True):
-                st.label_of[item] = label
-                st.item_of[label] = item
-            if len(ids):
-                st.index.add_with_ids(rows, labels)
-            self._reorganise_if_due()
-            self._gpu_index = None
+            _state_upsert(self._state, ids, rows)
+            self._after_write(ids)
         return len(ids)
 
     def remove(self, item_ids: Iterable[str]) -> int:
         """Remove items; unknown ids are ignored. Returns how many were present."""
         with self._lock.write():
-            st = self._state
-            present = [i for i in dict.fromkeys(item_ids) if i in st.label_of]
-            self._forget_labels(st, [st.label_of[i] for i in present])
-            for item in present:
-                del st.label_of[item]
-                st.free_slots.append(st.slot_of.pop(item))
-            self._reorganise_if_due()
-            self._gpu_index = None
+            present = _state_remove(self._state, item_ids)
+            self._after_write(present)
         return len(present)
 
     def rebuild(self, records: Iterable[Any], *, encoder_id: str | None = None) -> int:
@@ -160,39 +148,74 @@ class ItemIndex:
         """Bulk load: the index holds exactly `item_ids` -> `vectors` (N, D) afterwards."""
         ids, rows = _dedup_last(list(item_ids), self._prepare(vectors, len(item_ids)))
         state = _build_state(self.config, ids, rows)  # built outside the lock: searches go on
-        with self._lock.write():
-            self._state = state
-            self._gpu_index = None
+        self._swap(state, generation=None)
         log.info("item index loaded: %d items, kind %s", len(ids), state.kind)
         return len(ids)
 
     def compact(self) -> None:
-        """Rebuild from the stored vectors (drops HNSW tombstones, re-trains IVF)."""
+        """Rebuild from the stored vectors now (drops HNSW tombstones, re-trains IVF); writes go on."""
         with self._lock.write():
-            self._state = _build_state(self.config, *_live(self._state))
-            self._gpu_index = None
+            if self._reorganiser is None:
+                self._start_reorganiser()
+        self.wait_for_reorganise()
 
-    def _forget_labels(self, st: _State, labels: list[int]) -> None:
-        if not labels:
+    def wait_for_reorganise(self, timeout_s: float | None = None) -> bool:
+        """Block until a background reorganisation (if any) has been swapped in; False on timeout."""
+        thread = self._reorganiser
+        if thread is not None:
+            thread.join(timeout_s)
+            return not thread.is_alive()
+        return True
+
+    def _after_write(self, touched: Iterable[str]) -> None:
+        """Under the write lock: journal for a running reorganisation, start one when due."""
+        self._gpu_index = None
+        if self._journal is not None:
+            self._journal.update(touched)
+        if self._reorganiser is not None or not _reorganise_due(self._state, self.config):
             return
-        for label in labels:
-            del st.item_of[label]
-        if st.kind == "hnsw":
-            st.dead.update(labels)
-            st.dead_selector_cache = None
+        if self.config.background_reorganise:
+            self._start_reorganiser()
         else:
-            fb.remove(st.index, np.asarray(labels, dtype=np.int64))
+            st = self._state
+            log.info("item index reorganising at %d items (was %s)", len(st.slot_of), st.kind)
+            self._state = _build_state(self.config, *_live(st))
 
-    def _reorganise_if_due(self) -> None:
-        st, cfg, n = self._state, self.config, len(self._state.slot_of)
-        due = (
-            (st.kind == "flat" and cfg.kind != "flat" and n >= cfg.approx_min_items)
-            or (st.kind == "ivf" and n >= IVF_RETRAIN_GROWTH * max(st.trained_on, 1))
-            or (st.kind == "hnsw" and len(st.dead) > cfg.max_dead_fraction * max(n, 1))
-        )
-        if due:
-            log.info("item index reorganising at %d items (was %s, %d tombstones)", n, st.kind, len(st.dead))
-            self._state = _build_state(cfg, *_live(st))
+    def _start_reorganiser(self) -> None:
+        self._reorganiser = threading.Thread(target=self._reorganise, name="item-index-reorganise", daemon=True)
+        self._reorganiser.start()
+
+    def _reorganise(self) -> None:
+        """Background: rebuild from a copy, then replay the writes made meanwhile and swap."""
+        with self._lock.read():  # no writer runs, so the copy and the journal start together
+            st, generation = self._state, self._generation
+            ids, vectors = _live(st)
+            self._journal = set()
+        log.info("item index reorganising in the background at %d items (was %s)", len(ids), st.kind)
+        try:
+            state = _build_state(self.config, ids, vectors)
+        except Exception:
+            log.exception("item index reorganisation failed; keeping the current index")
+            with self._lock.write():
+                self._journal, self._reorganiser = None, None
+            raise
+        self._swap(state, generation=generation)
+
+    def _swap(self, state: _State, *, generation: int | None) -> None:
+        """Make `state` current. With `generation`, replay the journal, and drop `state` if the
+        content was replaced wholesale since it was copied."""
+        with self._lock.write():
+            if generation is not None:
+                journal, self._journal, self._reorganiser = self._journal or set(), None, None
+                if generation != self._generation:
+                    return
+                current = self._state
+                alive = [i for i in journal if i in current.slot_of]
+                _state_remove(state, [i for i in journal if i not in current.slot_of])
+                _state_upsert(state, alive, current.vectors[[current.slot_of[i] for i in alive]])
+            self._state = state
+            self._generation += 1
+            self._gpu_index = None
 
     def _prepare(self, vectors: np.ndarray, n: int) -> np.ndarray:
         rows = np.asarray(vectors, dtype=np.float32).reshape(-1, self.config.dim) if n else np.zeros((0, self.config.dim), np.float32)
@@ -326,6 +349,51 @@ def _build_state(config: IndexConfig, ids: list[str], vectors: np.ndarray) -> _S
     return _State(kind=kind, index=index, vectors=store, slot_of={item: i for i, item in enumerate(ids)},
                   label_of={item: i for i, item in enumerate(ids)}, item_of=dict(enumerate(ids)),
                   next_label=n, trained_on=n if kind == "ivf" else 0)
+
+
+def _state_upsert(st: _State, ids: list[str], rows: np.ndarray) -> None:
+    """Write ids -> rows (N, D) into `st`; every write gets fresh labels (HNSW keeps old ones dead)."""
+    if not ids:
+        return
+    _forget_labels(st, [st.label_of[i] for i in ids if i in st.label_of])
+    labels = np.arange(st.next_label, st.next_label + len(ids), dtype=np.int64)
+    st.next_label += len(ids)
+    slots = [_take_slot(st, item) for item in ids]  # may grow st.vectors: before indexing it
+    st.vectors[slots] = rows
+    for item, label in zip(ids, labels.tolist(), strict=True):
+        st.label_of[item] = label
+        st.item_of[label] = item
+    st.index.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), labels)
+
+
+def _state_remove(st: _State, item_ids: Iterable[str]) -> list[str]:
+    present = [i for i in dict.fromkeys(item_ids) if i in st.label_of]
+    _forget_labels(st, [st.label_of[i] for i in present])
+    for item in present:
+        del st.label_of[item]
+        st.free_slots.append(st.slot_of.pop(item))
+    return present
+
+
+def _forget_labels(st: _State, labels: list[int]) -> None:
+    if not labels:
+        return
+    for label in labels:
+        del st.item_of[label]
+    if st.kind == "hnsw":
+        st.dead.update(labels)
+        st.dead_selector_cache = None
+    else:
+        fb.remove(st.index, np.asarray(labels, dtype=np.int64))
+
+
+def _reorganise_due(st: _State, config: IndexConfig) -> bool:
+    n = len(st.slot_of)
+    return (
+        (st.kind == "flat" and config.kind != "flat" and n >= config.approx_min_items)
+        or (st.kind == "ivf" and n >= IVF_RETRAIN_GROWTH * max(st.trained_on, 1))
+        or (st.kind == "hnsw" and len(st.dead) > config.max_dead_fraction * max(n, 1))
+    )
 
 
 def _live(st: _State) -> tuple[list[str], np.ndarray]:

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index.candidates import (
+    CandidateConfig,
+    FreshnessTracker,
+    PopularityTracker,
+    generate_candidates,
+    history_query,
+)
+from index.item_index import IndexConfig, ItemIndex
+
+DIM = 16
+NOW_S = 1_000_000.0
+
+
+def two_cluster_catalogue(per_cluster: int = 30) -> ItemIndex:
+    """Items a0.. near one direction and b0.. near an orthogonal one."""
+    rng = np.random.default_rng(0)
+    axis_a, axis_b = np.eye(DIM)[0], np.eye(DIM)[1]
+    index = ItemIndex(IndexConfig(dim=DIM, kind="flat"))
+    for name, axis in (("a", axis_a), ("b", axis_b)):
+        rows = axis + 0.2 * rng.standard_normal((per_cluster, DIM))
+        index.upsert([f"{name}{i}" for i in range(per_cluster)], rows)
+    return index
+
+
+@pytest.fixture()
+def trackers() -> tuple[PopularityTracker, FreshnessTracker]:
+    popularity = PopularityTracker(half_life_s=3600)
+    for i, count in enumerate([5, 3, 1]):
+        for _ in range(count):
+            popularity.record(f"a{i}", NOW_S - 60)
+    freshness = FreshnessTracker(max_age_s=86400)
+    freshness.add("b29", NOW_S - 10)
+    return popularity, freshness
+
+
+def test_new_user_gets_popular_then_fresh_items(trackers):
+    popularity, freshness = trackers
+    config = CandidateConfig(k=10, popular_k=2, fresh_k=1)
+    got = generate_candidates([], two_cluster_catalogue(), popularity, freshness, config, now_s=NOW_S)
+    assert [(c.item_id, c.source) for c in got] == [("a0", "popular"), ("a1", "popular"), ("b29", "fresh"),
+                                                   ("a2", "popular")]
+
+
+def test_user_with_history_gets_visual_neighbours_and_never_seen_items(trackers):
+    popularity, freshness = trackers
+    config = CandidateConfig(k=20, popular_k=2, fresh_k=1)
+    history = ["b3", "b4"]
+    got = generate_candidates(history, two_cluster_catalogue(), popularity, freshness, config, now_s=NOW_S,
+                              exclude={"b5"})
+    ids = [c.item_id for c in got]
+    assert len(ids) == 20 == len(set(ids))
+    assert not {"b3", "b4", "b5"} & set(ids)
+    visual = [c for c in got if c.source == "visual"]
+    assert len(visual) == 17 and all(c.item_id.startswith("b") for c in visual)
+    assert [c.score for c in visual] == sorted((c.score for c in visual), reverse=True)
+    assert {c.source for c in got} == {"visual", "popular", "fresh"}
+
+
+def test_recent_history_items_weigh_more_in_the_query():
+    index = two_cluster_catalogue()
+    config = CandidateConfig(k=10, popular_k=0, fresh_k=0, recency_half_life=1.0)
+    query = history_query(["a1", "a2", "b1"], index, config)  # latest is b1: weights 0.25, 0.5, 1
+    assert query @ np.eye(DIM)[1] > query @ np.eye(DIM)[0]
+    got = generate_candidates(["a1", "a2", "b1"], index, PopularityTracker(), FreshnessTracker(), config, now_s=NOW_S)
+    assert got[0].item_id.startswith("b")
+
+
+def test_a_new_product_reaches_users_before_any_interaction(trackers):
+    popularity, freshness = trackers
+    index = two_cluster_catalogue()
+    index.upsert(["new-product"], np.eye(DIM)[5:6])  # unlike anything the user saw
+    freshness.add("new-product", NOW_S - 1)
+    config = CandidateConfig(k=5, popular_k=1, fresh_k=1)
+    got = generate_candidates(["a3"], index, popularity, freshness, config, now_s=NOW_S)
+    assert ("new-product", "fresh") in [(c.item_id, c.source) for c in got]
+
+
+def test_a_new_product_is_found_visually_once_embedded():
+    index = two_cluster_catalogue()
+    index.upsert(["new-a"], np.eye(DIM)[0:1])  # exactly on cluster a's axis
+    config = CandidateConfig(k=3, popular_k=0, fresh_k=0)
+    got = generate_candidates(["a1", "a2"], index, PopularityTracker(), FreshnessTracker(), config, now_s=NOW_S)
+    assert "new-a" in [c.item_id for c in got]
+
+
+def test_history_items_without_vectors_are_ignored():
+    index = two_cluster_catalogue()
+    config = CandidateConfig(k=3, popular_k=0, fresh_k=0)
+    assert history_query(["unknown"], index, config) is None
+    got = generate_candidates(["unknown", "b2"], index, PopularityTracker(), FreshnessTracker(), config, now_s=NOW_S)
+    assert all(c.item_id.startswith("b") for c in got)
+
+
+def test_popularity_halves_every_half_life():
+    tracker = PopularityTracker(half_life_s=100)
+    tracker.record("old", 0.0)
+    tracker.record("old", 0.0)
+    tracker.record("new", 100.0)
+    (first, s1), (second, s2) = tracker.top(2, now_s=100.0)
+    assert (first, second) == ("old", "new") and s1 == pytest.approx(1.0) and s2 == pytest.approx(1.0)
+    tracker.record("new", 200.0)
+    assert tracker.top(1, now_s=200.0) == [("new", pytest.approx(1.5))]
+    tracker.record("later", 200.0 + 600 * 100)  # far in the future: rebased, still finite
+    assert tracker.top(1, now_s=200.0 + 600 * 100)[0][0] == "later"
+
+
+def test_freshness_forgets_items_past_max_age_and_keeps_the_newest():
+    tracker = FreshnessTracker(max_age_s=100, max_items=3)
+    for i, t in enumerate([0, 50, 60, 70]):
+        tracker.add(f"i{i}", t)
+    assert [item for item, _ in tracker.recent(10, now_s=155)] == ["i3", "i2"]  # i0 evicted, i1 too old
+    tracker.discard("i3")
+    assert tracker.recent(1, now_s=155, exclude={"i2"}) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"k": 0}, "k"), ({"k": 5, "popular_k": 6}, "popular_k"), ({"fresh_k": -1}, "fresh_k"),
+     ({"history_len": 0}, "history_len"), ({"recency_half_life": 0}, "recency_half_life")],
+)
+def test_candidate_config_rejects_invalid_field_naming_it(kwargs, field):
+    with pytest.raises(ValueError, match=f"CandidateConfig.{field}"):
+        CandidateConfig(**kwargs)
