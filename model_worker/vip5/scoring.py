@@ -16,6 +16,8 @@ encoder output per candidate and runs the full decoder per candidate; both give 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -51,11 +53,13 @@ def score_tries(model, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
     tokens, depth, ancestors, sizes = _stack(tries, pad_token=int(tries[0].tokens[0]))  # (B, N) .. (B,)
     hidden = _tree_decoder(backbone, tokens, depth, ancestors, encoder_states, encoder_mask)  # (B, N, D)
     valid = torch.arange(tokens.shape[1])[None, :] < sizes[:, None]  # (B, N)
-    logp = torch.log_softmax(backbone.lm_head(hidden[valid]).float(), dim=-1)  # (sum N_b, V): once per prefix
-    offsets = torch.cumsum(sizes, 0) - sizes  # (B,) first row of prompt b in logp
+    logits = backbone.lm_head(hidden[valid]).float()  # (sum N_b, V): once per distinct prefix
+    log_normaliser = torch.logsumexp(logits, dim=-1)  # (sum N_b,)
+    offsets = torch.cumsum(sizes, 0) - sizes  # (B,) first row of prompt b in logits
     scores = []
     for b, trie in enumerate(tries):
-        edge_logp = logp[offsets[b] + trie.edge_source, trie.edge_token]  # (E,)
+        rows = offsets[b] + trie.edge_source
+        edge_logp = logits[rows, trie.edge_token] - log_normaliser[rows]  # (E,)
         edge_logp = torch.cat([edge_logp, edge_logp.new_zeros(1)])  # slot E pads short paths
         scores.append(edge_logp[trie.item_edges].sum(dim=-1))  # (I,)
     return scores
@@ -138,6 +142,69 @@ class CatalogueScorer:
                 scores = score_tries(model, states, batch.attention_mask, [packed] * len(batch))
                 out[:, index] = torch.stack(scores)
             return out
+
+
+# ---- exact top-k by best-first search ---------------------------------------------------------
+
+
+class _BestFirst:
+    """Best-first search over one prompt's trie. A prefix's log-probability bounds every item
+    below it (log-probabilities are <= 0), so a complete item popped from the frontier outranks
+    everything not yet found: the first k popped are exactly the k most likely items."""
+
+    def __init__(self, trie: ItemTrie, k: int):
+        self.trie, self.k = trie, k
+        self.frontier = [(0.0, 0, 0)]  # (-log p(prefix), tie-break, node)
+        self.counter = itertools.count(1)
+        self.found: list[tuple[str, float]] = []
+
+    @property
+    def done(self) -> bool:
+        return len(self.found) >= self.k or not self.frontier
+
+    def next_nodes(self, limit: int) -> list[tuple[int, float]]:
+        """Pop found items off the top, then up to `limit` prefixes to expand (best first)."""
+        nodes: list[tuple[int, float]] = []
+        while self.frontier and len(nodes) < limit and len(self.found) < self.k:
+            neg_logp, _, node = self.frontier[0]
+            if self.trie.children[node]:
+                nodes.append((node, -heapq.heappop(self.frontier)[0]))
+            elif nodes:  # a pending expansion might still beat this item
+                break
+            else:
+                heapq.heappop(self.frontier)
+                self.found.append((self.trie.item_ids[self.trie.leaf_item[node]], -neg_logp))
+        return nodes
+
+    def expand(self, nodes: list[tuple[int, float]], logp: torch.Tensor) -> None:
+        """logp (len(nodes), V): next-token log-probabilities at each expanded prefix."""
+        for (node, score), row in zip(nodes, logp, strict=True):
+            for token, child in self.trie.children[node].items():
+                heapq.heappush(self.frontier, (-(score + float(row[token])), next(self.counter), child))
+
+
+def top_k_items(model, batch: Batch, tries: Sequence[ItemTrie], k: int, *,
+                nodes_per_step: int = 32) -> list[list[tuple[str, float]]]:
+    """Exactly the k most likely items of `tries[b]` for prompt b, best first, with their
+    log-likelihoods; expands only the prefixes that can still reach the top k (a trained model
+    expands few; a near-uniform one can expand most of the trie)."""
+    with evaluating(model):
+        states = model.encode(batch).last_hidden_state  # (B, T, D)
+        searches = [_BestFirst(trie, k) for trie in tries]
+        while True:
+            pending = {b: s.next_nodes(nodes_per_step) for b, s in enumerate(searches) if not s.done}
+            pending = {b: nodes for b, nodes in pending.items() if nodes}
+            if not pending:
+                break
+            prompts = list(pending)
+            packed = [tries[b].pack_prefixes([n for n, _ in pending[b]]) for b in prompts]
+            index = torch.tensor(prompts)
+            hidden = _tree_decoder(model.backbone, *_stack([p for p, _ in packed], pad_token=tries[0].start_token)[:3],
+                                   states[index], batch.attention_mask[index])  # (B', N, D)
+            for i, b in enumerate(prompts):
+                rows = hidden[i, packed[i][1]]  # (n, D)
+                searches[b].expand(pending[b], torch.log_softmax(model.backbone.lm_head(rows).float(), dim=-1))
+        return [s.found for s in searches]
 
 
 # ---- the naive form ---------------------------------------------------------------------------

@@ -93,26 +93,47 @@ class ItemTrie:
 
     # ---- packed form for exact scoring ---------------------------------------------------------
 
+    def pack_prefixes(self, nodes: Sequence[int]) -> tuple[PackedTrie, torch.Tensor]:
+        """Decoder inputs for computing the next-token distribution at `nodes`: the nodes and
+        all their ancestors (no edges). Returns the packed inputs and each node's row (len(nodes),)."""
+        include = set()
+        for node in nodes:
+            while node >= 0 and node not in include:
+                include.add(node)
+                node = self.parent[node]
+        order = sorted(include)  # node ids are assigned parents-first
+        return self._pack_inputs(order), torch.tensor([order.index(n) for n in nodes])
+
+    def _pack_inputs(self, inputs: list[int], **edges) -> PackedTrie:
+        index = {node: i for i, node in enumerate(inputs)}
+        ancestors = np.zeros((len(inputs), len(inputs)), dtype=bool)  # (N, N)
+        for i, node in enumerate(inputs):
+            if node != 0:
+                ancestors[i] = ancestors[index[self.parent[node]]]
+            ancestors[i, i] = True
+        empty = torch.zeros(0, dtype=torch.long)
+        return PackedTrie(
+            tokens=torch.tensor([self.token[n] for n in inputs]),
+            depth=torch.tensor([self.depth[n] for n in inputs]),
+            ancestors=torch.from_numpy(ancestors),
+            edge_source=edges.get("edge_source", empty),
+            edge_token=edges.get("edge_token", empty),
+            item_edges=edges.get("item_edges", empty.view(0, 0)),
+        )
+
     def pack(self) -> PackedTrie:
         # Decoder inputs: every node with children (the root and all proper prefixes). Node ids are
         # assigned parents-first, so ancestors always precede descendants.
         inputs = [n for n in range(len(self.token)) if self.children[n]]
         input_index = {node: i for i, node in enumerate(inputs)}
-        ancestors = np.zeros((len(inputs), len(inputs)), dtype=bool)  # (N, N)
-        for i, node in enumerate(inputs):
-            if node != 0:
-                ancestors[i] = ancestors[input_index[self.parent[node]]]
-            ancestors[i, i] = True
         edge_of_node = {node: e for e, node in enumerate(range(1, len(self.token)))}  # E = nodes - 1
         n_edges = len(edge_of_node)
         longest = max(len(p) for p in self.item_path)
         item_edges = np.full((len(self.item_path), longest), n_edges, dtype=np.int64)  # (I, P)
         for i, path in enumerate(self.item_path):
             item_edges[i, : len(path)] = [edge_of_node[n] for n in path]
-        return PackedTrie(
-            tokens=torch.tensor([self.token[n] for n in inputs]),
-            depth=torch.tensor([self.depth[n] for n in inputs]),
-            ancestors=torch.from_numpy(ancestors),
+        return self._pack_inputs(
+            inputs,
             edge_source=torch.tensor([input_index[self.parent[n]] for n in range(1, len(self.token))]),
             edge_token=torch.tensor(self.token[1:]),
             item_edges=torch.from_numpy(item_edges),

@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from model_worker.vip5.prompts import direct_prompt, sequential_prompt
-from model_worker.vip5.scoring import CatalogueScorer, constrained_beam, score_candidates, score_naive
+from model_worker.vip5.scoring import (
+    CatalogueScorer,
+    constrained_beam,
+    score_candidates,
+    score_naive,
+    top_k_items,
+)
 from model_worker.vip5.trie import ItemTrie
 
 from .conftest import ADAPTER_KINDS
@@ -47,6 +53,20 @@ def test_catalogue_scores_match_one_big_trie(make_model, features):
     whole = score_candidates(model, batch, [ItemTrie.from_items(model.encoder, catalogue)] * 2)
     assert chunked.shape == (2, len(catalogue))
     assert torch.allclose(chunked, torch.stack(whole), atol=1e-4)
+
+
+def test_best_first_top_k_equals_the_top_of_the_full_ranking(make_model, features):
+    model = make_model()
+    catalogue = [str(i) for i in range(1, 700)]
+    batch = model.encoder.encode([sequential_prompt("A-3", 4, [5, 6, 7]), sequential_prompt("A-1", 9, [8])],
+                                 features, with_labels=False)
+    full = CatalogueScorer(model.encoder, catalogue, chunk_items=256).score(model, batch)  # (B, I)
+    trie = ItemTrie.from_items(model.encoder, catalogue)
+    top = top_k_items(model, batch, [trie, trie], 10, nodes_per_step=16)
+    for row, found in zip(full, top, strict=True):
+        values, index = row.topk(10)
+        assert [item for item, _ in found] == [catalogue[i] for i in index.tolist()]
+        assert torch.allclose(torch.tensor([s for _, s in found]), values, atol=1e-4)
 
 
 def test_scores_are_probabilities_of_distinct_ids(make_model, features):
