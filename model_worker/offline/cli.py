@@ -1,0 +1,110 @@
+"""`vip5 train` and `vip5 evaluate`: wiring only; the work lives in offline.train / offline.evaluate.
+Heavy imports happen inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+
+from vip5.cli import add_command
+
+
+def _data_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--data", required=required, default=None,
+                        help="P5/VIP5 folder (sequential_data.txt, datamaps.json, ...) or a reviews_*_5.json.gz file")
+    parser.add_argument("--numbering", choices=("random", "original"), default="random",
+                        help="item ids: seeded random re-indexing (leak-free, default) or the file's numbering")
+    parser.add_argument("--reindex-seed", type=int, default=2023)
+    parser.add_argument("--core", type=int, default=5, help="k-core filter for raw review files")
+    parser.add_argument("--image-features", default=None,
+                        help="per-item image features .npy (row ids in <stem>_ids.txt beside it)")
+
+
+def _data_config(args):
+    from model_worker.offline.data import DataConfig
+
+    return DataConfig(path=args.data, numbering=args.numbering, reindex_seed=args.reindex_seed, core=args.core,
+                      image_features=args.image_features)
+
+
+def train_command(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from model_worker.offline.tasks import TaskConfig
+    from model_worker.offline.train import TrainConfig, read_run_config, train
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    config = TrainConfig(
+        out_dir=args.out, preset=args.preset, stages=stages, pretrain_steps=args.pretrain_steps,
+        adapt_steps=args.adapt_steps, batch_size=args.batch_size, lr=args.lr, warmup_fraction=args.warmup,
+        grad_clip=args.grad_clip, time_budget_s=args.time_budget_s, checkpoint_every=args.checkpoint_every,
+        threads=args.threads, seed=args.seed,
+    )
+    tasks = TaskConfig(history_len=args.history_len, train_candidates=args.train_candidates)
+    if args.data is not None:
+        data = _data_config(args)
+    elif args.resume and (Path(args.out) / "train_config.json").exists():
+        data, tasks, _ = read_run_config(Path(args.out))
+    else:
+        raise SystemExit("vip5 train: --data is required unless --resume finds a run in --out")
+    return train(data, tasks, config, resume=args.resume)
+
+
+def evaluate_command(args: argparse.Namespace) -> dict:
+    from model_worker.offline.evaluate import EvalConfig, evaluate
+    from model_worker.offline.sasrec import SASRecConfig
+
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    config = EvalConfig(
+        split=args.split, max_users=args.max_users or None, sample_seed=args.seed, method=args.method,
+        num_beams=args.beams, history_len=args.history_len, batch_size=args.batch_size,
+        exclude_history=not args.keep_history_items, baselines=baselines,
+        sasrec=SASRecConfig(max_epochs=args.sasrec_epochs, time_budget_s=args.sasrec_time_s),
+        max_explanations=args.max_explanations or None, threads=args.threads,
+    )
+    data = _data_config(args) if args.data else None
+    return evaluate(config, model_dir=args.model_dir, data_config=data)
+
+
+def register(commands, bench) -> None:
+    del bench
+    train = add_command(commands, "train", train_command,
+                        help="two-stage offline training (pretrain the small backbone, then adapters)")
+    _data_args(train, required=False)
+    train.add_argument("--out", required=True, help="run directory (checkpoints, final model, configs)")
+    train.add_argument("--preset", default="tiny", help="backbone preset: tiny, small, t5-small")
+    train.add_argument("--stages", default="pretrain,adapt", help="comma-separated, in order")
+    train.add_argument("--pretrain-steps", type=int, default=1000)
+    train.add_argument("--adapt-steps", type=int, default=500)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--warmup", type=float, default=0.05, help="warmup share of each stage's steps")
+    train.add_argument("--grad-clip", type=float, default=1.0)
+    train.add_argument("--time-budget-s", type=float, default=None,
+                       help="wall-clock limit of the run, split across stages in proportion to their steps")
+    train.add_argument("--checkpoint-every", type=int, default=200)
+    train.add_argument("--history-len", type=int, default=20, help="most recent items written into a prompt")
+    train.add_argument("--train-candidates", type=int, default=99,
+                       help="negatives in a training candidate list (the paper: 99)")
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+
+    evaluate = add_command(commands, "evaluate", evaluate_command,
+                           help="sequential, direct and explanation metrics of a trained run next to baselines")
+    _data_args(evaluate, required=False)
+    evaluate.add_argument("--model-dir", default=None, help="run directory from `vip5 train` (or its model/)")
+    evaluate.add_argument("--split", choices=("test", "valid"), default="test")
+    evaluate.add_argument("--max-users", type=int, default=1000, help="seeded sample of users; 0 = all")
+    evaluate.add_argument("--seed", type=int, default=0, help="user sample and tie-breaking")
+    evaluate.add_argument("--method", choices=("exact", "beam"), default="exact",
+                          help="exact likelihood of every item id, or constrained beam search")
+    evaluate.add_argument("--beams", type=int, default=20)
+    evaluate.add_argument("--history-len", type=int, default=20)
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--keep-history-items", action="store_true",
+                          help="do not rank items already in the history last")
+    evaluate.add_argument("--baselines", default="popularity,markov,sasrec")
+    evaluate.add_argument("--sasrec-epochs", type=int, default=200)
+    evaluate.add_argument("--sasrec-time-s", type=float, default=300.0, help="SASRec training time limit")
+    evaluate.add_argument("--max-explanations", type=int, default=500, help="seeded sample; 0 = all")
+    evaluate.add_argument("--threads", type=int, default=2)

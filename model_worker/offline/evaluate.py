@@ -1,0 +1,327 @@
+"""Offline evaluation of a trained VIP5 next to popularity, Markov and SASRec on the same split.
+
+In:  a model directory written by `train.py` (its `train_config.json` fixes the data and the item
+     numbering) or explicit configs, and an `EvalConfig`.
+Out: one dict (`vip5 evaluate --json`):
+  sequential   next item over the whole catalogue: HR@1/5/10, NDCG@5/10 under the seen template
+               (A-3), and under `held_out` the unseen one (A-9). Exact log-likelihood of every item
+               id (one decoder pass over the catalogue trie per prompt) or constrained beam search.
+  direct       1 true item + 99 untouched negatives (seeded per user), listed in the prompt in a
+               seeded random order; each candidate scored by its exact log-likelihood; B-5 / B-8.
+  explanation  greedy generation for test-split explanations; BLEU-4, ROUGE-1/2/L (percent); C-3 / C-12.
+  baselines    popularity, markov, sasrec: the same sequential and direct metrics on the same
+               users and candidate lists (SASRec trained here on the same training split).
+  stages, numbering, n_users, model (size), data, protocol, timing_s.
+Ranks break score ties uniformly at random (seeded). With `exclude_history` (default) items already
+in the history are ranked last for every method alike (no test target of the 5-core data repeats a
+history item).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .baselines import Markov, Popularity
+from .data import DataConfig, Example, RecData, direct_candidates, leave_one_out, load_data
+from .metrics import rank_in_list, rank_metrics, rank_of_target, text_metrics
+from .sasrec import SASRecConfig, SASRecScorer
+from .tasks import explanation_from, image_lookup, shuffled
+
+log = logging.getLogger(__name__)
+
+SEEN = {"sequential": "A-3", "direct": "B-5", "explanation": "C-3"}
+HELD_OUT = {"sequential": "A-9", "direct": "B-8", "explanation": "C-12"}
+BASELINES = ("popularity", "markov", "sasrec")
+METHODS = ("exact", "beam")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """split: "test" or "valid"; max_users: seeded sample of users (None: all); method: "exact"
+    likelihood ranking or constrained "beam" search (num_beams results); history_len: items in a
+    prompt; batch_size: prompts per forward pass; exclude_history: rank history items last;
+    negatives_seed/direct_negatives: the direct task's untouched negatives (99 as the paper); baselines: which to run; max_explanations: seeded
+    sample of explanation pairs; explanation_tokens: generation length; catalogue_chunk: items per
+    trie in exact catalogue scoring (tree attention costs grow with its square; 128 was fastest
+    here); threads: torch threads."""
+
+    split: str = "test"
+    max_users: int | None = 1000
+    sample_seed: int = 0
+    method: str = "exact"
+    num_beams: int = 20
+    history_len: int = 20
+    batch_size: int = 16
+    exclude_history: bool = True
+    negatives_seed: int = 2023
+    direct_negatives: int = 99
+    baselines: tuple[str, ...] = BASELINES
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    max_explanations: int | None = 500
+    explanation_tokens: int = 32
+    catalogue_chunk: int = 128
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        if self.split not in ("test", "valid"):
+            raise ValueError(f"EvalConfig.split must be 'test' or 'valid', got {self.split!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"EvalConfig.method must be one of {METHODS}, got {self.method!r}")
+        if unknown := set(self.baselines) - set(BASELINES):
+            raise ValueError(f"EvalConfig.baselines has unknown names {sorted(unknown)}")
+        for name in ("num_beams", "history_len", "batch_size", "direct_negatives", "explanation_tokens",
+                     "catalogue_chunk", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_users is not None and self.max_users < 1:
+            raise ValueError(f"EvalConfig.max_users must be >= 1 or None, got {self.max_users}")
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What every evaluator needs: the data, the sampled examples and their candidate lists."""
+
+    data: RecData
+    examples: tuple[Example, ...]
+    candidates: tuple[tuple[int, ...], ...]  # per example: target first, then 99 negatives
+    train: tuple[tuple[int, ...], ...]
+    config: EvalConfig
+
+
+def make_context(data: RecData, config: EvalConfig) -> EvalContext:
+    split = leave_one_out(data.sequences)
+    examples = split.test if config.split == "test" else split.valid
+    if config.max_users is not None and config.max_users < len(examples):
+        chosen = np.sort(np.random.default_rng(config.sample_seed).choice(len(examples), config.max_users,
+                                                                           replace=False))
+        examples = tuple(examples[i] for i in chosen)
+    candidates = tuple(direct_candidates(e, data.sequences[e.user - 1], data.n_items, seed=config.negatives_seed,
+                                         count=config.direct_negatives) for e in examples)
+    return EvalContext(data, tuple(examples), candidates, split.train, config)
+
+
+def batches(items: Sequence, size: int):
+    for lo in range(0, len(items), size):
+        yield items[lo: lo + size]
+
+
+def _mask_history(scores: np.ndarray, example: Example, columns_are_items: bool) -> np.ndarray:
+    """Rank history items last: -inf at their columns (column j = item j, or item j + 1)."""
+    scores = scores.copy()
+    shift = 0 if columns_are_items else 1
+    scores[[i - shift for i in set(example.history)]] = -np.inf
+    return scores
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def baseline_ranks(scorer, context: EvalContext) -> dict[str, list[int]]:
+    """Sequential (whole catalogue) and direct (the same 100 candidates) ranks of one scorer."""
+    rng = np.random.default_rng(context.config.sample_seed)
+    sequential, direct = [], []
+    for chunk_start in range(0, len(context.examples), 256):
+        chunk = context.examples[chunk_start: chunk_start + 256]
+        scores = scorer.scores([e.history for e in chunk])  # (B, I+1)
+        for row, example, cands in zip(scores, chunk, context.candidates[chunk_start:], strict=False):
+            full = _mask_history(row, example, True) if context.config.exclude_history else row
+            sequential.append(rank_of_target(full, example.target, rng=rng))
+            direct.append(rank_of_target(row[list(cands)], 0, rng=rng))
+    return {"sequential": sequential, "direct": direct}
+
+
+def make_baseline(name: str, context: EvalContext):
+    if name == "popularity":
+        return Popularity(context.train, context.data.n_items)
+    if name == "markov":
+        return Markov(context.train, context.data.n_items)
+    return SASRecScorer(context.train, context.data.n_items, context.config.sasrec)
+
+
+def evaluate_baselines(context: EvalContext) -> dict:
+    out = {}
+    for name in context.config.baselines:
+        started = time.monotonic()
+        scorer = make_baseline(name, context)
+        ranks = baseline_ranks(scorer, context)
+        out[name] = {task: rank_metrics(r) for task, r in ranks.items()}
+        if hasattr(scorer, "info"):
+            out[name]["info"] = scorer.info()
+        out[name]["time_s"] = round(time.monotonic() - started, 1)
+        log.info("baseline %s: sequential hr@5 %.4f, direct ndcg@10 %.4f", name,
+                 out[name]["sequential"]["hr@5"], out[name]["direct"]["ndcg@10"])
+    return out
+
+
+# ----------------------------------------------------------------------------- VIP5
+
+
+def _progress(iterable, total: int, desc: str):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def sequential_ranks(model, context: EvalContext, template: str) -> list[int]:
+    from model_worker.vip5.prompts import sequential_prompt
+    from model_worker.vip5.scoring import CatalogueScorer, constrained_beam
+    from model_worker.vip5.trie import ItemTrie
+
+    config, images = context.config, image_lookup(context.data)
+    item_ids = [str(i) for i in range(1, context.data.n_items + 1)]
+    scorer = CatalogueScorer(model.encoder, item_ids, chunk_items=config.catalogue_chunk) if config.method == "exact" else None
+    trie = ItemTrie.from_items(model.encoder, item_ids) if config.method == "beam" else None
+    rng, ranks = np.random.default_rng(config.sample_seed), []
+    n_batches = -(-len(context.examples) // config.batch_size)
+    for chunk in _progress(batches(context.examples, config.batch_size), n_batches, f"sequential {template}"):
+        prompts = [sequential_prompt(template, e.user, e.history[-config.history_len:]) for e in chunk]
+        batch = model.encoder.encode(prompts, images, with_labels=False)
+        if scorer is not None:
+            scores = scorer.score(model, batch).double().numpy()  # (B, I): column j = item j + 1
+            for row, example in zip(scores, chunk, strict=True):
+                row = _mask_history(row, example, False) if config.exclude_history else row
+                ranks.append(rank_of_target(row, example.target - 1, rng=rng))
+        else:
+            ranked = constrained_beam(model, batch, [trie] * len(chunk), num_beams=config.num_beams)
+            for items, example in zip(ranked, chunk, strict=True):
+                kept = [i for i, _ in items if not (config.exclude_history and int(i) in example.history)]
+                ranks.append(rank_in_list(kept, str(example.target)))
+    return ranks
+
+
+def direct_ranks(model, context: EvalContext, template: str) -> list[int]:
+    from model_worker.vip5.prompts import direct_prompt
+    from model_worker.vip5.scoring import score_candidates
+    from model_worker.vip5.trie import ItemTrie
+
+    config, images = context.config, image_lookup(context.data)
+    rng, ranks = np.random.default_rng(config.sample_seed), []
+    pairs = list(zip(context.examples, context.candidates, strict=True))
+    n_batches = -(-len(pairs) // config.batch_size)
+    for chunk in _progress(batches(pairs, config.batch_size), n_batches, f"direct {template}"):
+        orders = [shuffled(c, np.random.default_rng([config.negatives_seed, e.user])) for e, c in chunk]
+        prompts = [direct_prompt(template, e.user, order, history=e.history[-config.history_len:])
+                   for (e, _), order in zip(chunk, orders, strict=True)]
+        batch = model.encoder.encode(prompts, images, with_labels=False)
+        tries = [ItemTrie.from_items(model.encoder, [str(i) for i in cands]) for _, cands in chunk]
+        for scores in score_candidates(model, batch, tries):  # trie order = candidates, target first
+            ranks.append(rank_of_target(scores.double().numpy(), 0, rng=rng))
+    return ranks
+
+
+def explanation_scores(model, context: EvalContext, template: str) -> dict:
+    from model_worker.vip5.prompts import TEMPLATES
+
+    config, images = context.config, image_lookup(context.data)
+    wanted = "test" if config.split == "test" else "valid"
+    pool = [e for e in context.data.explanations if e.split == wanted]
+    if config.max_explanations is not None and config.max_explanations < len(pool):
+        chosen = np.sort(np.random.default_rng(config.sample_seed).choice(len(pool), config.max_explanations,
+                                                                          replace=False))
+        pool = [pool[i] for i in chosen]
+    generated = []
+    n_batches = -(-len(pool) // config.batch_size)
+    for chunk in _progress(batches(pool, config.batch_size), n_batches, f"explanation {template}"):
+        prompts = [explanation_from(TEMPLATES[template], e) for e in chunk]
+        batch = model.encoder.encode(prompts, images, with_labels=False)
+        generated += model.generate_text(batch, max_new_tokens=config.explanation_tokens, num_beams=1,
+                                         do_sample=False)
+    result = {"template": template, "n": len(pool), **text_metrics(generated, [e.text for e in pool])}
+    result["examples"] = [{"generated": g, "reference": e.text} for g, e in list(zip(generated, pool, strict=True))[:3]]
+    return result
+
+
+def _seen_and_held_out(family: str, run: Callable[[str], dict]) -> dict:
+    seen = run(SEEN[family])
+    return {**seen, "held_out": run(HELD_OUT[family])}
+
+
+def evaluate_model(model, context: EvalContext) -> dict:
+    def sequential(template: str) -> dict:
+        return {"template": template, **rank_metrics(sequential_ranks(model, context, template))}
+
+    def direct(template: str) -> dict:
+        return {"template": template, **rank_metrics(direct_ranks(model, context, template))}
+
+    timing = {}
+    started = time.monotonic()
+    out = {"sequential": _seen_and_held_out("sequential", sequential)}
+    timing["sequential"] = round(time.monotonic() - started, 1)
+    started = time.monotonic()
+    out["direct"] = _seen_and_held_out("direct", direct)
+    timing["direct"] = round(time.monotonic() - started, 1)
+    started = time.monotonic()
+    if any(e.split == context.config.split for e in context.data.explanations):
+        out["explanation"] = _seen_and_held_out("explanation", lambda t: explanation_scores(model, context, t))
+    else:
+        out["explanation"] = {"skipped": f"the data has no {context.config.split}-split explanations"}
+    timing["explanation"] = round(time.monotonic() - started, 1)
+    out["timing_s"] = timing
+    return out
+
+
+def model_summary(model) -> dict:
+    report = model.trainable_parameters()
+    report.pop("groups")
+    backbone = model.backbone.config
+    return {"preset": model.config.backbone, "adapter_kind": model.config.adapter_kind,
+            "d_model": backbone.d_model, "layers": f"{backbone.num_layers}+{backbone.num_decoder_layers}",
+            "vocab_size": backbone.vocab_size, "image_tokens": model.config.image_tokens, **report}
+
+
+def load_run(model_dir: Path) -> tuple[object, DataConfig, dict]:
+    """A trained model and the data config it was trained with (`<run>/train_config.json`)."""
+    from model_worker.vip5.model import VIP5Model
+
+    run_dir = model_dir if (model_dir / "train_config.json").exists() else model_dir.parent
+    record = json.loads((run_dir / "train_config.json").read_text())
+    stages = run_dir / "stages.json"
+    record["stage_runs"] = json.loads(stages.read_text()) if stages.exists() else []
+    model_path = model_dir / "model" if (model_dir / "model" / "vip5_config.json").exists() else model_dir
+    return VIP5Model.from_pretrained(model_path), DataConfig(**record["data"]), record
+
+
+def evaluate(config: EvalConfig, *, model_dir: str | None = None, data_config: DataConfig | None = None) -> dict:
+    """Evaluate a trained run (its data config unless `data_config` is given) and the baselines."""
+    torch.set_num_threads(config.threads)
+    model, record = None, {}
+    if model_dir is not None:
+        model, trained_on, record = load_run(Path(model_dir))
+        data_config = data_config or trained_on
+    if data_config is None:
+        raise ValueError("evaluate needs a model_dir or a data_config")
+    started = time.monotonic()
+    data = load_data(data_config)
+    context = make_context(data, config)
+    result: dict = {"numbering": data.numbering, "n_users": len(context.examples), "split": config.split,
+                    "data": data.summary(), "stages": [], "model": None}
+    if model is not None:
+        result.update(stages=list(model.stages_run), model=model_summary(model),
+                      training=_training_summary(record))
+        result.update(evaluate_model(model, context))
+    result["baselines"] = evaluate_baselines(context)
+    protocol = asdict(config)
+    protocol["sasrec"] = asdict(config.sasrec)
+    result["protocol"] = protocol
+    result["total_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _training_summary(record: dict) -> dict:
+    runs = record.get("stage_runs", [])
+    return {"train_s": round(sum(r["train_s"] for r in runs), 1),
+            "stages": [{k: r[k] for k in ("stage", "steps", "planned_steps", "train_s", "first_loss", "last_loss")}
+                       for r in runs],
+            "batch_size": record.get("train", {}).get("batch_size"),
+            "tasks": record.get("tasks")}

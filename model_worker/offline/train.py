@@ -1,0 +1,311 @@
+"""Offline two-stage training of VIP5 on multitask prompts.
+
+In:  a `DataConfig` (dataset, item numbering), a `TaskConfig` (prompt sampling), a `TrainConfig`.
+Out: under `out_dir`:
+  train_config.json    every config of the run (data, tasks, training, model)
+  tokenizer/           the tokenizer built from templates + training explanations (preset backbones)
+  pretrained/          model directory after stage "pretrain" (the frozen backbone of stage "adapt")
+  checkpoint/          the latest checkpoint: state.json (stage, step, elapsed, losses) +
+                       optimizer.pt + the trainable weights: model/ (stage "pretrain": everything
+                       trains) or adapter/ (stage "adapt": adapter artifact only)
+  model/               the final model directory; `vip5_config.json` lists the stages that ran
+  adapter/             the final adapter artifact (when stage "adapt" ran)
+
+Stages, as P5 then VIP5: "pretrain" trains the randomly initialised small backbone fully (no
+pretrained T5 exists offline); "adapt" freezes it and trains adapters, the image mapping network
+and layer norms. Each stage: AdamW, linear warmup then linear decay, gradient clipping. A stage ends
+after its steps or its share of `time_budget_s` (split in proportion to steps), whichever comes
+first; the learning rate decays on whichever of the two is further along, so a run cut by time
+still ends at a small learning rate. Resume continues from `checkpoint/` at the recorded stage and
+step (prompt sampling is seeded per step, so a resumed run draws the same batches).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_worker.vip5.config import PRESETS, STAGES, VIP5Config
+
+from .data import DataConfig, LeaveOneOut, RecData, leave_one_out, load_data
+from .tasks import TaskConfig, TrainingSampler, image_lookup, tokenizer_corpus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """out_dir: where everything is written; preset: backbone preset; stages: which stages run, in
+    order; pretrain_steps/adapt_steps: optimizer steps per stage; batch_size: prompts per step;
+    lr: peak learning rate (both stages; the paper uses 1e-3); warmup_fraction: share of a stage's
+    steps spent warming up; weight_decay: AdamW; grad_clip: max gradient norm; time_budget_s:
+    wall-clock limit of the whole run (None: steps only); checkpoint_every: steps between
+    checkpoints; log_every: steps per recorded mean loss; dropout_rate: backbone dropout (0 by default: on a CPU its masks cost about a
+    quarter of a step and short runs do not overfit); tokenizer_vocab: size of the built tokenizer;
+    threads: torch CPU threads; seed: model init and sampling."""
+
+    out_dir: str
+    preset: str = "tiny"
+    stages: tuple[str, ...] = STAGES
+    pretrain_steps: int = 1000
+    adapt_steps: int = 500
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    time_budget_s: float | None = None
+    checkpoint_every: int = 200
+    log_every: int = 25
+    dropout_rate: float = 0.0
+    tokenizer_vocab: int = 4000
+    threads: int = 2
+    seed: int = 0
+    model_overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not self.stages or any(s not in STAGES for s in self.stages) or len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"TrainConfig.stages must be distinct names from {STAGES}, got {self.stages}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"TrainConfig.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        for name in ("pretrain_steps", "adapt_steps", "batch_size", "checkpoint_every", "log_every", "threads"):
+            if getattr(self, name) < (0 if name.endswith("_steps") else 1):
+                raise ValueError(f"TrainConfig.{name} is out of range: {getattr(self, name)}")
+        if self.lr <= 0 or self.grad_clip <= 0 or self.weight_decay < 0:
+            raise ValueError("TrainConfig.lr and TrainConfig.grad_clip must be > 0, weight_decay >= 0")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"TrainConfig.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"TrainConfig.time_budget_s must be > 0 or None, got {self.time_budget_s}")
+
+    def steps(self, stage: str) -> int:
+        return self.pretrain_steps if stage == "pretrain" else self.adapt_steps
+
+    def stage_budget_s(self, stage: str) -> float:
+        if self.time_budget_s is None:
+            return math.inf
+        total = sum(self.steps(s) for s in self.stages) or 1
+        return self.time_budget_s * self.steps(stage) / total
+
+
+@dataclass
+class StageState:
+    """Progress of one stage; saved in checkpoint/state.json."""
+
+    stage: str
+    step: int = 0
+    elapsed_s: float = 0.0
+    losses: list[float] = field(default_factory=list)  # mean loss per logging window
+    done: bool = False
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, total_steps: int, elapsed_s: float, budget_s: float, warmup_fraction: float) -> float:
+    """Linear warmup over `warmup_fraction` of the steps, then linear decay to 0 on the further
+    along of step progress and time progress."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    time_progress = elapsed_s / budget_s if math.isfinite(budget_s) else 0.0
+    progress = max(step / max(total_steps, 1), time_progress)
+    return min(1.0, max(0.0, (1.0 - progress) / (1.0 - warmup_fraction)))
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def vip5_config(train: TrainConfig, data: RecData) -> VIP5Config:
+    feature_dim = data.image_features.shape[1] if data.image_features is not None else 1280
+    return VIP5Config(backbone=train.preset, image_feature_dim=feature_dim, dropout_rate=train.dropout_rate,
+                      **train.model_overrides)
+
+
+def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
+    from model_worker.vip5.model import VIP5Model
+    from model_worker.vip5.tokenizer import build_template_tokenizer
+
+    config = vip5_config(train, data)
+    tokenizer = build_template_tokenizer(tokenizer_corpus(data, split), vocab_size=train.tokenizer_vocab,
+                                         image_token=config.image_token)
+    return VIP5Model.build(config, tokenizer, seed=train.seed)
+
+
+def write_run_config(out: Path, data_config: DataConfig, tasks: TaskConfig, train: TrainConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"data": asdict(data_config), "tasks": asdict(tasks), "train": asdict(train)}
+    (out / "train_config.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def read_run_config(out: Path) -> tuple[DataConfig, TaskConfig, TrainConfig]:
+    record = json.loads((out / "train_config.json").read_text())
+    tasks = record["tasks"]
+    tasks["family_weights"] = tuple(tasks["family_weights"])
+    return DataConfig(**record["data"]), TaskConfig(**tasks), TrainConfig(**record["train"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model, optimizer, state: StageState, out: Path) -> None:
+    """Trainable weights of the current stage + optimizer + state, written then swapped in."""
+    tmp, final = out / "checkpoint.tmp", out / "checkpoint"
+    if tmp.exists():
+        _remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    if state.stage == "pretrain":
+        model.save_pretrained(tmp / "model")
+    else:
+        model.save_adapter(tmp / "adapter")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({**asdict(state), "stages_run": model.stages_run}, indent=2))
+    if final.exists():
+        _remove_tree(final)
+    tmp.rename(final)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def load_checkpoint(out: Path):
+    """(model, state, optimizer state dict) from `out/checkpoint`, or None when there is none."""
+    from model_worker.vip5.model import VIP5Model
+
+    checkpoint = out / "checkpoint"
+    if not (checkpoint / "state.json").exists():
+        return None
+    record = json.loads((checkpoint / "state.json").read_text())
+    stages_run = record.pop("stages_run")
+    state = StageState(**record)
+    if state.stage == "pretrain":
+        model = VIP5Model.from_pretrained(checkpoint / "model")
+    else:
+        model = VIP5Model.from_pretrained(out / "pretrained")
+        model.set_stage("adapt")
+        model.load_adapter(checkpoint / "adapter")
+    model.stages_run = stages_run
+    optimizer_state = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    return model, state, optimizer_state
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def make_optimizer(model, train: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def train_step(model, optimizer, batch, *, lr: float, grad_clip: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(batch)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def run_stage(model, optimizer, state: StageState, sampler: TrainingSampler, images: dict,
+              train: TrainConfig, out: Path) -> StageState:
+    """Train one stage from `state.step` until its steps or time run out; checkpoints as it goes."""
+    from tqdm import tqdm
+
+    total, budget = train.steps(state.stage), train.stage_budget_s(state.stage)
+    stage_index = STAGES.index(state.stage)
+    model.train()
+    window: list[float] = []
+    started = time.monotonic() - state.elapsed_s
+    bar = tqdm(total=total, initial=state.step, desc=state.stage, file=sys.stderr, dynamic_ncols=True)
+    while state.step < total and state.elapsed_s < budget:
+        rng = np.random.default_rng([train.seed, stage_index, state.step])
+        batch = model.encoder.encode(sampler.sample(train.batch_size, rng), images)
+        lr = train.lr * lr_factor(state.step, total, state.elapsed_s, budget, train.warmup_fraction)
+        window.append(train_step(model, optimizer, batch, lr=lr, grad_clip=train.grad_clip))
+        state.step += 1
+        state.elapsed_s = time.monotonic() - started
+        bar.update(1)
+        if len(window) == train.log_every or state.step == total:
+            state.losses.append(float(np.mean(window)))
+            bar.set_postfix(loss=f"{state.losses[-1]:.3f}", lr=f"{lr:.1e}")
+            window = []
+        if state.step % train.checkpoint_every == 0:
+            save_checkpoint(model, optimizer, state, out)
+    bar.close()
+    if window:
+        state.losses.append(float(np.mean(window)))
+    state.done = True
+    save_checkpoint(model, optimizer, state, out)
+    return state
+
+
+def stage_summary(state: StageState, train: TrainConfig) -> dict:
+    return {"stage": state.stage, "steps": state.step, "planned_steps": train.steps(state.stage),
+            "train_s": round(state.elapsed_s, 1), "first_loss": state.losses[0] if state.losses else None,
+            "last_loss": state.losses[-1] if state.losses else None, "losses": state.losses}
+
+
+def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, resume: bool = False) -> dict:
+    """Run (or resume) the configured stages; returns a summary with per-stage losses and times."""
+    torch.set_num_threads(config.threads)
+    out = Path(config.out_dir)
+    data = load_data(data_config)
+    split = leave_one_out(data.sequences)
+    sampler, images = TrainingSampler(data, split, tasks), image_lookup(data)
+    loaded = load_checkpoint(out) if resume else None
+    if loaded is None:
+        write_run_config(out, data_config, tasks, config)
+        model, state, optimizer_state = build_model(config, data, split), None, None
+    else:
+        model, state, optimizer_state = loaded
+        log.info("resuming stage %s at step %d", state.stage, state.step)
+    summaries = _previous_summaries(out) if loaded is not None else []
+    for stage in config.stages:
+        if state is not None and STAGES.index(stage) < STAGES.index(state.stage):
+            continue  # finished before the checkpoint
+        if state is None or state.stage != stage:
+            state, optimizer_state = StageState(stage), None
+        elif state.done:
+            state.done = False  # a longer run resumed: continue the same stage
+        if stage == "adapt" and not (out / "pretrained").exists():
+            model.save_pretrained(out / "pretrained")  # the frozen backbone adapter checkpoints refer to
+        model.set_stage(stage)
+        optimizer = make_optimizer(model, config)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        state = run_stage(model, optimizer, state, sampler, images, config, out)
+        summaries = [s for s in summaries if s["stage"] != stage] + [stage_summary(state, config)]
+        _write_summaries(out, summaries)
+        if stage == "pretrain":
+            model.save_pretrained(out / "pretrained")
+    model.save_pretrained(out / "model")
+    if "adapt" in model.stages_run:
+        model.save_adapter(out / "adapter")
+    report = model.trainable_parameters()
+    report.pop("groups")
+    return {"out_dir": str(out), "stages": model.stages_run, "data": data.summary(),
+            "model": {"preset": config.preset, **report}, "stage_runs": summaries,
+            "train_s": round(sum(s["train_s"] for s in summaries), 1)}
+
+
+def _previous_summaries(out: Path) -> list[dict]:
+    path = out / "stages.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _write_summaries(out: Path, summaries: list[dict]) -> None:
+    (out / "stages.json").write_text(json.dumps(summaries, indent=2))
