@@ -112,14 +112,14 @@ class StageState:
 
 
 def lr_factor(step: int, total_steps: int, elapsed_s: float, budget_s: float, warmup_fraction: float) -> float:
-    """Linear warmup over `warmup_fraction` of the steps, then linear decay to 0 on the further
-    along of step progress and time progress."""
-    warmup = max(1, round(warmup_fraction * total_steps))
-    if step < warmup:
-        return (step + 1) / warmup
+    """Linear warmup over the first `warmup_fraction` of the stage, then linear decay to 0.
+    Progress is the further along of steps and time, so a stage cut short by its time budget
+    still warms up over its first few percent and ends at a small learning rate."""
     time_progress = elapsed_s / budget_s if math.isfinite(budget_s) else 0.0
-    progress = max(step / max(total_steps, 1), time_progress)
-    return min(1.0, max(0.0, (1.0 - progress) / (1.0 - warmup_fraction)))
+    progress = min(1.0, max((step + 1) / max(total_steps, 1), time_progress))
+    if warmup_fraction > 0 and progress < warmup_fraction:
+        return progress / warmup_fraction
+    return max(0.0, (1.0 - progress) / (1.0 - warmup_fraction))
 
 
 # ----------------------------------------------------------------------------- setup

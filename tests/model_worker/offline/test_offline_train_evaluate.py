@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from model_worker.offline.data import DataConfig
-from model_worker.offline.evaluate import EvalConfig, evaluate
+from model_worker.offline.data import DataConfig, load_data
+from model_worker.offline.evaluate import EvalConfig, evaluate, load_run, make_context, sequential_ranks
 from model_worker.offline.sasrec import SASRecConfig
 from model_worker.offline.tasks import TaskConfig
 from model_worker.offline.train import TrainConfig, lr_factor, train
@@ -87,8 +87,9 @@ def test_evaluate_returns_the_documented_keys(trained_run):
 
 def test_lr_warms_up_then_decays_on_steps_or_time():
     assert lr_factor(0, 100, 0.0, float("inf"), 0.1) == pytest.approx(0.1)
-    assert lr_factor(10, 100, 0.0, float("inf"), 0.1) == pytest.approx(1.0)
-    assert lr_factor(55, 100, 0.0, float("inf"), 0.1) == pytest.approx(0.5)
+    assert lr_factor(9, 100, 0.0, float("inf"), 0.1) == pytest.approx(1.0)
+    assert lr_factor(54, 100, 0.0, float("inf"), 0.1) == pytest.approx(0.5)
+    assert lr_factor(0, 100, 5.0, 100.0, 0.1) == pytest.approx(0.5)  # warmup follows time too
     assert lr_factor(20, 100, 90.0, 100.0, 0.1) == pytest.approx(0.1 / 0.9)
     assert lr_factor(99, 100, 200.0, 100.0, 0.1) == 0.0
 
@@ -98,3 +99,15 @@ def test_train_config_names_the_bad_field(tmp_path):
         TrainConfig(out_dir=str(tmp_path), stages=("finetune",))
     with pytest.raises(ValueError, match="preset"):
         TrainConfig(out_dir=str(tmp_path), preset="huge")
+
+
+def test_topk_search_ranks_like_full_catalogue_scoring(trained_run):
+    out, _ = trained_run
+    model, data_config, _ = load_run(out)
+    data = load_data(data_config)
+    ranks = {}
+    for method in ("exact", "topk"):
+        context = make_context(data, EvalConfig(method=method, max_users=12, direct_negatives=9, threads=1))
+        ranks[method] = [min(r, 10) for r in sequential_ranks(model, context, "A-3")]
+    assert ranks["topk"] == ranks["exact"]
+    assert min(ranks["exact"]) < 10  # some targets are inside the top 10, so positions are compared
