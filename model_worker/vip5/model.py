@@ -105,6 +105,10 @@ class VIP5Model(nn.Module):
 
         save_model_dir(self, path)
 
+    @property
+    def device(self) -> torch.device:
+        return self.no_image.device
+
     # ---- forward --------------------------------------------------------------------------------
 
     def embed(self, batch: Batch) -> torch.Tensor:

@@ -49,23 +49,23 @@ def score_tries(model, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
 
     encoder_states (B, T, D), encoder_mask (B, T); one decoder pass for all B tries.
     """
-    backbone = model.backbone
-    tokens, depth, ancestors, sizes = _stack(tries, pad_token=int(tries[0].tokens[0]))  # (B, N) .. (B,)
+    backbone, device = model.backbone, encoder_states.device
+    tokens, depth, ancestors, sizes = _stack(tries, pad_token=int(tries[0].tokens[0]), device=device)  # (B, N) ..
     hidden = _tree_decoder(backbone, tokens, depth, ancestors, encoder_states, encoder_mask)  # (B, N, D)
-    valid = torch.arange(tokens.shape[1])[None, :] < sizes[:, None]  # (B, N)
+    valid = torch.arange(tokens.shape[1], device=device)[None, :] < sizes[:, None]  # (B, N)
     logits = backbone.lm_head(hidden[valid]).float()  # (sum N_b, V): once per distinct prefix
     log_normaliser = torch.logsumexp(logits, dim=-1)  # (sum N_b,)
     offsets = torch.cumsum(sizes, 0) - sizes  # (B,) first row of prompt b in logits
     scores = []
     for b, trie in enumerate(tries):
-        rows = offsets[b] + trie.edge_source
-        edge_logp = logits[rows, trie.edge_token] - log_normaliser[rows]  # (E,)
+        rows = offsets[b] + trie.edge_source.to(device)
+        edge_logp = logits[rows, trie.edge_token.to(device)] - log_normaliser[rows]  # (E,)
         edge_logp = torch.cat([edge_logp, edge_logp.new_zeros(1)])  # slot E pads short paths
-        scores.append(edge_logp[trie.item_edges].sum(dim=-1))  # (I,)
+        scores.append(edge_logp[trie.item_edges.to(device)].sum(dim=-1).cpu())  # (I,)
     return scores
 
 
-def _stack(tries: Sequence[PackedTrie], *, pad_token: int):
+def _stack(tries: Sequence[PackedTrie], *, pad_token: int, device: torch.device):
     """Pad B packed tries to a common N; a padding node attends only to itself."""
     sizes = torch.tensor([t.tokens.numel() for t in tries])
     n = int(sizes.max())
@@ -76,7 +76,7 @@ def _stack(tries: Sequence[PackedTrie], *, pad_token: int):
         size = trie.tokens.numel()
         tokens[b, :size], depth[b, :size] = trie.tokens, trie.depth
         ancestors[b, :size, :size] = trie.ancestors
-    return tokens, depth, ancestors, sizes
+    return tokens.to(device), depth.to(device), ancestors.to(device), sizes.to(device)
 
 
 def _tree_decoder(backbone, tokens, depth, ancestors, encoder_states, encoder_mask) -> torch.Tensor:
@@ -96,8 +96,8 @@ def _tree_decoder(backbone, tokens, depth, ancestors, encoder_states, encoder_ma
     x = decoder.embed_tokens(tokens)  # (B, N, D)
     lowest = torch.finfo(x.dtype).min
     position_bias = first.relative_attention_bias(buckets).permute(0, 3, 1, 2).to(x.dtype)  # (B, H, N, N)
-    self_mask = torch.zeros(ancestors.shape, dtype=x.dtype).masked_fill(~ancestors, lowest)[:, None]  # (B, 1, N, N)
-    cross_mask = torch.zeros(encoder_mask.shape, dtype=x.dtype).masked_fill(encoder_mask == 0, lowest)
+    self_mask = x.new_zeros(ancestors.shape).masked_fill(~ancestors, lowest)[:, None]  # (B, 1, N, N)
+    cross_mask = x.new_zeros(encoder_mask.shape).masked_fill(encoder_mask == 0, lowest)
     cross_mask = cross_mask[:, None, None, :]  # (B, 1, 1, T)
     for block in decoder.block:
         x = block(x, attention_mask=self_mask, position_bias=position_bias, encoder_hidden_states=encoder_states,
@@ -109,7 +109,8 @@ def _tree_decoder(backbone, tokens, depth, ancestors, encoder_states, encoder_ma
 
 
 def score_candidates(model, batch: Batch, tries: Sequence[ItemTrie]) -> list[torch.Tensor]:
-    """Exact log-likelihood of every candidate, prompt b's candidates given as `tries[b]`."""
+    """Exact log-likelihood of every candidate, prompt b's candidates given as `tries[b]` (CPU tensors)."""
+    batch = batch.to(model.device)
     with evaluating(model):
         states = model.encode(batch).last_hidden_state  # (B, T, D): one encoder pass per prompt
         return score_tries(model, states, batch.attention_mask, [t.pack() for t in tries])
@@ -134,7 +135,8 @@ class CatalogueScorer:
             self.chunks.append((torch.tensor(index), trie.pack()))
 
     def score(self, model, batch: Batch) -> torch.Tensor:
-        """(B, I) log-likelihoods, columns in `item_ids` order."""
+        """(B, I) log-likelihoods (CPU), columns in `item_ids` order."""
+        batch = batch.to(model.device)
         with evaluating(model):
             states = model.encode(batch).last_hidden_state  # (B, T, D)
             out = torch.empty((len(batch), len(self.item_ids)))
@@ -188,6 +190,7 @@ def top_k_items(model, batch: Batch, tries: Sequence[ItemTrie], k: int, *,
     """Exactly the k most likely items of `tries[b]` for prompt b, best first, with their
     log-likelihoods; expands only the prefixes that can still reach the top k (a trained model
     expands few; a near-uniform one can expand most of the trie)."""
+    batch = batch.to(model.device)
     with evaluating(model):
         states = model.encode(batch).last_hidden_state  # (B, T, D)
         searches = [_BestFirst(trie, k) for trie in tries]
@@ -198,12 +201,15 @@ def top_k_items(model, batch: Batch, tries: Sequence[ItemTrie], k: int, *,
                 break
             prompts = list(pending)
             packed = [tries[b].pack_prefixes([n for n, _ in pending[b]]) for b in prompts]
-            index = torch.tensor(prompts)
-            hidden = _tree_decoder(model.backbone, *_stack([p for p, _ in packed], pad_token=tries[0].start_token)[:3],
-                                   states[index], batch.attention_mask[index])  # (B', N, D)
+            index = torch.tensor(prompts, device=states.device)
+            tokens, depth, ancestors, _ = _stack([p for p, _ in packed], pad_token=tries[0].start_token,
+                                                 device=states.device)
+            hidden = _tree_decoder(model.backbone, tokens, depth, ancestors, states[index],
+                                   batch.attention_mask[index])  # (B', N, D)
             for i, b in enumerate(prompts):
-                rows = hidden[i, packed[i][1]]  # (n, D)
-                searches[b].expand(pending[b], torch.log_softmax(model.backbone.lm_head(rows).float(), dim=-1))
+                rows = hidden[i, packed[i][1].to(states.device)]  # (n, D)
+                logp = torch.log_softmax(model.backbone.lm_head(rows).float(), dim=-1).cpu()  # (n, V)
+                searches[b].expand(pending[b], logp)
         return [s.found for s in searches]
 
 
@@ -213,11 +219,12 @@ def top_k_items(model, batch: Batch, tries: Sequence[ItemTrie], k: int, *,
 def score_naive(model, batch: Batch, candidate_tokens: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
     """Same numbers as `score_candidates`, computed the expensive way: prompt b's encoder output
     repeated per candidate, full decoder and full-vocabulary log-softmax at every target position."""
+    batch = batch.to(model.device)
     with evaluating(model):
         states = model.encode(batch).last_hidden_state  # (B, T, D)
         scores = []
         for b, seqs in enumerate(candidate_tokens):
-            labels = _pad_labels(seqs)  # (C, L)
+            labels = _pad_labels(seqs).to(model.device)  # (C, L)
             n = labels.shape[0]
             encoder_out = BaseModelOutput(last_hidden_state=states[b: b + 1].expand(n, -1, -1))
             mask = batch.attention_mask[b: b + 1].expand(n, -1)
@@ -226,7 +233,7 @@ def score_naive(model, batch: Batch, candidate_tokens: Sequence[Sequence[Sequenc
                                     decoder_input_ids=decoder_inputs).logits  # (C, L, V)
             logp = torch.log_softmax(logits.float(), dim=-1)  # (C, L, V)
             token_logp = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0]  # (C, L)
-            scores.append((token_logp * (labels != -100)).sum(dim=1))
+            scores.append((token_logp * (labels != -100)).sum(dim=1).cpu())
         return scores
 
 
@@ -247,6 +254,7 @@ def constrained_beam(model, batch: Batch, tries: Sequence[ItemTrie], *, num_beam
     best first (HF's length-normalised sequence score)."""
     num_return = num_return or num_beams
     pad = model.tokenizer.pad_token_id
+    batch = batch.to(model.device)
 
     def allowed(batch_id: int, prefix: torch.Tensor) -> list[int]:
         return tries[batch_id].allowed_next(prefix.tolist()[1:]) or [pad]
