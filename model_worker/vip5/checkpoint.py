@@ -36,7 +36,14 @@ ADAPTER_SHAPING_FIELDS = ("adapter_kind", "reduction_factor", "lora_rank", "lora
 
 
 def backbone_sha256(model) -> str:
-    """Identity of the frozen part (names under stock T5 naming, shapes, bytes)."""
+    """Identity of the frozen part (names under stock T5 naming, shapes, bytes).
+
+    In stage "adapt" nothing hashed here can train, so the digest is kept on the model until the
+    next `set_stage` (adapter swaps then skip re-hashing the backbone).
+    """
+    cached = getattr(model, "_frozen_sha256", None)
+    if cached is not None and model.stage == "adapt":
+        return cached
     frozen = {n: p for n, p in model.named_parameters() if not model.trainable_in("adapt", n)}
     digest = hashlib.sha256()
     for name in sorted(frozen, key=lambda n: n.replace(".base_layer.", ".")):
@@ -44,6 +51,8 @@ def backbone_sha256(model) -> str:
         digest.update(name.replace(".base_layer.", ".").encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.numpy().tobytes())
+    if model.stage == "adapt":
+        model._frozen_sha256 = digest.hexdigest()
     return digest.hexdigest()
 
 

@@ -71,6 +71,7 @@ class VIP5Model(nn.Module):
         self.encoder = PromptEncoder(tokenizer, config)
         self.stage: str | None = None
         self.stages_run: list[str] = []
+        self._frozen_sha256: str | None = None
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -187,6 +188,7 @@ class VIP5Model(nn.Module):
         for name, param in self.named_parameters():
             param.requires_grad_(self.trainable_in(stage, name))
         self.stage = stage
+        self._frozen_sha256 = None  # see checkpoint.backbone_sha256
         if not self.stages_run or self.stages_run[-1] != stage:
             self.stages_run.append(stage)
 

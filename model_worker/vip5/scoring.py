@@ -12,6 +12,10 @@ so each position computes exactly what a left-to-right decoder would at that pre
 keys/values are computed once per prompt, shared prefixes (e.g. "▁", "item_") once per prompt, and
 the vocabulary log-softmax once per distinct prefix. The naive form (`score_naive`) repeats the
 encoder output per candidate and runs the full decoder per candidate; both give the same numbers.
+
+Entry points: `score_candidates` (direct recommendation, re-ranking), `CatalogueScorer` (every item,
+for full rankings), `top_k_items` (exact k best items by best-first search over the trie),
+`constrained_beam` (beam search that can only spell valid ids), `score_naive` (reference).
 """
 
 from __future__ import annotations
