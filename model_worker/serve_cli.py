@@ -20,7 +20,11 @@ def run_serve(args: argparse.Namespace) -> dict:
     serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topic_config(args), group_id=args.group_id,
                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, top_n=args.top_n,
                             explain_top=args.explain)
-    stats = run_model_worker(serve_cfg, RankerConfig(model_dir=model_dir, device=args.device))
+    from model_worker.rerank import RerankConfig
+
+    ranker_cfg = RankerConfig(model_dir=model_dir, device=args.device,
+                              rerank=RerankConfig(history_len=args.prompt_history_len))
+    stats = run_model_worker(serve_cfg, ranker_cfg)
     return {"stats": stats} if args.json else {}
 
 
@@ -34,3 +38,4 @@ def register(commands, bench) -> None:
     p.add_argument("--max-wait-ms", type=int, default=50, help="longest wait for a batch to fill")
     p.add_argument("--top-n", type=int, default=10, help="items per recommendation")
     p.add_argument("--explain", action="store_true", help="attach a generated explanation to the top item")
+    p.add_argument("--prompt-history-len", type=int, default=20, help="latest history items written into the prompt")

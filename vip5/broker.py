@@ -102,6 +102,8 @@ class EmbeddedBroker:
         cfg = self.config
         if wait_for_port(cfg.host, cfg.port, 0.05):
             raise RuntimeError(f"port {cfg.port} on {cfg.host} is already in use")
+        if cfg.log_path:
+            Path(cfg.log_path).parent.mkdir(parents=True, exist_ok=True)
         out = open(cfg.log_path, "ab") if cfg.log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,

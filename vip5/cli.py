@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 
 # Packages that contribute commands, in --help order. A module missing here is skipped.
-COMMAND_MODULES = ("vip5.commands", "vip5.demo", "streams.cli", "index.cli", "model_worker.cli", "model_worker.serve_cli",
+COMMAND_MODULES = ("vip5.commands", "vip5.demo", "vip5.subscribe", "streams.cli", "index.cli", "model_worker.cli", "model_worker.serve_cli",
                    "model_worker.offline.cli")
 
 Handler = Callable[[argparse.Namespace], dict]
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not getattr(args, "verbose", False):  # client libraries log every connection at INFO
+        for noisy in ("kafka", "aiokafka", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     result = args.handler(args)
     status = int(result.pop("exit_status", 0)) if isinstance(result, dict) else 0
     if result:

@@ -1,54 +1,278 @@
-"""`vip5 demo`: the embedded demo.
+"""`vip5 demo`: the whole system on one machine, with real product photos and simulated shoppers.
 
-Starts the embedded broker, creates the topics, publishes a stream of user interactions and
-reads them back through a consumer group, then prints a summary and shuts everything down.
+    1. prepare a small VIP5 (cached under --work-dir): embed the catalogue's photos, train the tiny
+       backbone on yesterday's simulated sessions ("pretrain"), then only the adapters ("adapt")
+    2. start the embedded broker, create the topics, start the streams and model workers
+    3. publish the catalogue (with a few broken records), then a live stream of interactions,
+       with new products arriving halfway
+    4. subscribe to the recommendations and show them as they arrive
+    5. print a summary (events in, recommendations out, dead letters, freshness) and shut down
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
+import sys
+import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from vip5.cli import add_command
 
 log = logging.getLogger(__name__)
 
 
-def run_demo(args: argparse.Namespace) -> dict:
-    from schemas.codec import decode, encode
-    from schemas.records import Interaction
-    from schemas.topics import INTERACTIONS, TopicConfig
-    from vip5.broker import BrokerConfig, EmbeddedBroker
-    from vip5.kafka import KafkaConfig, consumer, create_topics, producer
+@dataclass(frozen=True)
+class DemoConfig:
+    work_dir: Path = Path("runs/demo")
+    users: int = 40
+    live_events: int = 240
+    events_per_s: float = 8.0
+    new_products: int = 40  # of the catalogue, held back and published during the live stream
+    image_size: int = 160  # encoder input side, the same for training and serving
+    candidates: int = 20  # retrieved per request, re-ranked by VIP5
+    session_len: int = 8  # past interactions per shopper used for training
+    pretrain_steps: int = 150
+    adapt_steps: int = 50
+    train_budget_s: float = 150.0  # cap per stage on a slow or busy machine
+    seed: int = 7
+    partitions: int = 3
+    drain_timeout_s: float = 90.0
 
-    rng = random.Random(args.seed)
+    def __post_init__(self) -> None:
+        if self.users < 1 or self.live_events < 1 or self.events_per_s <= 0:
+            raise ValueError("users, live_events and events_per_s must be positive")
+
+
+def prepare_model(cfg: DemoConfig, world) -> Path:
+    """A trained tiny VIP5 for the demo's catalogue; reused when already prepared with this config."""
+    from index.encoders import EncoderConfig, build_encoder
+    from model_worker.tuning import ExampleConfig, TuneConfig, explanation_prompts, history_prompts, tune
+    from model_worker.vip5.config import VIP5Config
+    from model_worker.vip5.model import VIP5Model
+    from model_worker.vip5.tokenizer import build_template_tokenizer
+
+    model_dir = cfg.work_dir / "model"
+    stamp = model_dir / "demo.json"
+    fingerprint = {"users": cfg.users, "seed": cfg.seed, "image_size": cfg.image_size,
+                   "pretrain_steps": cfg.pretrain_steps, "adapt_steps": cfg.adapt_steps}
+    if stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
+        log.info("reusing the prepared model in %s", model_dir)
+        return model_dir
+    catalogue, shoppers = world
+    log.info("preparing the demo model: embedding %d product photos", len(catalogue))
+    encoder = build_encoder(EncoderConfig(image_size=cfg.image_size))
+    vectors = encoder.embed([p.image_path for p in catalogue]).vectors
+    features = {p.item_id: v for p, v in zip(catalogue, vectors, strict=True)}
+    rng = random.Random(cfg.seed)
+    from vip5.demo_world import session
+
+    ids = [p.item_id for p in catalogue]
+    # The catalogue has no reviews: the explanation task learns to describe a product by its title.
+    texts = {p.item_id: p.title.lower() for p in catalogue}
+    examples = ExampleConfig(history_len=5, direct_candidates=10)
+    prompts = []
+    for shopper in shoppers:
+        items = [p.item_id for p in session(shopper, catalogue, cfg.session_len, rng)]
+        prompts += history_prompts(shopper.user_id, items, ids, rng, examples)
+        prompts += explanation_prompts(shopper.user_id, items[-2:], texts, rng)
+    tokenizer = build_template_tokenizer([s.user_id for s in shoppers] + ids + list(texts.values()))
+    model = VIP5Model.build(VIP5Config(backbone="tiny", image_feature_dim=encoder.dim), tokenizer, seed=cfg.seed)
+    for stage, steps, lr in (("pretrain", cfg.pretrain_steps, 3e-3), ("adapt", cfg.adapt_steps, 1e-3)):
+        result = tune(model, prompts, features, TuneConfig(steps=steps, batch_size=16, lr=lr, warmup_steps=10,
+                                                           time_budget_s=cfg.train_budget_s, seed=cfg.seed),
+                      stage=stage)
+        log.info("stage %s: %s", stage, result)
+    model.save_pretrained(model_dir)
+    stamp.write_text(json.dumps(fingerprint))
+    return model_dir
+
+
+class Tally:
+    """What the subscriber saw, for the live display and the summary."""
+
+    def __init__(self, catalogue, shoppers):
+        self.kind = {p.item_id: p.article_type for p in catalogue}
+        self.likes = {s.user_id: set(s.likes) for s in shoppers}
+        self.recs, self.event_ids, self.freshness_ms = 0, set(), []
+        self.top_liked = 0
+        self.lock = threading.Lock()
+
+    def add(self, rec) -> str:
+        with self.lock:
+            self.recs += 1
+            self.event_ids.update(rec.event_ids)
+            self.freshness_ms.append(rec.publish_time_ms - rec.event_time_ms)
+            liked = self.likes.get(rec.user_id, set())
+            self.top_liked += bool(rec.items) and self.kind.get(rec.items[0].item_id) in liked
+        top = ", ".join(self.kind.get(i.item_id, i.item_id) for i in rec.items[:3])
+        why = f'  "{rec.items[0].explanation}"' if rec.items and rec.items[0].explanation else ""
+        return (f"{rec.user_id} likes {'+'.join(sorted(liked))}: {top}  "
+                f"[{rec.publish_time_ms - rec.event_time_ms} ms]{why}")
+
+
+def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
+    from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEMS, TopicConfig
+    from vip5.broker import BrokerConfig, EmbeddedBroker
+    from vip5.demo_world import interaction, next_item
+    from vip5.kafka import KafkaConfig, create_topics, producer, read_topic
+    from vip5.processes import WorkerProcess
+    from vip5.subscribe import recommendations
+
+    catalogue, shoppers = world
+    rng = random.Random(cfg.seed + 1)
+    logs = cfg.work_dir / "logs"
+    with EmbeddedBroker(BrokerConfig(port=0, log_path=str(logs / "broker.log"))) as broker:
+        kafka = KafkaConfig(bootstrap_servers=broker.bootstrap, session_timeout_ms=3000, heartbeat_interval_ms=500)
+        topics = TopicConfig(prefix="demo.", partitions=cfg.partitions)
+        create_topics(kafka, topics)
+        common = ["--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix, "--partitions", str(cfg.partitions)]
+        env = {"VIP5_KAFKA_SESSION_TIMEOUT_MS": "3000", "VIP5_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
+        workers = [
+            WorkerProcess(["streams", *common, "--data-dir", str(cfg.work_dir / "faust"), "--image-size",
+                           str(cfg.image_size), "--candidates", str(cfg.candidates)],
+                          log_path=logs / "streams.log", env=env),
+            WorkerProcess(["serve", *common, "--model-dir", str(model_dir), "--explain", "--prompt-history-len", "5"],
+                          log_path=logs / "model-worker.log", env=env),
+        ]
+        tally, stop = Tally(catalogue, shoppers), threading.Event()
+
+        def subscribe():
+            for rec in recommendations(kafka, topics, group_id="demo-subscriber", stop=stop):
+                show(tally.add(rec))
+
+        subscriber = threading.Thread(target=subscribe, daemon=True)
+        try:
+            for worker in workers:
+                worker.start()
+            subscriber.start()
+            from model_worker.worker import READY_LINE as MODEL_READY
+            from streams.worker import READY_LINE as STREAMS_READY
+
+            for worker, line in zip(workers, (STREAMS_READY, MODEL_READY), strict=True):
+                if not worker.wait_for_log(line, 180):
+                    raise RuntimeError(f"a worker did not start; see {worker.log_path}")
+            show("workers ready; publishing the catalogue")
+            out = producer(kafka)
+            initial, new = catalogue[: len(catalogue) - cfg.new_products], catalogue[len(catalogue) - cfg.new_products:]
+            now = int(time.time() * 1000)
+            for product in initial:
+                out.send(topics.name(ITEMS), key=product.item_id.encode(), value=_encode(product.upsert(now)))
+            bad = [(ITEMS, b"\x92not an item"), (INTERACTIONS, b"\x81\xa6schema\xa5bogus"),
+                   (INTERACTIONS, _encode_bad_rating())]
+            for spec, payload in bad:
+                out.send(topics.name(spec), key=b"bad", value=payload)
+            out.flush()
+            _wait_for_embeddings(kafka, topics, len(initial), show)
+            live = list(initial)
+            started, events = time.monotonic(), 0
+            for n in range(cfg.live_events):
+                if n == cfg.live_events // 2 and new:
+                    stamp = int(time.time() * 1000)
+                    for product in new:
+                        out.send(topics.name(ITEMS), key=product.item_id.encode(), value=_encode(product.upsert(stamp)))
+                    live += new
+                    show(f"{len(new)} new products published")
+                shopper = rng.choice(shoppers)
+                event = interaction(shopper, next_item(shopper, live, rng), n, int(time.time() * 1000), rng)
+                out.send(topics.name(INTERACTIONS), key=event.user_id.encode(), value=_encode(event))
+                events += 1
+                time.sleep(max(0.0, started + (n + 1) / cfg.events_per_s - time.monotonic()))
+            out.flush()
+            out.close()
+            expected = {f"demo-{s.user_id}-{n}" for n in range(cfg.live_events) for s in shoppers}
+            deadline = time.monotonic() + cfg.drain_timeout_s
+            while time.monotonic() < deadline:
+                with tally.lock:
+                    if len(tally.event_ids & expected) >= events:
+                        break
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            subscriber.join(timeout=10)
+            for worker in workers:
+                worker.stop()
+        letters = read_topic(kafka, topics.name(DEAD_LETTER), timeout_s=5, idle_s=1.0)
+    fresh = np.asarray(tally.freshness_ms or [0])
+    return {
+        "events_in": events + len(catalogue) + len(bad),
+        "interactions_in": events,
+        "products_in": len(catalogue),
+        "invalid_records_in": len(bad),
+        "recommendations_out": tally.recs,
+        "interactions_reflected": len(tally.event_ids & expected),
+        "dead_letters": len(letters),
+        "freshness_p50_ms": float(np.percentile(fresh, 50)),
+        "freshness_p99_ms": float(np.percentile(fresh, 99)),
+        "top1_in_liked_types": round(tally.top_liked / max(1, tally.recs), 3),
+        "liked_share_of_catalogue": round(_liked_share(catalogue, shoppers), 3),
+    }
+
+
+def _encode(record) -> bytes:
+    from schemas.codec import encode
+
+    return encode(record)
+
+
+def _encode_bad_rating() -> bytes:
+    """An interaction of kind 'rating' without a rating: valid msgpack, invalid record."""
+    import msgpack
+
+    return msgpack.packb({"schema": "interaction", "v": 1, "event_id": "bad-1", "user_id": "shopper000",
+                          "item_id": "p1", "kind": "rating", "event_time_ms": int(time.time() * 1000)})
+
+
+def _liked_share(catalogue, shoppers) -> float:
+    """Chance that a random catalogue item is of a liked type, averaged over shoppers."""
+    kinds = [p.article_type for p in catalogue]
+    return float(np.mean([np.mean([k in s.likes for k in kinds]) for s in shoppers]))
+
+
+def _wait_for_embeddings(kafka, topics, count: int, show, timeout_s: float = 120.0) -> None:
+    from schemas.topics import ITEM_EMBEDDINGS
+    from vip5.kafka import read_topic
+
+    got = read_topic(kafka, topics.name(ITEM_EMBEDDINGS), until=lambda ms: len(ms) >= count, timeout_s=timeout_s)
+    show(f"{len(got)} product embeddings published; starting the live interaction stream")
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    from vip5.demo_world import load_catalogue, simulate_users
+
+    cfg = DemoConfig(work_dir=Path(args.work_dir), users=args.users, live_events=args.events,
+                     events_per_s=args.rate, seed=args.seed, pretrain_steps=args.pretrain_steps,
+                     adapt_steps=args.adapt_steps)
     started = time.monotonic()
-    with EmbeddedBroker(BrokerConfig(port=0)) as broker:
-        cfg = KafkaConfig(bootstrap_servers=broker.bootstrap, session_timeout_ms=3000, heartbeat_interval_ms=500)
-        topics = TopicConfig(partitions=3)
-        create_topics(cfg, topics)
-        out = producer(cfg)
-        now = int(time.time() * 1000)
-        for i in range(args.events):
-            event = Interaction(event_id=f"demo-{i}", user_id=f"user-{rng.randrange(20)}",
-                                item_id=f"item-{rng.randrange(200)}", kind="click", event_time_ms=now + i)
-            out.send(topics.name(INTERACTIONS), key=event.user_id.encode(), value=encode(event))
-        out.flush()
-        out.close()
-        reader = consumer(cfg, "vip5-demo", [topics.name(INTERACTIONS)])
-        received, deadline = 0, time.monotonic() + 60
-        while received < args.events and time.monotonic() < deadline:
-            for records in reader.poll(timeout_ms=500).values():
-                received += sum(1 for r in records if decode(r.value, Interaction))
-        reader.commit()
-        reader.close()
-    return {"events_in": args.events, "events_read_back": received,
-            "elapsed_s": round(time.monotonic() - started, 2)}
+    catalogue = load_catalogue()
+    shoppers = simulate_users(catalogue, cfg.users, seed=cfg.seed)
+    world = (catalogue, shoppers)
+    model_dir = prepare_model(cfg, world)
+    prepared_s = time.monotonic() - started
+
+    def show(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    summary = run_pipeline(cfg, world, model_dir, show=show)
+    summary.update({"model_preparation_s": round(prepared_s, 1), "elapsed_s": round(time.monotonic() - started, 1)})
+    return summary
 
 
 def register(commands, bench) -> None:
-    p = add_command(commands, "demo", run_demo, "run the embedded demo end to end and print a summary")
-    p.add_argument("--events", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p = add_command(commands, "demo", run_demo,
+                    "run the whole system on this machine with real product photos and print a summary")
+    p.add_argument("--work-dir", default="runs/demo", help="model cache, worker logs and state")
+    p.add_argument("--users", type=int, default=40, help="simulated shoppers")
+    p.add_argument("--events", type=int, default=240, help="live interactions to publish")
+    p.add_argument("--rate", type=float, default=8.0, help="live interactions per second")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--pretrain-steps", type=int, default=DemoConfig.pretrain_steps,
+                   help="model preparation: steps training the tiny backbone")
+    p.add_argument("--adapt-steps", type=int, default=DemoConfig.adapt_steps,
+                   help="model preparation: steps training only the adapters")

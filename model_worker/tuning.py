@@ -1,0 +1,124 @@
+"""Tuning VIP5 on live-system data: examples from user histories, and a bounded training loop.
+
+    user histories (item id strings, oldest first) ──► training prompts (sequential + direct)
+    VIP5Model + prompts + image features           ──► `tune`: AdamW, warmup, clipping, N steps
+
+The offline pipeline (model_worker.offline) trains on benchmark datasets; this module serves the
+streaming side: the demo's model preparation and the incremental adapter trainer, both of which
+see items as the string ids that flow through Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model_worker.vip5.model import VIP5Model
+from model_worker.vip5.prompts import Prompt, direct_prompt, explanation_prompt, sequential_prompt, templates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    time_budget_s: float | None = None  # stop early when spent
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass(frozen=True)
+class ExampleConfig:
+    history_len: int = 10  # items written into a sequential prompt
+    direct_candidates: int = 20  # candidates in a direct prompt (1 true + negatives)
+    held_out_templates: bool = False  # True: only the unseen-prompt templates (evaluation)
+
+
+def history_prompts(user_id: str, items: Sequence[str], catalogue: Sequence[str], rng: random.Random,
+                    config: ExampleConfig = ExampleConfig()) -> list[Prompt]:
+    """For each position t >= 1 of the history: a sequential prompt (items before t -> item t) and a
+    direct prompt (item t among sampled catalogue items the user has not touched)."""
+    seq_templates = templates("sequential", held_out=config.held_out_templates)
+    direct_templates = [t for t in templates("direct", held_out=config.held_out_templates) if t.target == "item"]
+    touched = set(items)
+    pool = [i for i in catalogue if i not in touched]
+    prompts = []
+    for t in range(1, len(items)):
+        before = list(items[max(0, t - config.history_len): t])
+        prompts.append(sequential_prompt(rng.choice(seq_templates), user_id, before, items[t]))
+        negatives = rng.sample(pool, min(len(pool), config.direct_candidates - 1))
+        candidates = [items[t], *negatives]
+        rng.shuffle(candidates)
+        prompts.append(direct_prompt(rng.choice(direct_templates), user_id, candidates, items[t], history=before))
+    return prompts
+
+
+def explanation_prompts(user_id: str, items: Sequence[str], texts: Mapping[str, str], rng: random.Random,
+                        config: ExampleConfig = ExampleConfig()) -> list[Prompt]:
+    """One explanation prompt per history item that has a text (a review, or a description)."""
+    plain = [t for t in templates("explanation", held_out=config.held_out_templates) if "star_rating" not in t.fields]
+    return [explanation_prompt(rng.choice(plain), user_id, item, texts[item]) for item in items if item in texts]
+
+
+def _schedule(step: int, cfg: TuneConfig) -> float:
+    """Linear warmup then linear decay to 10% of the peak rate."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return max(0.1, 1.0 - 0.9 * progress)
+
+
+def tune(model: VIP5Model, prompts: Sequence[Prompt], features: Mapping[str, np.ndarray], cfg: TuneConfig,
+         *, stage: str, on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train the parameters of `stage` ("pretrain" or "adapt") on `prompts` for at most cfg.steps
+    steps (or cfg.time_budget_s). Returns {"steps", "loss_first", "loss_last", "seconds"}."""
+    if not prompts:
+        raise ValueError("tune needs at least one prompt")
+    model.set_stage(stage)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, cfg))
+    device = next(model.parameters()).device
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    losses, start = [], time.monotonic()
+    for step in range(cfg.steps):
+        if cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s:
+            break
+        if len(order) < cfg.batch_size:
+            order += rng.sample(range(len(prompts)), len(prompts))
+        chunk, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        batch = model.encoder.encode([prompts[i] for i in chunk], features).to(device)
+        loss = model(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    window = max(1, min(10, len(losses) // 4))
+    return {"steps": len(losses), "loss_first": float(np.mean(losses[:window])),
+            "loss_last": float(np.mean(losses[-window:])), "seconds": round(time.monotonic() - start, 2)}
