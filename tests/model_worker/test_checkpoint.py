@@ -6,8 +6,9 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from model_worker.vip5.config import VIP5Config
 from model_worker.vip5.model import VIP5Model
-from model_worker.vip5.prompts import direct_prompt
+from model_worker.vip5.prompts import direct_prompt, template_corpus
 from model_worker.vip5.scoring import score_candidates
+from model_worker.vip5.tokenizer import build_tokenizer
 from model_worker.vip5.trie import ItemTrie
 
 from .conftest import ADAPTER_KINDS, FEATURE_DIM
@@ -45,14 +46,16 @@ def test_damaged_parts_file_is_refused(make_model, tmp_path):
         VIP5Model.from_pretrained(tmp_path / "model")
 
 
-def test_pretrained_backbone_and_tokenizer_load_from_a_local_directory(tokenizer, features, tmp_path):
-    # stand-in for a downloaded checkpoint: a stock T5 and a tokenizer without the image token
-    plain_tokenizer_dir = tmp_path / "t5"
+def test_pretrained_backbone_and_tokenizer_load_from_a_local_directory(features, tmp_path):
+    # stand-in for a downloaded checkpoint: a stock T5 and a tokenizer without the "<image>" token
+    checkpoint = tmp_path / "t5"
+    plain_tokenizer = build_tokenizer(template_corpus(), vocab_size=300, image_token="<photo>")
     t5 = T5ForConditionalGeneration(T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16,
-                                             vocab_size=len(tokenizer) - 1, decoder_start_token_id=0))
-    t5.save_pretrained(plain_tokenizer_dir)
-    tokenizer.save_pretrained(plain_tokenizer_dir)
-    model = VIP5Model.build(VIP5Config(backbone=str(plain_tokenizer_dir), image_feature_dim=FEATURE_DIM))
-    assert model.backbone.config.vocab_size >= len(model.tokenizer)
+                                             vocab_size=len(plain_tokenizer), decoder_start_token_id=0))
+    t5.save_pretrained(checkpoint)
+    plain_tokenizer.save_pretrained(checkpoint)
+    model = VIP5Model.build(VIP5Config(backbone=str(checkpoint), image_feature_dim=FEATURE_DIM))
+    assert len(model.tokenizer) == len(plain_tokenizer) + 1  # the placeholder token was added
+    assert model.backbone.config.vocab_size >= len(model.tokenizer)  # and the embeddings grew
     assert model.tokenizer.convert_tokens_to_ids("<image>") != model.tokenizer.unk_token_id
     assert _scores(model.eval(), features).shape == (len(CANDIDATES),)
