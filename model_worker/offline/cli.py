@@ -11,18 +11,23 @@ from vip5.cli import add_command
 def _data_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--data", required=required, default=None,
                         help="P5/VIP5 folder (sequential_data.txt, datamaps.json, ...) or a reviews_*_5.json.gz file")
-    parser.add_argument("--numbering", choices=("random", "original"), default="random",
-                        help="item ids: seeded random re-indexing (leak-free, default) or the file's numbering")
-    parser.add_argument("--reindex-seed", type=int, default=2023)
+    parser.add_argument("--numbering", choices=("random", "original"), default=None,
+                        help="item ids: seeded random re-indexing (leak-free; the default) or the file's "
+                        "numbering; evaluate defaults to the trained run's")
+    parser.add_argument("--reindex-seed", type=int, default=None, help="seed of the random numbering (2023)")
     parser.add_argument("--core", type=int, default=5, help="k-core filter for raw review files")
     parser.add_argument("--image-features", default=None,
                         help="per-item image features .npy (row ids in <stem>_ids.txt beside it)")
 
 
-def _data_config(args):
+def _data_config(args, trained=None):
+    """Data options from the command line; unset numbering options follow `trained` (the run's
+    DataConfig) when given, else the defaults (random numbering, seed 2023)."""
     from model_worker.offline.data import DataConfig
 
-    return DataConfig(path=args.data, numbering=args.numbering, reindex_seed=args.reindex_seed, core=args.core,
+    numbering = args.numbering or (trained.numbering if trained else "random")
+    seed = args.reindex_seed if args.reindex_seed is not None else (trained.reindex_seed if trained else 2023)
+    return DataConfig(path=args.data, numbering=numbering, reindex_seed=seed, core=args.core,
                       image_features=args.image_features)
 
 
@@ -50,18 +55,27 @@ def train_command(args: argparse.Namespace) -> dict:
 
 
 def evaluate_command(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
     from model_worker.offline.evaluate import EvalConfig, evaluate
     from model_worker.offline.sasrec import SASRecConfig
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     config = EvalConfig(
         split=args.split, max_users=args.max_users or None, sample_seed=args.seed, method=args.method,
-        num_beams=args.beams, history_len=args.history_len, batch_size=args.batch_size,
+        num_beams=args.beams, direct_negatives=args.direct_negatives, history_len=args.history_len, batch_size=args.batch_size,
         exclude_history=not args.keep_history_items, baselines=baselines,
         sasrec=SASRecConfig(max_epochs=args.sasrec_epochs, time_budget_s=args.sasrec_time_s),
         max_explanations=args.max_explanations or None, threads=args.threads,
     )
-    data = _data_config(args) if args.data else None
+    data = None
+    if args.data:
+        trained = None
+        if args.model_dir:
+            from model_worker.offline.evaluate import trained_data_config
+
+            trained = trained_data_config(Path(args.model_dir))
+        data = _data_config(args, trained)
     return evaluate(config, model_dir=args.model_dir, data_config=data)
 
 
@@ -96,9 +110,11 @@ def register(commands, bench) -> None:
     evaluate.add_argument("--split", choices=("test", "valid"), default="test")
     evaluate.add_argument("--max-users", type=int, default=1000, help="seeded sample of users; 0 = all")
     evaluate.add_argument("--seed", type=int, default=0, help="user sample and tie-breaking")
-    evaluate.add_argument("--method", choices=("exact", "beam"), default="exact",
-                          help="exact likelihood of every item id, or constrained beam search")
+    evaluate.add_argument("--method", choices=("exact", "topk", "beam"), default="exact",
+                          help="exact likelihood of every item id; the exact 10 most likely ids by best-first "
+                          "trie search (same metrics, usually much faster); or constrained beam search")
     evaluate.add_argument("--beams", type=int, default=20)
+    evaluate.add_argument("--direct-negatives", type=int, default=99, help="negatives per direct candidate list")
     evaluate.add_argument("--history-len", type=int, default=20)
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--keep-history-items", action="store_true",
