@@ -80,7 +80,7 @@ def run_bench(config, settings: BenchSettings) -> dict:
                 for e, n in zip(exact, naive, strict=True))
     max_diff = max(float(np.max(np.abs(np.array(e) - np.array(n)))) for e, n in zip(exact, naive, strict=True))
     reranker.score(requests[:1])  # warm-up
-    batch = next(reranker._batches(requests[:1]))[1]
+    batch = next(reranker.encode_requests(requests[:1]))[1]
     with torch.inference_mode():
         encoder_ms = _median_ms(lambda _: model.encode(batch), requests)
     return {

@@ -62,7 +62,8 @@ class Reranker:
     def __init__(self, model, image_lookup: ImageLookup | None = None, config: RerankConfig = RerankConfig()):
         self.model, self.image_lookup, self.config = model, image_lookup, config
 
-    def _batches(self, requests: Sequence[RerankRequest]):
+    def encode_requests(self, requests: Sequence[RerankRequest]):
+        """Yield (requests, Batch) in groups of `max_batch_requests`, each as a direct prompt."""
         size = self.config.max_batch_requests
         for lo in range(0, len(requests), size):
             chunk = requests[lo: lo + size]
@@ -76,7 +77,7 @@ class Reranker:
     def score(self, requests: Sequence[RerankRequest]) -> list[list[float]]:
         """Exact scores, one list per request, aligned with its candidates."""
         results = []
-        for chunk, batch in self._batches(requests):
+        for chunk, batch in self.encode_requests(requests):
             tries = [ItemTrie.from_items(self.model.encoder, r.candidates) for r in chunk]
             for request, llh in zip(chunk, score_candidates(self.model, batch, tries), strict=True):
                 results.append(self._combine(request, llh))
@@ -85,7 +86,7 @@ class Reranker:
     def score_naive(self, requests: Sequence[RerankRequest]) -> list[list[float]]:
         """Same scores as `score`, computed with the encoder output repeated per candidate."""
         results = []
-        for chunk, batch in self._batches(requests):
+        for chunk, batch in self.encode_requests(requests):
             tokens = [self.model.encoder.target_token_ids(r.candidates) for r in chunk]
             for request, llh in zip(chunk, score_naive(self.model, batch, tokens), strict=True):
                 results.append(self._combine(request, llh))
@@ -94,7 +95,7 @@ class Reranker:
     def beam(self, requests: Sequence[RerankRequest], *, num_beams: int = 20) -> list[list[str]]:
         """Top candidates by beam search constrained to each request's candidate ids."""
         results = []
-        for chunk, batch in self._batches(requests):
+        for chunk, batch in self.encode_requests(requests):
             tries = [ItemTrie.from_items(self.model.encoder, r.candidates) for r in chunk]
             ranked = constrained_beam(self.model, batch, tries, num_beams=num_beams)
             results.extend([[item for item, _ in r] for r in ranked])
