@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
-from index.candidates import Candidate, CandidateConfig, FreshnessTracker, PopularityTracker, generate_candidates
+from index.candidates import (
+    Candidate,
+    CandidateConfig,
+    FreshnessTracker,
+    PopularityTracker,
+    generate_candidates,
+)
 from index.item_index import IndexConfig, ItemIndex
 from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.records import ItemEmbedding
+from vip5.tail import TopicTail
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ class CatalogReplica:
         self._lock = threading.Lock()  # guards freshness; the index has its own lock
         self.encoder_ids: set[str] = set()
         self.updates = 0
+        self.decode_errors = 0
 
     def apply(self, records: Sequence[ItemEmbedding]) -> int:
         """Upsert records; those of another dimension than the index are skipped. Returns how many applied."""
@@ -76,82 +83,33 @@ class CatalogReplica:
         return len(self.index)
 
 
-class EmbeddingFollower(threading.Thread):
-    """Tails the embeddings topic from the beginning into a CatalogReplica until `stop()`."""
+def embedding_handler(replica: CatalogReplica) -> Callable[[list], None]:
+    """Apply a poll's worth of item-embeddings messages to `replica` (last record per item wins)."""
 
-    def __init__(self, consumer_factory: Callable[[], object], topic: str, replica: CatalogReplica,
-                 *, poll_ms: int = 200):
-        super().__init__(name=f"embedding-follower[{topic}]", daemon=True)
-        self._consumer_factory = consumer_factory
-        self.topic = topic
-        self.replica = replica
-        self.poll_ms = poll_ms
-        self.decode_errors = 0
-        self._stop_event = threading.Event()
-        self._caught_up = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-    def wait_caught_up(self, timeout_s: float) -> bool:
-        """True once the follower has read up to the high watermark seen at its start."""
-        return self._caught_up.wait(timeout_s)
-
-    def run(self) -> None:
-        from kafka import TopicPartition
-
-        consumer = self._consumer_factory()
-        try:
-            partitions = self._wait_for_partitions(consumer)
-            tps = [TopicPartition(self.topic, p) for p in partitions]
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            while not self._stop_event.is_set():
-                batch = consumer.poll(timeout_ms=self.poll_ms, max_records=2000)
-                self._apply(batch)
-                if not self._caught_up.is_set() and self._at_high_watermark(consumer, tps):
-                    self._caught_up.set()
-        except Exception:
-            log.exception("embedding follower for %s stopped", self.topic)
-            raise
-        finally:
-            consumer.close()
-
-    def _wait_for_partitions(self, consumer) -> list[int]:
-        while not self._stop_event.is_set():
-            partitions = consumer.partitions_for_topic(self.topic)
-            if partitions:
-                return sorted(partitions)
-            time.sleep(0.5)
-        return []
-
-    @staticmethod
-    def _at_high_watermark(consumer, tps) -> bool:
-        # The fetch high watermark is exact on every broker (ListOffsets LATEST is not, on Tansu).
-        for tp in tps:
-            high = consumer.highwater(tp)
-            if high is None or consumer.position(tp) < high:
-                return False
-        return True
-
-    def _apply(self, batch: dict) -> None:
+    def handle(messages: list) -> None:
         upserts: dict[str, ItemEmbedding] = {}
         removed: list[str] = []
-        for records in batch.values():
-            for message in records:
-                if message.value is None:
-                    key = (message.key or b"").decode("utf-8", "replace")
-                    upserts.pop(key, None)
-                    removed.append(key)
-                    continue
-                try:
-                    record = decode(message.value, ItemEmbedding)
-                except SchemaError as err:
-                    self.decode_errors += 1
-                    log.warning("skipping bad embedding at %s[%d]@%d: %s",
-                                message.topic, message.partition, message.offset, err)
-                    continue
-                upserts[record.item_id] = record
+        for message in messages:
+            if message.value is None:  # tombstone: the item is gone
+                key = (message.key or b"").decode("utf-8", "replace")
+                upserts.pop(key, None)
+                removed.append(key)
+                continue
+            try:
+                record = decode(message.value, ItemEmbedding)
+            except SchemaError as err:
+                replica.decode_errors += 1
+                log.warning("skipping bad embedding at %s[%d]@%d: %s", message.topic, message.partition,
+                            message.offset, err)
+                continue
+            upserts[record.item_id] = record
         if removed:
-            self.replica.remove(removed)
-        self.replica.apply(list(upserts.values()))
+            replica.remove(removed)
+        replica.apply(list(upserts.values()))
+
+    return handle
+
+
+def embedding_follower(consumer_factory: Callable[[], object], topic: str, replica: CatalogReplica) -> TopicTail:
+    """The thread that keeps `replica` in step with the item-embeddings topic."""
+    return TopicTail(consumer_factory, topic, embedding_handler(replica))

@@ -5,7 +5,7 @@
 
 `VIP5Ranker.load(RankerConfig)` reads a model directory (VIP5Model.save_pretrained), moves it to
 the device (CUDA when present and asked for) and names the versions every Recommendation carries:
-`model_version` (backbone identity) and `adapter_version` ("base" until an adapter is applied).
+`model_version` (backbone identity) and `adapter_version` (BASE_VERSION until another is applied).
 `with_adapter` returns a standby copy with an adapter artifact applied, for a swap between batches.
 """
 
@@ -27,6 +27,8 @@ from model_worker.vip5.prompts import TEMPLATES, explanation_prompt
 from schemas.records import RerankRequest
 
 log = logging.getLogger(__name__)
+
+BASE_VERSION = "v1"  # the adapter a model directory ships with; trained versions follow as v2, v3, ...
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,10 @@ def resolve_device(device: str) -> str:
 
 
 class VIP5Ranker:
-    def __init__(self, model: VIP5Model, config: RankerConfig, *, model_version: str, adapter_version: str = "base"):
+    def __init__(self, model: VIP5Model, config: RankerConfig, *, backbone_id: str, adapter_version: str = BASE_VERSION):
         self.model, self.config = model.eval(), config
-        self.model_version, self.adapter_version = model_version, adapter_version
+        self.backbone_id, self.adapter_version = backbone_id, adapter_version
+        self.model_version = f"vip5-{model.config.backbone}-{backbone_id[:12]}"
 
     @classmethod
     def load(cls, config: RankerConfig) -> VIP5Ranker:
@@ -68,9 +71,9 @@ class VIP5Ranker:
         from model_worker.vip5.checkpoint import backbone_sha256
 
         model = VIP5Model.from_pretrained(config.model_dir).to(resolve_device(config.device))
-        version = f"vip5-{model.config.backbone}-{backbone_sha256(model)[:12]}"
-        log.info("loaded %s from %s on %s", version, config.model_dir, next(model.parameters()).device)
-        return cls(model, config, model_version=version)
+        ranker = cls(model, config, backbone_id=backbone_sha256(model))
+        log.info("loaded %s from %s on %s", ranker.model_version, config.model_dir, next(model.parameters()).device)
+        return ranker
 
     def with_adapter(self, artifact, version: str) -> VIP5Ranker:
         """A standby copy with `artifact` applied (checks backbone identity, keys and shapes)."""
@@ -78,7 +81,7 @@ class VIP5Ranker:
 
         standby = copy.deepcopy(self.model)
         apply_adapter(standby, artifact)
-        return VIP5Ranker(standby, self.config, model_version=self.model_version, adapter_version=version)
+        return VIP5Ranker(standby, self.config, backbone_id=self.backbone_id, adapter_version=version)
 
     @torch.inference_mode()
     def rank(self, requests: Sequence[RerankRequest],

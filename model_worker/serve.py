@@ -119,12 +119,17 @@ class ModelServer:
         finally:
             self.close()
 
-    def step(self) -> int:
-        """Poll one batch, serve it, publish, commit. Returns how many records it handled."""
+    def step_swap(self) -> None:
+        """Install a pending ranker (called between batches)."""
         with self._swap_lock:
             if self._pending_ranker is not None:
                 self._ranker, self._pending_ranker = self._pending_ranker, None
                 self.stats["swaps"] += 1
+                log.info("now serving adapter %s", self._ranker.adapter_version)
+
+    def step(self) -> int:
+        """Poll one batch, serve it, publish, commit. Returns how many records it handled."""
+        self.step_swap()
         polled = self.consumer.poll(timeout_ms=self.cfg.max_wait_ms, max_records=self.cfg.max_batch)
         messages = [m for records in polled.values() for m in records]
         if not messages:

@@ -53,23 +53,25 @@ class ExampleConfig:
     held_out_templates: bool = False  # True: only the unseen-prompt templates (evaluation)
 
 
-def history_prompts(user_id: str, items: Sequence[str], catalogue: Sequence[str], rng: random.Random,
-                    config: ExampleConfig = ExampleConfig()) -> list[Prompt]:
-    """For each position t >= 1 of the history: a sequential prompt (items before t -> item t) and a
-    direct prompt (item t among sampled catalogue items the user has not touched)."""
+def position_prompts(user_id: str, before: Sequence[str], target: str, catalogue: Sequence[str],
+                     rng: random.Random, config: ExampleConfig = ExampleConfig()) -> list[Prompt]:
+    """The prompts teaching that `target` follows `before`: a sequential prompt, and a direct prompt
+    with `target` among sampled catalogue items the user has not touched."""
     seq_templates = templates("sequential", held_out=config.held_out_templates)
     direct_templates = [t for t in templates("direct", held_out=config.held_out_templates) if t.target == "item"]
-    touched = set(items)
+    recent = list(before[-config.history_len:])
+    touched = {*before, target}
     pool = [i for i in catalogue if i not in touched]
-    prompts = []
-    for t in range(1, len(items)):
-        before = list(items[max(0, t - config.history_len): t])
-        prompts.append(sequential_prompt(rng.choice(seq_templates), user_id, before, items[t]))
-        negatives = rng.sample(pool, min(len(pool), config.direct_candidates - 1))
-        candidates = [items[t], *negatives]
-        rng.shuffle(candidates)
-        prompts.append(direct_prompt(rng.choice(direct_templates), user_id, candidates, items[t], history=before))
-    return prompts
+    candidates = [target, *rng.sample(pool, min(len(pool), config.direct_candidates - 1))]
+    rng.shuffle(candidates)
+    return [sequential_prompt(rng.choice(seq_templates), user_id, recent, target),
+            direct_prompt(rng.choice(direct_templates), user_id, candidates, target, history=recent)]
+
+
+def history_prompts(user_id: str, items: Sequence[str], catalogue: Sequence[str], rng: random.Random,
+                    config: ExampleConfig = ExampleConfig()) -> list[Prompt]:
+    """`position_prompts` for every position t >= 1 of a history (items oldest first)."""
+    return [p for t in range(1, len(items)) for p in position_prompts(user_id, items[:t], items[t], catalogue, rng, config)]
 
 
 def explanation_prompts(user_id: str, items: Sequence[str], texts: Mapping[str, str], rng: random.Random,

@@ -9,23 +9,25 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from index.item_index import IndexConfig
-from index.replica import CatalogReplica, EmbeddingFollower
+from index.replica import CatalogReplica, embedding_follower
 from model_worker.ranker import RankerConfig, VIP5Ranker
 from model_worker.serve import ModelServer, ServeConfig
-from schemas.topics import ITEM_EMBEDDINGS, RERANK_REQUESTS
+from schemas.topics import ADAPTER_UPDATES, ITEM_EMBEDDINGS, RERANK_REQUESTS
 from vip5.kafka import consumer, create_topics, producer
+from vip5.tail import TopicTail
 
 log = logging.getLogger(__name__)
 
 READY_LINE = "model worker ready"
 
 
-def build_server(cfg: ServeConfig, ranker: VIP5Ranker) -> tuple[ModelServer, EmbeddingFollower]:
+def build_server(cfg: ServeConfig, ranker: VIP5Ranker) -> tuple[ModelServer, TopicTail]:
     feature_dim = ranker.model.config.image_feature_dim
     replica = CatalogReplica(IndexConfig(dim=feature_dim, kind="flat"))
-    follower = EmbeddingFollower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     requests = consumer(cfg.kafka, cfg.group_id, [cfg.topics.name(RERANK_REQUESTS)],
                         max_poll_records=cfg.max_batch)
     server = ModelServer(cfg, ranker, replica, consumer=requests, producer=producer(cfg.kafka))
@@ -39,13 +41,56 @@ def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait
     create_topics(cfg.kafka, cfg.topics)
     ranker = VIP5Ranker.load(ranker_cfg)
     server, follower = build_server(cfg, ranker)
-    follower.start()
+    adapters = TopicTail(lambda: consumer(cfg.kafka, None), cfg.topics.name(ADAPTER_UPDATES), adapter_handler(server))
+    for tail in (follower, adapters):
+        tail.start()
     if not follower.wait_caught_up(replica_wait_s):
         log.warning("feature replica not caught up after %.0fs; serving anyway", replica_wait_s)
-    log.info("%s: %s, adapter %s, %d item features", READY_LINE, ranker.model_version, ranker.adapter_version,
+    if not adapters.wait_caught_up(replica_wait_s):
+        log.warning("adapter updates not caught up after %.0fs; serving anyway", replica_wait_s)
+    server.step_swap()  # an adapter found while catching up serves from the first batch
+    log.info("%s: %s, adapter %s, %d item features", READY_LINE, ranker.model_version, server.ranker.adapter_version,
              len(server.replica))
     try:
         server.run(stop)
     finally:
         follower.stop()
+        adapters.stop()
     return dict(server.stats)
+
+
+def adapter_handler(server: ModelServer):
+    """Handle a poll's worth of adapter-updates: verify the newest and swap it in between batches.
+
+    Any failure (missing or corrupt artifact, checksum or backbone mismatch) is logged and counted
+    (`adapter_rejections`); the current adapter keeps serving.
+    """
+    from model_worker.artifacts import load_verified
+    from schemas.codec import decode
+    from schemas.errors import SchemaError
+    from schemas.records import AdapterUpdate
+
+    def handle(messages: list) -> None:
+        updates = []
+        for message in messages:
+            try:
+                updates.append(decode(message.value, AdapterUpdate))
+            except SchemaError as err:
+                server.stats["adapter_rejections"] += 1
+                log.error("rejected adapter update at offset %d: %s", message.offset, err)
+        if not updates or updates[-1].version == server.ranker.adapter_version:
+            return
+        update, started = updates[-1], time.perf_counter()
+        try:
+            artifact = load_verified(update, backbone_id=server.ranker.backbone_id)
+            standby = server.ranker.with_adapter(artifact, update.version)
+        except Exception as err:  # any bad artifact: keep serving the current one
+            server.stats["adapter_rejections"] += 1
+            log.error("rejected adapter %s: %s; still serving %s", update.version, err, server.ranker.adapter_version)
+            return
+        server.swap_ranker(standby)
+        server.stats["last_swap_prepare_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        log.info("adapter %s ready (prepared in %.1f ms); swapping before the next batch", update.version,
+                 server.stats["last_swap_prepare_ms"])
+
+    return handle

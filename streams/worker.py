@@ -11,21 +11,22 @@ from collections import Counter
 from index.candidates import PopularityTracker
 from index.encoders import build_encoder
 from index.item_index import IndexConfig
-from index.replica import CatalogReplica, EmbeddingFollower
+from index.replica import CatalogReplica, embedding_follower
 from schemas.topics import ITEM_EMBEDDINGS
 from streams.app import StreamsContext, build_app
 from streams.config import StreamsConfig
 from vip5.kafka import consumer, create_topics
+from vip5.tail import TopicTail
 
 log = logging.getLogger(__name__)
 
 READY_LINE = "[^Worker]: Ready"  # faust logs this once partitions are assigned and tables recovered
 
 
-def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, EmbeddingFollower]:
+def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, TopicTail]:
     encoder = build_encoder(cfg.encoder)
     replica = CatalogReplica(IndexConfig(dim=encoder.dim), fresh_max_age_s=cfg.fresh_max_age_s)
-    follower = EmbeddingFollower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     popularity = PopularityTracker(half_life_s=cfg.popularity_half_life_s)
     return StreamsContext(encoder=encoder, replica=replica, popularity=popularity, stats=Counter()), follower
 

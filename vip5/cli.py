@@ -18,8 +18,12 @@ import sys
 from collections.abc import Callable
 
 # Packages that contribute commands, in --help order. A module missing here is skipped.
-COMMAND_MODULES = ("vip5.commands", "vip5.demo", "vip5.subscribe", "streams.cli", "index.cli", "model_worker.cli", "model_worker.serve_cli",
-                   "model_worker.offline.cli")
+COMMAND_MODULES = (
+    "vip5.commands", "vip5.demo", "vip5.subscribe", "vip5.bench_pipeline",
+    "streams.cli",
+    "index.cli",
+    "model_worker.cli", "model_worker.serve_cli", "model_worker.trainer_cli", "model_worker.offline.cli",
+)
 
 Handler = Callable[[argparse.Namespace], dict]
 

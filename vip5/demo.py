@@ -118,74 +118,37 @@ class Tally:
 
 
 def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
-    from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEMS, TopicConfig
-    from vip5.broker import BrokerConfig, EmbeddedBroker
-    from vip5.demo_world import interaction, next_item
-    from vip5.kafka import KafkaConfig, create_topics, producer, read_topic
-    from vip5.processes import WorkerProcess
+    from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEMS
+    from vip5.kafka import read_topic
+    from vip5.stack import LocalStack, StackConfig
     from vip5.subscribe import recommendations
 
     catalogue, shoppers = world
     rng = random.Random(cfg.seed + 1)
-    logs = cfg.work_dir / "logs"
-    with EmbeddedBroker(BrokerConfig(port=0, log_path=str(logs / "broker.log"))) as broker:
-        kafka = KafkaConfig(bootstrap_servers=broker.bootstrap, session_timeout_ms=3000, heartbeat_interval_ms=500)
-        topics = TopicConfig(prefix="demo.", partitions=cfg.partitions)
-        create_topics(kafka, topics)
-        common = ["--bootstrap", broker.bootstrap, "--topic-prefix", topics.prefix, "--partitions", str(cfg.partitions)]
-        env = {"VIP5_KAFKA_SESSION_TIMEOUT_MS": "3000", "VIP5_KAFKA_HEARTBEAT_INTERVAL_MS": "500"}
-        workers = [
-            WorkerProcess(["streams", *common, "--data-dir", str(cfg.work_dir / "faust"), "--image-size",
-                           str(cfg.image_size), "--candidates", str(cfg.candidates)],
-                          log_path=logs / "streams.log", env=env),
-            WorkerProcess(["serve", *common, "--model-dir", str(model_dir), "--explain", "--prompt-history-len", "5"],
-                          log_path=logs / "model-worker.log", env=env),
-        ]
-        tally, stop = Tally(catalogue, shoppers), threading.Event()
-
+    stack_cfg = StackConfig(work_dir=cfg.work_dir, model_dir=model_dir, topic_prefix="demo.",
+                            partitions=cfg.partitions, image_size=cfg.image_size, candidates=cfg.candidates,
+                            explain=True)
+    tally, stop = Tally(catalogue, shoppers), threading.Event()
+    with LocalStack(stack_cfg) as stack:
         def subscribe():
-            for rec in recommendations(kafka, topics, group_id="demo-subscriber", stop=stop):
+            for rec in recommendations(stack.kafka, stack.topics, group_id="demo-subscriber", stop=stop):
                 show(tally.add(rec))
 
         subscriber = threading.Thread(target=subscribe, daemon=True)
+        subscriber.start()
         try:
-            for worker in workers:
-                worker.start()
-            subscriber.start()
-            from model_worker.worker import READY_LINE as MODEL_READY
-            from streams.worker import READY_LINE as STREAMS_READY
-
-            for worker, line in zip(workers, (STREAMS_READY, MODEL_READY), strict=True):
-                if not worker.wait_for_log(line, 180):
-                    raise RuntimeError(f"a worker did not start; see {worker.log_path}")
             show("workers ready; publishing the catalogue")
-            out = producer(kafka)
             initial, new = catalogue[: len(catalogue) - cfg.new_products], catalogue[len(catalogue) - cfg.new_products:]
             now = int(time.time() * 1000)
             for product in initial:
-                out.send(topics.name(ITEMS), key=product.item_id.encode(), value=_encode(product.upsert(now)))
+                stack.send(ITEMS, product.item_id, _encode(product.upsert(now)))
             bad = [(ITEMS, b"\x92not an item"), (INTERACTIONS, b"\x81\xa6schema\xa5bogus"),
                    (INTERACTIONS, _encode_bad_rating())]
             for spec, payload in bad:
-                out.send(topics.name(spec), key=b"bad", value=payload)
-            out.flush()
-            _wait_for_embeddings(kafka, topics, len(initial), show)
-            live = list(initial)
-            started, events = time.monotonic(), 0
-            for n in range(cfg.live_events):
-                if n == cfg.live_events // 2 and new:
-                    stamp = int(time.time() * 1000)
-                    for product in new:
-                        out.send(topics.name(ITEMS), key=product.item_id.encode(), value=_encode(product.upsert(stamp)))
-                    live += new
-                    show(f"{len(new)} new products published")
-                shopper = rng.choice(shoppers)
-                event = interaction(shopper, next_item(shopper, live, rng), n, int(time.time() * 1000), rng)
-                out.send(topics.name(INTERACTIONS), key=event.user_id.encode(), value=_encode(event))
-                events += 1
-                time.sleep(max(0.0, started + (n + 1) / cfg.events_per_s - time.monotonic()))
-            out.flush()
-            out.close()
+                stack.send(spec, b"bad", payload)
+            stack.flush()
+            _wait_for_embeddings(stack.kafka, stack.topics, len(initial), show)
+            events = _live_stream(cfg, stack, shoppers, initial, new, rng, show)
             expected = {f"demo-{s.user_id}-{n}" for n in range(cfg.live_events) for s in shoppers}
             deadline = time.monotonic() + cfg.drain_timeout_s
             while time.monotonic() < deadline:
@@ -196,9 +159,7 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
         finally:
             stop.set()
             subscriber.join(timeout=10)
-            for worker in workers:
-                worker.stop()
-        letters = read_topic(kafka, topics.name(DEAD_LETTER), timeout_s=5, idle_s=1.0)
+        letters = read_topic(stack.kafka, stack.topics.name(DEAD_LETTER), timeout_s=5, idle_s=1.0)
     fresh = np.asarray(tally.freshness_ms or [0])
     return {
         "events_in": events + len(catalogue) + len(bad),
@@ -213,6 +174,28 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
         "top1_in_liked_types": round(tally.top_liked / max(1, tally.recs), 3),
         "liked_share_of_catalogue": round(_liked_share(catalogue, shoppers), 3),
     }
+
+
+def _live_stream(cfg: DemoConfig, stack, shoppers, initial, new, rng, show) -> int:
+    """Publish the live interactions at cfg.events_per_s; new products arrive halfway. Returns the count."""
+    from schemas.topics import INTERACTIONS, ITEMS
+    from vip5.demo_world import interaction, next_item
+
+    live = list(initial)
+    started = time.monotonic()
+    for n in range(cfg.live_events):
+        if n == cfg.live_events // 2 and new:
+            stamp = int(time.time() * 1000)
+            for product in new:
+                stack.send(ITEMS, product.item_id, _encode(product.upsert(stamp)))
+            live += new
+            show(f"{len(new)} new products published")
+        shopper = rng.choice(shoppers)
+        event = interaction(shopper, next_item(shopper, live, rng), n, int(time.time() * 1000), rng)
+        stack.send(INTERACTIONS, event.user_id, _encode(event))
+        stack.flush()
+        time.sleep(max(0.0, started + (n + 1) / cfg.events_per_s - time.monotonic()))
+    return cfg.live_events
 
 
 def _encode(record) -> bytes:

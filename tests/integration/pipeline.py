@@ -40,7 +40,7 @@ def publish(cfg: KafkaConfig, topics: TopicConfig, records, *, raw: list[tuple[s
     client.close()
 
 
-def records_on(cfg: KafkaConfig, topics: TopicConfig, spec, *, count: int, timeout_s: float = 60.0) -> list:
+def records_on(cfg: KafkaConfig, topics: TopicConfig, spec, *, count: int, timeout_s: float = 120.0) -> list:
     """Decoded records of a topic once at least `count` messages arrived (or at timeout);
     messages that do not decode (deliberately bad input) are left out."""
     messages = read_topic(cfg, topics.name(spec), until=lambda ms: len(ms) >= count, timeout_s=timeout_s)

@@ -57,7 +57,7 @@ def test_pipeline_publishes_one_valid_recommendation_per_request(kafka_cfg, topi
         assert set(items_out) <= {c.item_id for c in request.candidates} <= catalogue
         assert [i.score for i in rec.items] == sorted((i.score for i in rec.items), reverse=True)
         assert rec.items[0].explanation is not None and rec.items[1].explanation is None
-        assert rec.model_version.startswith("vip5-tiny-") and rec.adapter_version == "base"
+        assert rec.model_version.startswith("vip5-tiny-") and rec.adapter_version == "v1"
         assert rec.event_time_ms <= rec.request_time_ms <= rec.publish_time_ms
     assert {e for r in recs for e in r.event_ids} == {c.event_id for c in clicks}  # every interaction reflected
     assert [d.source_topic for d in letters] == [topics.prefix + "rerank-requests"]

@@ -1,0 +1,223 @@
+"""The incremental adapter trainer: learn from the interaction stream, publish accepted adapters.
+
+    interactions (own consumer group) ──► per-user histories + a buffer of fresh events
+    item-embeddings (replica)         ──► image features for the prompts
+    every N events or T seconds:  fresh events ─► train slice (older) + held-out slice (newest)
+        copy of the current model ─► tune the adapters (backbone frozen) on the train slice
+        evaluate current and candidate on the held-out slice (direct task, MRR)
+        accepted (not worse by more than max_regression) ─► artifact store ─► adapter-updates
+
+Offsets are committed after each round, so a restart re-learns at most one round of events.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model_worker.artifacts import ArtifactStore
+from model_worker.rerank import RerankConfig, Reranker
+from model_worker.rerank import RerankRequest as ModelRequest
+from model_worker.tuning import ExampleConfig, TuneConfig, position_prompts, tune
+from schemas.records import AdapterUpdate, Interaction
+from schemas.topics import TopicConfig
+from vip5.kafka import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+READY_LINE = "adapter trainer ready"
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    model_dir: str
+    artifacts_dir: str = "artifacts"
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: TopicConfig = field(default_factory=TopicConfig)
+    group_id: str = "vip5-adapter-trainer"
+    every_events: int = 500  # a round after this many fresh events ...
+    every_s: float = 300.0  # ... or this long since the last round (with at least min_events)
+    min_events: int = 50
+    holdout_fraction: float = 0.2  # newest share of a round's events, for evaluation only
+    max_regression: float = 0.0  # accept when candidate MRR >= current MRR - this
+    tune: TuneConfig = field(default_factory=lambda: TuneConfig(steps=50, batch_size=16, lr=1e-3, warmup_steps=5))
+    examples: ExampleConfig = field(default_factory=lambda: ExampleConfig(history_len=5, direct_candidates=20))
+    history_len: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every_events < 1 or self.min_events < 2:
+            raise ValueError("every_events: must be >= 1, and min_events >= 2")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction: {self.holdout_fraction} must be in (0, 1)")
+        if self.every_s <= 0:
+            raise ValueError(f"every_s: {self.every_s} must be > 0")
+
+
+@dataclass(frozen=True)
+class Example:
+    user_id: str
+    before: tuple[str, ...]  # the user's items before this event, oldest first
+    target: str
+
+
+def next_version(store: ArtifactStore) -> str:
+    numbers = [int(m.group(1)) for v in store.manifests() if (m := re.fullmatch(r"v(\d+)", v["version"]))]
+    return f"v{max(numbers, default=1) + 1}"
+
+
+def direct_mrr(model, examples: list[Example], features, catalogue: list[str], *, candidates: int, seed: int) -> float:
+    """Mean reciprocal rank of the true item among `candidates` (true + sampled negatives), direct prompt."""
+    rng = random.Random(seed)
+    requests, truth = [], []
+    for ex in examples:
+        pool = [i for i in catalogue if i != ex.target and i not in ex.before]
+        items = [ex.target, *rng.sample(pool, min(len(pool), candidates - 1))]
+        rng.shuffle(items)
+        requests.append(ModelRequest(user_id=ex.user_id, history=ex.before, candidates=tuple(items)))
+        truth.append(items.index(ex.target))
+    scores = Reranker(model, features, RerankConfig(history_len=5)).score(requests)
+    ranks = [1 + sum(s > row[t] for s in row) for row, t in zip(scores, truth, strict=True)]
+    return float(np.mean([1.0 / r for r in ranks]))
+
+
+class AdapterTrainer:
+    """The trainer's state and one training round; Kafka I/O lives in `run_trainer`."""
+
+    def __init__(self, cfg: TrainerConfig, model, *, backbone_id: str, version: str, store: ArtifactStore):
+        self.cfg, self.model, self.backbone_id, self.version, self.store = cfg, model, backbone_id, version, store
+        self.histories: dict[str, list[str]] = defaultdict(list)
+        self.fresh: list[Example] = []
+        self.last_round_s = time.monotonic()
+        self.rounds = 0
+
+    def observe(self, interaction: Interaction) -> None:
+        history = self.histories[interaction.user_id]
+        if history:
+            self.fresh.append(Example(interaction.user_id, tuple(history[-self.cfg.history_len:]), interaction.item_id))
+        history.append(interaction.item_id)
+        del history[: -self.cfg.history_len]
+
+    def due(self) -> bool:
+        if len(self.fresh) >= self.cfg.every_events:
+            return True
+        return len(self.fresh) >= self.cfg.min_events and time.monotonic() - self.last_round_s >= self.cfg.every_s
+
+    def round(self, features, catalogue: list[str]) -> AdapterUpdate | None:
+        """Tune a candidate on the fresh events; returns the AdapterUpdate if it was accepted."""
+        examples, self.fresh = self.fresh, []
+        self.last_round_s, self.rounds = time.monotonic(), self.rounds + 1
+        cut = max(1, int(len(examples) * (1 - self.cfg.holdout_fraction)))
+        train, holdout = examples[:cut], examples[cut:] or examples[-1:]
+        rng = random.Random(self.cfg.seed + self.rounds)
+        prompts = [p for ex in train for p in position_prompts(ex.user_id, ex.before, ex.target, catalogue, rng,
+                                                                self.cfg.examples)]
+        candidate = copy.deepcopy(self.model)
+        fit = tune(candidate, prompts, features, self.cfg.tune, stage="adapt")
+        evaluate = dict(features=features, catalogue=catalogue, candidates=self.cfg.examples.direct_candidates,
+                        seed=self.cfg.seed)
+        before, after = direct_mrr(self.model, holdout, **evaluate), direct_mrr(candidate, holdout, **evaluate)
+        metrics = {"holdout_mrr_before": before, "holdout_mrr_after": after, "train_events": float(len(train)),
+                   "holdout_events": float(len(holdout)), "loss_first": fit["loss_first"], "loss_last": fit["loss_last"]}
+        if after < before - self.cfg.max_regression:
+            log.info("round %d: candidate rejected (MRR %.4f -> %.4f)", self.rounds, before, after)
+            return None
+        version = next_version(self.store)
+        update = self.store.publish(candidate, version=version, parent_version=self.version, metrics=metrics,
+                                    backbone_id=self.backbone_id)
+        self.model, self.version = candidate, version
+        log.info("round %d: published %s (MRR %.4f -> %.4f, %d train events)", self.rounds, version, before, after,
+                 len(train))
+        return update
+
+    def adopt(self, update: AdapterUpdate) -> None:
+        """Follow a version published elsewhere (e.g. a rollback): train on top of it from now on."""
+        from model_worker.artifacts import load_verified
+        from model_worker.vip5.checkpoint import apply_adapter
+
+        if update.version == self.version:
+            return
+        apply_adapter(self.model, load_verified(update, backbone_id=self.backbone_id))
+        self.version = update.version
+        log.info("trainer now builds on adapter %s", update.version)
+
+
+def latest_update(kafka: KafkaConfig, topics: TopicConfig) -> AdapterUpdate | None:
+    """The newest valid record on the adapter-updates topic (its single partition is ordered)."""
+    from schemas.codec import decode
+    from schemas.errors import SchemaError
+    from schemas.topics import ADAPTER_UPDATES
+    from vip5.kafka import read_topic
+
+    latest = None
+    for message in read_topic(kafka, topics.name(ADAPTER_UPDATES), timeout_s=10, idle_s=1.0):
+        try:
+            latest = decode(message.value, AdapterUpdate)
+        except SchemaError:
+            continue
+    return latest
+
+
+def run_trainer(cfg: TrainerConfig, stop) -> dict:
+    """The trainer process: consume interactions, run rounds, publish accepted versions."""
+    from index.item_index import IndexConfig
+    from index.replica import CatalogReplica, embedding_follower
+    from model_worker.ranker import BASE_VERSION
+    from model_worker.vip5.checkpoint import backbone_sha256
+    from model_worker.vip5.model import VIP5Model
+    from schemas.codec import decode, encode
+    from schemas.errors import SchemaError
+    from schemas.topics import ADAPTER_UPDATES, INTERACTIONS, ITEM_EMBEDDINGS
+    from vip5.kafka import consumer, create_topics, producer
+
+    create_topics(cfg.kafka, cfg.topics)
+    model = VIP5Model.from_pretrained(cfg.model_dir)
+    model.set_stage("adapt")
+    store, backbone_id = ArtifactStore(cfg.artifacts_dir), backbone_sha256(model)
+    out = producer(cfg.kafka)
+    if not store.manifests():  # the shipped adapter becomes v1, so every version can be rolled back to
+        first = store.publish(model, version=BASE_VERSION, parent_version=None, metrics={}, backbone_id=backbone_id)
+        out.send(cfg.topics.name(ADAPTER_UPDATES), key=b"adapter", value=encode(first))
+        out.flush()
+    trainer = AdapterTrainer(cfg, model, backbone_id=backbone_id, version=BASE_VERSION, store=store)
+    current = latest_update(cfg.kafka, cfg.topics)
+    if current is not None:
+        trainer.adopt(current)
+    replica = CatalogReplica(IndexConfig(dim=model.config.image_feature_dim, kind="flat"))
+    follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    follower.start()
+    events = consumer(cfg.kafka, cfg.group_id, [cfg.topics.name(INTERACTIONS)])
+    log.info("%s: building on adapter %s", READY_LINE, trainer.version)
+    published = 0
+    try:
+        while not stop.is_set():
+            for records in events.poll(timeout_ms=500).values():
+                for message in records:
+                    try:
+                        trainer.observe(decode(message.value, Interaction))
+                    except SchemaError:
+                        continue  # the streams worker dead-letters invalid interactions
+            if not trainer.due():
+                continue
+            latest = latest_update(cfg.kafka, cfg.topics)
+            if latest is not None and latest.version != trainer.version:
+                trainer.adopt(latest)  # e.g. an operator rolled back
+            catalogue = replica.index.ids()
+            update = trainer.round(replica.features(catalogue), catalogue) if len(catalogue) >= 2 else None
+            if update is not None:
+                out.send(cfg.topics.name(ADAPTER_UPDATES), key=b"adapter", value=encode(update))
+                out.flush()
+                published += 1
+            events.commit()
+    finally:
+        follower.stop()
+        events.close()
+        out.close()
+    return {"rounds": trainer.rounds, "published": published, "version": trainer.version}

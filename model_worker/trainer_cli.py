@@ -1,0 +1,90 @@
+"""`vip5 trainer` (the incremental adapter trainer) and `vip5 adapters list|rollback`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from vip5.cli import add_command
+from vip5.commands import add_kafka_args, kafka_config, topic_config
+
+
+def _artifacts_dir(args: argparse.Namespace) -> str:
+    return args.artifacts_dir or os.environ.get("VIP5_ARTIFACT_DIR", "artifacts")
+
+
+def run_trainer_command(args: argparse.Namespace) -> dict:
+    import signal
+    import threading
+
+    from model_worker.trainer import TrainerConfig, run_trainer
+    from model_worker.tuning import TuneConfig
+
+    model_dir = args.model_dir or os.environ.get("VIP5_MODEL_DIR")
+    if not model_dir:
+        raise SystemExit("vip5 trainer: give --model-dir or set VIP5_MODEL_DIR")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cfg = TrainerConfig(model_dir=model_dir, artifacts_dir=_artifacts_dir(args), kafka=kafka_config(args),
+                        topics=topic_config(args), every_events=args.every_events, every_s=args.every_s,
+                        min_events=args.min_events, max_regression=args.max_regression,
+                        tune=TuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=5))
+    result = run_trainer(cfg, stop)
+    return result if args.json else {}
+
+
+def run_adapters_list(args: argparse.Namespace) -> dict:
+    from model_worker.artifacts import ArtifactStore
+
+    result = {"artifacts_dir": _artifacts_dir(args), "versions": ArtifactStore(_artifacts_dir(args)).manifests()}
+    if args.bootstrap or os.environ.get("VIP5_KAFKA_BOOTSTRAP_SERVERS"):
+        from model_worker.trainer import latest_update
+
+        latest = latest_update(kafka_config(args), topic_config(args))
+        result["serving"] = latest.version if latest else None
+    return result
+
+
+def run_adapters_rollback(args: argparse.Namespace) -> dict:
+    from model_worker.artifacts import ArtifactStore
+    from model_worker.trainer import latest_update
+    from schemas.codec import encode
+    from schemas.topics import ADAPTER_UPDATES
+    from vip5.kafka import producer
+
+    kafka, topics = kafka_config(args), topic_config(args)
+    latest = latest_update(kafka, topics)
+    update = ArtifactStore(_artifacts_dir(args)).update_for(args.version,
+                                                            parent_version=latest.version if latest else None)
+    client = producer(kafka)
+    client.send(topics.name(ADAPTER_UPDATES), key=b"adapter", value=encode(update)).get(timeout=30)
+    client.close()
+    return {"rolled_back_to": update.version, "from": latest.version if latest else None, "sha256": update.sha256}
+
+
+def register(commands, bench) -> None:
+    p = add_command(commands, "trainer", run_trainer_command,
+                    "run the incremental adapter trainer: interactions -> accepted adapter versions")
+    add_kafka_args(p)
+    p.add_argument("--model-dir", default=None, help="VIP5 model directory (env VIP5_MODEL_DIR)")
+    p.add_argument("--artifacts-dir", default=None, help="artifact store (env VIP5_ARTIFACT_DIR, default artifacts)")
+    p.add_argument("--every-events", type=int, default=500, help="a round after this many fresh events")
+    p.add_argument("--every-s", type=float, default=300.0, help="or after this many seconds")
+    p.add_argument("--min-events", type=int, default=50, help="fewest fresh events for a timed round")
+    p.add_argument("--steps", type=int, default=50, help="adapter tuning steps per round")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-regression", type=float, default=0.0,
+                   help="accept a candidate whose held-out MRR is at most this much below the current one")
+
+    adapters = commands.add_parser("adapters", help="list adapter versions, or roll back to one")
+    sub = adapters.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
+    listing = add_command(sub, "list", run_adapters_list, "versions in the artifact store (and the one serving)")
+    add_kafka_args(listing)
+    listing.add_argument("--artifacts-dir", default=None)
+    rollback = add_command(sub, "rollback", run_adapters_rollback,
+                           "publish an update that points every model worker at an earlier version")
+    add_kafka_args(rollback)
+    rollback.add_argument("version")
+    rollback.add_argument("--artifacts-dir", default=None)

@@ -1,0 +1,116 @@
+"""The whole system on one machine: embedded broker, topics and worker processes.
+
+    with LocalStack(StackConfig(work_dir=..., model_dir=...)) as stack:
+        stack.kafka, stack.topics      # how to reach it
+        stack.send(spec, key, payload) # publish raw bytes to a registry topic
+
+Used by `vip5 demo` and the pipeline/adapter/fault benches. Workers run as separate processes
+(`vip5 streams`, `vip5 serve`, optionally `vip5 trainer`) exactly as they would in production.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.topics import TopicConfig, TopicSpec
+from vip5.broker import BrokerConfig, EmbeddedBroker
+from vip5.kafka import KafkaConfig, create_topics, producer
+from vip5.processes import WorkerProcess
+
+# Tansu joins a consumer group in about half the session timeout: short sessions start quickly.
+SESSION_MS, HEARTBEAT_MS = 3000, 500
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    work_dir: Path
+    model_dir: Path
+    topic_prefix: str = "local."
+    partitions: int = 3
+    image_size: int = 160
+    candidates: int = 20
+    prompt_history_len: int = 5
+    explain: bool = False
+    serve_args: tuple[str, ...] = ()
+    streams_args: tuple[str, ...] = ()
+    trainer_args: tuple[str, ...] | None = None  # None: no adapter trainer
+    start_timeout_s: float = 180.0
+    extra_env: dict = field(default_factory=dict)
+
+
+class LocalStack:
+    def __init__(self, cfg: StackConfig):
+        self.cfg = cfg
+        self.broker = EmbeddedBroker(BrokerConfig(port=0, log_path=str(cfg.work_dir / "logs" / "broker.log")))
+        self.topics = TopicConfig(prefix=cfg.topic_prefix, partitions=cfg.partitions)
+        self.kafka: KafkaConfig | None = None
+        self.workers: dict[str, WorkerProcess] = {}
+        self._producer = None
+
+    def __enter__(self) -> LocalStack:
+        self.broker.start()
+        try:
+            self.kafka = KafkaConfig(bootstrap_servers=self.broker.bootstrap, session_timeout_ms=SESSION_MS,
+                                     heartbeat_interval_ms=HEARTBEAT_MS)
+            create_topics(self.kafka, self.topics)
+            for name, args in self._worker_args().items():
+                self.workers[name] = self.worker(name, args).start()
+            self.wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _worker_args(self) -> dict[str, list[str]]:
+        cfg = self.cfg
+        serve = ["serve", "--model-dir", str(cfg.model_dir), "--prompt-history-len", str(cfg.prompt_history_len),
+                 *(["--explain"] if cfg.explain else []), *cfg.serve_args]
+        streams = ["streams", "--data-dir", str(cfg.work_dir / "faust"), "--image-size", str(cfg.image_size),
+                   "--candidates", str(cfg.candidates), *cfg.streams_args]
+        workers = {"streams": streams, "model-worker": serve}
+        if cfg.trainer_args is not None:
+            workers["trainer"] = ["trainer", "--model-dir", str(cfg.model_dir), *cfg.trainer_args]
+        return workers
+
+    def worker(self, name: str, args: list[str]) -> WorkerProcess:
+        """A (not yet started) worker process wired to this stack."""
+        common = ["--bootstrap", self.broker.bootstrap, "--topic-prefix", self.topics.prefix,
+                  "--partitions", str(self.topics.partitions)]
+        env = {"VIP5_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_MS), "VIP5_KAFKA_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS),
+               **self.cfg.extra_env}
+        return WorkerProcess([args[0], *common, *args[1:]], log_path=self.cfg.work_dir / "logs" / f"{name}.log", env=env)
+
+    def wait_ready(self, names=None) -> None:
+        from model_worker.worker import READY_LINE as MODEL_READY
+        from streams.worker import READY_LINE as STREAMS_READY
+
+        ready_line = {"streams": STREAMS_READY, "model-worker": MODEL_READY, "trainer": "adapter trainer ready"}
+        for name in names or self.workers:
+            worker = self.workers[name]
+            if not worker.wait_for_log(ready_line[name], self.cfg.start_timeout_s):
+                raise RuntimeError(f"{name} did not become ready; see {worker.log_path}")
+
+    def restart(self, name: str, *, kill: bool = False) -> None:
+        """Stop (or SIGKILL) a worker and start it again with the same arguments."""
+        old = self.workers[name]
+        old.kill() if kill else old.stop()
+        self.workers[name] = WorkerProcess(old.args, log_path=old.log_path, env=old.env).start()
+
+    def send(self, spec: TopicSpec, key: str | bytes, payload: bytes) -> None:
+        if self._producer is None:
+            self._producer = producer(self.kafka)
+        self._producer.send(self.topics.name(spec), key=key if isinstance(key, bytes) else key.encode(),
+                            value=payload)
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+        for worker in self.workers.values():
+            worker.stop()
+        self.broker.stop()

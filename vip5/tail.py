@@ -1,0 +1,72 @@
+"""Tail a topic from its beginning, outside any consumer group, in a background thread.
+
+    TopicTail(consumer_factory, topic, handle)   handle(list of ConsumerRecord) per poll
+
+Every worker that keeps a replica of a topic (item embeddings, adapter updates) reads all its
+partitions this way, so each instance sees everything. `wait_caught_up` returns once the tail has
+reached the high watermark it saw at start (the fetch high watermark: exact on every broker).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class TopicTail(threading.Thread):
+    def __init__(self, consumer_factory: Callable[[], object], topic: str, handle: Callable[[list], None],
+                 *, poll_ms: int = 200, max_records: int = 2000):
+        super().__init__(name=f"tail[{topic}]", daemon=True)
+        self._consumer_factory, self.topic, self._handle = consumer_factory, topic, handle
+        self.poll_ms, self.max_records = poll_ms, max_records
+        self._stop_event, self._caught_up = threading.Event(), threading.Event()
+        self.failed: BaseException | None = None
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def wait_caught_up(self, timeout_s: float) -> bool:
+        return self._caught_up.wait(timeout_s)
+
+    def run(self) -> None:
+        from kafka import TopicPartition
+
+        consumer = self._consumer_factory()
+        try:
+            partitions = self._wait_for_partitions(consumer)
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            while not self._stop_event.is_set():
+                batch = consumer.poll(timeout_ms=self.poll_ms, max_records=self.max_records)
+                messages = [m for records in batch.values() for m in records]
+                if messages:
+                    self._handle(messages)
+                if not self._caught_up.is_set() and _at_high_watermark(consumer, tps):
+                    self._caught_up.set()
+        except BaseException as err:
+            self.failed = err
+            log.exception("tail of %s stopped", self.topic)
+            raise
+        finally:
+            consumer.close()
+
+    def _wait_for_partitions(self, consumer) -> list[int]:
+        while not self._stop_event.is_set():
+            partitions = consumer.partitions_for_topic(self.topic)
+            if partitions:
+                return sorted(partitions)
+            time.sleep(0.5)
+        return []
+
+
+def _at_high_watermark(consumer, tps) -> bool:
+    for tp in tps:
+        high = consumer.highwater(tp)
+        if high is None or consumer.position(tp) < high:
+            return False
+    return True
