@@ -22,7 +22,8 @@ COMMAND_MODULES = (
     "vip5.commands", "vip5.demo", "vip5.subscribe", "vip5.bench_pipeline",
     "streams.cli",
     "index.cli",
-    "model_worker.cli", "model_worker.serve_cli", "model_worker.trainer_cli", "model_worker.offline.cli",
+    "model_worker.cli", "model_worker.serve_cli", "model_worker.trainer_cli", "model_worker.bench_adapters",
+    "model_worker.offline.cli",
 )
 
 Handler = Callable[[argparse.Namespace], dict]

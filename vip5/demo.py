@@ -2,7 +2,8 @@
 
     1. prepare a small VIP5 (cached under --work-dir): embed the catalogue's photos, train the tiny
        backbone on yesterday's simulated sessions ("pretrain"), then only the adapters ("adapt")
-    2. start the embedded broker, create the topics, start the streams and model workers
+    2. start the embedded broker, create the topics, start the streams worker, the model worker
+       and the adapter trainer (which publishes new adapter versions the model worker swaps in)
     3. publish the catalogue (with a few broken records), then a live stream of interactions,
        with new products arriving halfway
     4. subscribe to the recommendations and show them as they arrive
@@ -15,6 +16,7 @@ import argparse
 import json
 import logging
 import random
+import shutil
 import sys
 import threading
 import time
@@ -37,6 +39,8 @@ class DemoConfig:
     new_products: int = 40  # of the catalogue, held back and published during the live stream
     image_size: int = 160  # encoder input side, the same for training and serving
     candidates: int = 20  # retrieved per request, re-ranked by VIP5
+    adapter_round_events: int = 100  # the trainer tunes the adapters after this many fresh events
+    adapter_round_steps: int = 20
     session_len: int = 8  # past interactions per shopper used for training
     pretrain_steps: int = 150
     adapt_steps: int = 50
@@ -101,6 +105,7 @@ class Tally:
         self.kind = {p.item_id: p.article_type for p in catalogue}
         self.likes = {s.user_id: set(s.likes) for s in shoppers}
         self.recs, self.event_ids, self.freshness_ms = 0, set(), []
+        self.adapter_versions: dict[str, int] = {}
         self.top_liked = 0
         self.lock = threading.Lock()
 
@@ -109,6 +114,7 @@ class Tally:
             self.recs += 1
             self.event_ids.update(rec.event_ids)
             self.freshness_ms.append(rec.publish_time_ms - rec.event_time_ms)
+            self.adapter_versions[rec.adapter_version] = self.adapter_versions.get(rec.adapter_version, 0) + 1
             liked = self.likes.get(rec.user_id, set())
             self.top_liked += bool(rec.items) and self.kind.get(rec.items[0].item_id) in liked
         top = ", ".join(self.kind.get(i.item_id, i.item_id) for i in rec.items[:3])
@@ -125,9 +131,13 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
 
     catalogue, shoppers = world
     rng = random.Random(cfg.seed + 1)
+    artifacts = cfg.work_dir / "artifacts"
+    shutil.rmtree(artifacts, ignore_errors=True)  # each demo starts from the prepared model's adapter (v1)
+    trainer = ("--artifacts-dir", str(artifacts), "--every-events", str(cfg.adapter_round_events),
+               "--min-events", "20", "--steps", str(cfg.adapter_round_steps))
     stack_cfg = StackConfig(work_dir=cfg.work_dir, model_dir=model_dir, topic_prefix="demo.",
                             partitions=cfg.partitions, image_size=cfg.image_size, candidates=cfg.candidates,
-                            explain=True)
+                            explain=True, trainer_args=trainer)
     tally, stop = Tally(catalogue, shoppers), threading.Event()
     with LocalStack(stack_cfg) as stack:
         def subscribe():
@@ -171,6 +181,7 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
         "dead_letters": len(letters),
         "freshness_p50_ms": float(np.percentile(fresh, 50)),
         "freshness_p99_ms": float(np.percentile(fresh, 99)),
+        "recommendations_by_adapter_version": tally.adapter_versions,
         "top1_in_liked_types": round(tally.top_liked / max(1, tally.recs), 3),
         "liked_share_of_catalogue": round(_liked_share(catalogue, shoppers), 3),
     }
