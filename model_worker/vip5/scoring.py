@@ -51,10 +51,16 @@ def score_tries(model, encoder_states: torch.Tensor, encoder_mask: torch.Tensor,
                 tries: Sequence[PackedTrie]) -> list[torch.Tensor]:
     """Per prompt b, the log-likelihood (I_b,) of every item in `tries[b]`, in the trie's item order.
 
-    encoder_states (B, T, D), encoder_mask (B, T); one decoder pass for all B tries.
+    encoder_states (B, T, D), encoder_mask (B, T); one decoder pass for all B tries. When every
+    prompt shares one trie (catalogue scoring), its mask and position bias are built once, (1, N, N),
+    and broadcast over the prompts.
     """
     backbone, device = model.backbone, encoder_states.device
-    tokens, depth, ancestors, sizes = _stack(tries, pad_token=int(tries[0].tokens[0]), device=device)  # (B, N) ..
+    shared = all(t is tries[0] for t in tries)
+    tokens, depth, ancestors, sizes = _stack(tries[:1] if shared else tries, pad_token=int(tries[0].tokens[0]),
+                                             device=device)  # (B or 1, N), (B or 1, N), (B or 1, N, N), (B or 1,)
+    if shared:
+        tokens, sizes = tokens.expand(len(tries), -1), sizes.expand(len(tries))
     hidden = _tree_decoder(backbone, tokens, depth, ancestors, encoder_states, encoder_mask)  # (B, N, D)
     valid = torch.arange(tokens.shape[1], device=device)[None, :] < sizes[:, None]  # (B, N)
     logits = backbone.lm_head(hidden[valid]).float()  # (sum N_b, V): once per distinct prefix
@@ -117,7 +123,8 @@ def score_candidates(model, batch: Batch, tries: Sequence[ItemTrie]) -> list[tor
     batch = batch.to(model.device)
     with evaluating(model):
         states = model.encode(batch).last_hidden_state  # (B, T, D): one encoder pass per prompt
-        return score_tries(model, states, batch.attention_mask, [t.pack() for t in tries])
+        packed = {id(t): t.pack() for t in tries}  # a trie shared by several prompts is packed once
+        return score_tries(model, states, batch.attention_mask, [packed[id(t)] for t in tries])
 
 
 class CatalogueScorer:

@@ -50,9 +50,11 @@ def test_catalogue_scores_match_one_big_trie(make_model, features):
     batch = model.encoder.encode([sequential_prompt("A-3", 4, [5, 6, 7]), sequential_prompt("A-1", 9, [8])],
                                  features, with_labels=False)
     chunked = CatalogueScorer(model.encoder, catalogue, chunk_items=64).score(model, batch)  # (B, I)
-    whole = score_candidates(model, batch, [ItemTrie.from_items(model.encoder, catalogue)] * 2)
+    shared = score_candidates(model, batch, [ItemTrie.from_items(model.encoder, catalogue)] * 2)
+    separate = score_candidates(model, batch, [ItemTrie.from_items(model.encoder, catalogue) for _ in range(2)])
     assert chunked.shape == (2, len(catalogue))
-    assert torch.allclose(chunked, torch.stack(whole), atol=1e-4)
+    assert torch.allclose(chunked, torch.stack(shared), atol=1e-4)
+    assert torch.allclose(torch.stack(separate), torch.stack(shared), atol=1e-4)
 
 
 def test_best_first_top_k_equals_the_top_of_the_full_ranking(make_model, features):
