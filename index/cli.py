@@ -2,7 +2,7 @@
 
     vip5 index-embed IMAGE... [--encoder lite0|clip --model M]   vectors' dim, norms and per-image errors
     vip5 index-info SNAPSHOT_DIR                                 what a snapshot holds
-    vip5 bench index [--quick] [--dim D] [--sizes N,...]          index and encoder numbers
+    vip5 bench index [--quick] [--dim D] [--sizes N,...]          index and encoder numbers (D = 256 default)
     vip5 bench visual-neighbours --data DIR [--k 10] [--limit N]  precision@k of same label among neighbours
 """
 
@@ -37,6 +37,8 @@ def register(commands, bench) -> None:
                        help="folder with products.csv + images/ for the encoder images/s")
     index.add_argument("--skip-encoder", action="store_true", help="leave out the encoder images/s")
     index.add_argument("--threads", type=int, default=None, help="CPU threads for the encoder (torch)")
+    index.add_argument("--faiss-threads", type=int, default=None,
+                       help="OpenMP threads for faiss (process-wide); 1 avoids spin-wait stalls on a busy host")
 
     neighbours = add_command(bench, "visual-neighbours", neighbours_command,
                              "precision@k of same article type among visual neighbours")
@@ -85,7 +87,12 @@ def bench_index_command(args: argparse.Namespace) -> dict:
     from index.bench import bench_encoder, bench_index, labelled_images
 
     sizes = args.sizes[:1] if args.quick else args.sizes
+    if args.faiss_threads is not None:
+        from index.faiss_backend import faiss_module
+
+        faiss_module().omp_set_num_threads(args.faiss_threads)
     result = bench_index(sizes, args.dim, distribution=args.distribution)
+    result["faiss_threads"] = _faiss_threads()
     if not args.skip_encoder:
         from index.encoders import EncoderConfig, build_encoder
 
@@ -93,6 +100,12 @@ def bench_index_command(args: argparse.Namespace) -> dict:
         encoder = build_encoder(EncoderConfig(num_threads=args.threads))
         result["encoder"] = {**bench_encoder(paths, (1, 64), encoder=encoder), "threads": _torch_threads()}
     return result
+
+
+def _faiss_threads() -> int:
+    from index.faiss_backend import faiss_module
+
+    return faiss_module().omp_get_max_threads()
 
 
 def _torch_threads() -> int:

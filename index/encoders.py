@@ -83,20 +83,22 @@ class VisualEncoder(ABC):
             torch.set_num_threads(config.num_threads)
 
     def embed(self, images: Sequence[ImageSource]) -> Embeddings:
-        decoded, errors = [], []
-        for source in images:
-            try:
-                decoded.append(load_image(source, self.config.limits))
-                errors.append(None)
-            except ImageError as err:
-                decoded.append(None)
-                errors.append(err)
+        """Decode and embed in chunks of `batch_size`, so memory stays bounded for long inputs."""
         vectors = np.zeros((len(images), self.dim), dtype=np.float32)
-        good = [i for i, image in enumerate(decoded) if image is not None]
+        errors: list[ImageError | None] = []
         step = self.config.batch_size
-        for start in range(0, len(good), step):
-            rows = good[start:start + step]
-            vectors[rows] = self._forward([decoded[i] for i in rows])
+        for start in range(0, len(images), step):
+            decoded = []
+            for source in images[start:start + step]:
+                try:
+                    decoded.append(load_image(source, self.config.limits))
+                    errors.append(None)
+                except ImageError as err:
+                    decoded.append(None)
+                    errors.append(err)
+            rows = [start + i for i, image in enumerate(decoded) if image is not None]
+            if rows:
+                vectors[rows] = self._forward([decoded[r - start] for r in rows])
         return Embeddings(vectors=vectors, errors=tuple(errors))
 
     def embed_one(self, image: ImageSource) -> np.ndarray:

@@ -8,9 +8,12 @@ Out: `search(queries (B, D), k)` -> B lists of `Hit(item_id, score)`, best first
 Exact (flat) below `IndexConfig.approx_min_items`, then the configured approximate kind (IVF or
 HNSW). The switch, IVF re-training after 4x growth and HNSW tombstone compaction start when a write
 crosses the line and run in a background thread on a copy; writes made meanwhile are journalled
-and replayed before the new index is swapped in, so searches and writes never wait for a rebuild. Own copy of every vector (rows of one array), so rebuilds and
-`get_vectors` never depend on what a faiss index can reconstruct. Thread-safe: searches share a
-read lock, writes take the write lock.
+and replayed before the new index is swapped in, so searches and writes never wait for a rebuild.
+The index keeps its own copy of every vector (rows of one array), so rebuilds and `get_vectors`
+never depend on what a faiss index can reconstruct. Thread-safe: searches share a read lock,
+writes take the write lock (faiss searches release the GIL).
+
+Memory: about 2 x N x D x 4 bytes (own copy + faiss), plus the ids; 1M x 256 is about 2.5 GB.
 """
 
 from __future__ import annotations
@@ -103,7 +106,10 @@ class ItemIndex:
         self._gpu_lock = threading.Lock()
         self._gpu_index = None  # (kind, GPU copy) or None when stale
         self._gpu_resources = None
-        self._use_gpu = bool(config.use_gpu if config.use_gpu is not None else fb.gpu_count() > 0)
+        gpus = fb.gpu_count() if config.use_gpu is not False else 0
+        if config.use_gpu and not gpus:
+            raise ValueError("IndexConfig.use_gpu is True but faiss sees no GPU (faiss-gpu and a CUDA device needed)")
+        self._use_gpu = gpus > 0
         self._state = _build_state(config, [], np.zeros((0, config.dim), np.float32))
         self._generation = 0  # bumped on every swap of the whole state
         self._reorganiser: threading.Thread | None = None

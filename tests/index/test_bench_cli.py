@@ -43,10 +43,11 @@ def test_encoder_bench_reports_images_per_second_per_batch(lite0_encoder, fashio
 
 
 def test_visual_neighbour_precision_beats_random_on_the_vendored_images(lite0_encoder):
-    result = visual_neighbour_precision(FASHION_DIR, k=5, encoder=lite0_encoder)
-    assert result["images"] == 48 and result["failed"] == 0
+    result = visual_neighbour_precision(FASHION_DIR, k=5, limit=24, encoder=lite0_encoder)  # shoes, watches
+    assert result["images"] == 24 and result["failed"] == 0
     article = result["article_type"]
-    assert article["classes"] == 4 and article["precision_at_5"] > 3 * article["random_rate"]
+    assert article["classes"] == 2 and article["random_rate"] == pytest.approx(11 / 23, abs=1e-4)
+    assert article["precision_at_5"] > 0.8
 
 
 def test_index_info_describes_a_snapshot(tmp_path, capsys):

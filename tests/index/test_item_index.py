@@ -231,15 +231,25 @@ def test_rebuild_skips_records_from_another_encoder():
     assert index.rebuild(records, encoder_id="lite0") == 1 and index.ids() == ["a"]
 
 
+def test_asking_for_a_gpu_without_one_fails_at_construction():
+    from index.faiss_backend import gpu_count
+
+    if gpu_count() > 0:
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="IndexConfig.use_gpu is True but faiss sees no GPU"):
+        ItemIndex(IndexConfig(dim=DIM, use_gpu=True))
+
+
 def test_encoder_and_index_dimensions_must_match():
     ensure_same_dim(32, IndexConfig(dim=32))
     with pytest.raises(ValueError, match="IndexConfig.dim is 32 but the encoder produces 1280"):
         ensure_same_dim(1280, IndexConfig(dim=32))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_concurrent_upserts_removes_and_searches_stay_consistent(kind):
-    index, ids, vectors = make_index(kind, 400)
+@pytest.mark.parametrize(("kind", "start_items"), [(k, 400) for k in KINDS] + [("ivf", 150), ("hnsw", 150)])
+def test_concurrent_upserts_removes_and_searches_stay_consistent(kind, start_items):
+    """From 150 items the writes also cross into the approximate index while searches run."""
+    index, ids, vectors = make_index(kind, start_items)
     new = clustered(600, DIM, seed=11)
     new_ids = [f"new-{i}" for i in range(600)]
     ever_present = set(ids) | set(new_ids)
@@ -273,6 +283,24 @@ def test_concurrent_upserts_removes_and_searches_stay_consistent(kind):
     for t in readers:
         t.join()
     assert not errors, errors[0]
+    assert index.wait_for_reorganise(timeout_s=60)
+    assert index.stats()["kind"] == kind
     removed = {i for p in range(2) for s in range(p * 300, (p + 1) * 300, 20) for i in ids[s // 2:s // 2 + 5]}
-    assert len(index) == 400 - len(removed) + 600
+    assert len(index) == start_items - len(removed) + 600
     assert [h[0].item_id for h in index.search(new[:100], 1)] == new_ids[:100]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_gpu_search_copy_matches_cpu_search(kind):
+    from index.faiss_backend import gpu_count
+
+    if gpu_count() == 0:
+        pytest.skip("faiss sees no GPU")
+    cpu, _, vectors = make_index(kind, 2000, use_gpu=False)
+    gpu, _, _ = make_index(kind, 2000, use_gpu=True)
+    queries = clustered(20, DIM, seed=5)
+    assert [[h.item_id for h in row] for row in gpu.search(queries, 5)] == \
+        [[h.item_id for h in row] for row in cpu.search(queries, 5)]
+    gpu.remove(["item-0"])  # the copy is refreshed after a write
+    assert "item-0" not in {h.item_id for h in gpu.search_one(vectors[0], 5)}
