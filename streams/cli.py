@@ -18,7 +18,9 @@ def streams_config(args: argparse.Namespace):
         topics=topic_config(args),
         encoder=EncoderConfig(kind=args.encoder, model=args.encoder_model, image_size=args.image_size,
                               device=args.device),
-        candidates=CandidateConfig(k=args.candidates),
+        # a fifth of the slots each for popular and fresh items (new users, new products), the rest visual
+        candidates=CandidateConfig(k=args.candidates, popular_k=min(10, args.candidates // 5),
+                                   fresh_k=min(10, args.candidates // 5)),
         app_id=args.app_id,
         data_dir=args.data_dir,
         history_len=args.history_len,
