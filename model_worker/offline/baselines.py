@@ -8,6 +8,9 @@ Out: `scores(histories)` -> float array (B, I+1): a score per item for each hist
 - `Popularity`: training interaction counts.
 - `Markov`: first-order item transitions counted on training sequences, scored from the last
   history item; ties and unseen last items back off to popularity.
+- `NextId`: the largest item id in the history + 1, then the ids after it, then the ids below.
+  It learns nothing; it measures how much the item numbering itself gives away (P5 numbers items
+  in order of first appearance along the sequences, so the next item is often the next id).
 SASRec lives in `sasrec.py` and follows the same interface.
 """
 
@@ -68,5 +71,24 @@ class Markov:
             if row:
                 nexts = np.fromiter(row.keys(), dtype=np.int64)
                 out[b, nexts] += self.scale * np.fromiter(row.values(), dtype=np.float64)
+        out[:, 0] = -np.inf
+        return out
+
+
+class NextId:
+    """score(j) ranks ids m+1, m+2, ... first (m = largest id in the history), then m, m-1, ..."""
+
+    name = "next_id"
+
+    def __init__(self, train: Sequence[Sequence[int]], n_items: int) -> None:
+        del train
+        self.ids = np.arange(n_items + 1, dtype=np.float64)
+        self.n_items = n_items
+
+    def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        largest = np.array([max(h) if len(h) else 0 for h in histories], dtype=np.float64)[:, None]  # (B, 1)
+        above = -(self.ids[None, :] - largest - 1)  # 0 for m+1, -1 for m+2, ...
+        below = -(self.n_items + largest - self.ids[None, :])  # after every id above m
+        out = np.where(self.ids[None, :] > largest, above, below)
         out[:, 0] = -np.inf
         return out

@@ -119,7 +119,7 @@ def register(commands, bench) -> None:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--keep-history-items", action="store_true",
                           help="do not rank items already in the history last")
-    evaluate.add_argument("--baselines", default="popularity,markov,sasrec")
+    evaluate.add_argument("--baselines", default="popularity,markov,sasrec,next_id")
     evaluate.add_argument("--sasrec-epochs", type=int, default=200)
     evaluate.add_argument("--sasrec-time-s", type=float, default=300.0, help="SASRec training time limit")
     evaluate.add_argument("--max-explanations", type=int, default=500, help="seeded sample; 0 = all")

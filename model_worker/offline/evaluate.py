@@ -9,8 +9,9 @@ Out: one dict (`vip5 evaluate --json`):
   direct       1 true item + 99 untouched negatives (seeded per user), listed in the prompt in a
                seeded random order; each candidate scored by its exact log-likelihood; B-5 / B-8.
   explanation  greedy generation for test-split explanations; BLEU-4, ROUGE-1/2/L (percent); C-3 / C-12.
-  baselines    popularity, markov, sasrec: the same sequential and direct metrics on the same
-               users and candidate lists (SASRec trained here on the same training split).
+  baselines    popularity, markov, sasrec, next_id: the same sequential and direct metrics on the
+               same users and candidate lists (SASRec trained here on the same training split;
+               next_id = largest history id + 1, a probe of how much the numbering leaks).
   stages, numbering, n_users, model (size), data, protocol, timing_s.
 Ranks break score ties uniformly at random (seeded). With `exclude_history` (default) items already
 in the history are ranked last for every method alike (no test target of the 5-core data repeats a
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .baselines import Markov, Popularity
+from .baselines import Markov, NextId, Popularity
 from .data import DataConfig, Example, RecData, direct_candidates, leave_one_out, load_data
 from .metrics import rank_in_list, rank_metrics, rank_of_target, text_metrics
 from .sasrec import SASRecConfig, SASRecScorer
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SEEN = {"sequential": "A-3", "direct": "B-5", "explanation": "C-3"}
 HELD_OUT = {"sequential": "A-9", "direct": "B-8", "explanation": "C-12"}
-BASELINES = ("popularity", "markov", "sasrec")
+BASELINES = ("popularity", "markov", "sasrec", "next_id")
 METHODS = ("exact", "topk", "beam")
 TOP_K = 10  # the largest cut-off reported
 
@@ -147,6 +148,8 @@ def make_baseline(name: str, context: EvalContext):
         return Popularity(context.train, context.data.n_items)
     if name == "markov":
         return Markov(context.train, context.data.n_items)
+    if name == "next_id":
+        return NextId(context.train, context.data.n_items)
     return SASRecScorer(context.train, context.data.n_items, context.config.sasrec)
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from model_worker.offline.baselines import Markov, Popularity
+from model_worker.offline.baselines import Markov, NextId, Popularity
 from model_worker.offline.sasrec import SASRec, SASRecConfig, SASRecScorer, left_pad
 
 TOY = [(1, 2, 3, 1, 2), (2, 3, 4), (1, 2, 3)]
@@ -58,3 +58,9 @@ def test_sasrec_learns_a_deterministic_cycle():
     expected = [h[-1] % n_items + 1 for h in histories]
     assert np.mean(predicted == np.array(expected)) >= 0.9
     assert scorer.info()["epochs"] >= 1
+
+
+def test_next_id_ranks_the_ids_after_the_largest_seen_first():
+    row = NextId([], n_items=8).scores([(2, 5, 3)])[0]
+    order = [int(i) for i in np.argsort(-row)[:-1]]  # drop column 0 (-inf)
+    assert order == [6, 7, 8, 5, 4, 3, 2, 1]

@@ -80,7 +80,7 @@ def test_evaluate_returns_the_documented_keys(trained_run):
         assert {"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10"} <= set(result[family])
         assert result[family]["template"] != result[family]["held_out"]["template"]
     assert {"bleu4", "rouge_1", "rouge_2", "rouge_l"} <= set(result["explanation"])
-    assert set(result["baselines"]) == {"popularity", "markov", "sasrec"}
+    assert set(result["baselines"]) == {"popularity", "markov", "sasrec", "next_id"}
     assert 0 <= result["baselines"]["markov"]["sequential"]["hr@5"] <= 1
     assert {"sequential", "direct"} <= set(result["baselines"]["sasrec"])
 
