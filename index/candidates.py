@@ -60,15 +60,20 @@ class PopularityTracker:
 
     Scores are stored relative to a fixed origin (`2 ** ((t - origin) / half_life)`), so recording
     is O(1) and older items fall behind without touching them; rebased before the exponent grows big.
+    Decay keeps the order of untouched items, so `top` serves from a ranked cache that is refreshed
+    after `refresh_every` records (popularity may lag that many events).
     """
 
-    def __init__(self, *, half_life_s: float = 3600.0, max_items: int = 100_000):
-        if half_life_s <= 0 or max_items < 1:
-            raise ValueError("PopularityTracker needs half_life_s > 0 and max_items >= 1")
+    def __init__(self, *, half_life_s: float = 3600.0, max_items: int = 100_000, refresh_every: int = 100):
+        if half_life_s <= 0 or max_items < 1 or refresh_every < 1:
+            raise ValueError("PopularityTracker needs half_life_s > 0, max_items >= 1 and refresh_every >= 1")
         self.half_life_s = half_life_s
         self.max_items = max_items
+        self.refresh_every = refresh_every
         self._origin_s: float | None = None
         self._scores: dict[str, float] = {}
+        self._ranked: list[tuple[str, float]] = []  # best first, cached
+        self._stale_records = refresh_every  # records since the cache was built; starts stale
 
     def record(self, item_id: str, event_time_s: float, weight: float = 1.0) -> None:
         if self._origin_s is None:
@@ -80,19 +85,30 @@ class PopularityTracker:
         self._scores[item_id] = self._scores.get(item_id, 0.0) + weight * 2.0**exponent
         if len(self._scores) > 2 * self.max_items:
             self._scores = dict(heapq.nlargest(self.max_items, self._scores.items(), key=lambda kv: kv[1]))
+        self._stale_records += 1
 
     def top(self, n: int, *, now_s: float, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """The n most popular ids not in `exclude`, with their decayed counts as of `now_s`."""
         if self._origin_s is None or n <= 0:
             return []
+        wanted = n + len(exclude)
+        if self._stale_records >= self.refresh_every or len(self._scores) > len(self._ranked) < wanted:
+            self._ranked = heapq.nlargest(max(wanted, 1000), self._scores.items(), key=lambda kv: kv[1])
+            self._stale_records = 0
         scale = 2.0 ** ((self._origin_s - now_s) / self.half_life_s)
-        best = heapq.nlargest(n + len(exclude), self._scores.items(), key=lambda kv: kv[1])
-        return [(item, score * scale) for item, score in best if item not in exclude][:n]
+        out = []
+        for item, score in self._ranked:
+            if item not in exclude:
+                out.append((item, score * scale))
+                if len(out) == n:
+                    break
+        return out
 
     def _rebase(self, new_origin_s: float) -> None:
         factor = 2.0 ** ((self._origin_s - new_origin_s) / self.half_life_s)
         self._scores = {item: s * factor for item, s in self._scores.items() if s * factor > 1e-12}
         self._origin_s = new_origin_s
+        self._stale_records = self.refresh_every
 
 
 class FreshnessTracker:

@@ -224,7 +224,12 @@ class ItemIndex:
             self._gpu_index = None
 
     def _prepare(self, vectors: np.ndarray, n: int) -> np.ndarray:
-        rows = np.asarray(vectors, dtype=np.float32).reshape(-1, self.config.dim) if n else np.zeros((0, self.config.dim), np.float32)
+        """(N, D) float32 rows, checked and (with normalize) unit length; a single (D,) is one row."""
+        rows = np.asarray(vectors, dtype=np.float32)
+        if n == 0 and rows.size == 0:
+            return np.zeros((0, self.config.dim), np.float32)
+        if rows.ndim == 1 and n == 1:
+            rows = rows[None]
         if rows.shape != (n, self.config.dim):
             raise ValueError(f"vectors must have shape ({n}, {self.config.dim}), got {np.shape(vectors)}")
         if not np.isfinite(rows).all():
@@ -242,7 +247,10 @@ class ItemIndex:
         """Top-k per query row. `exclude[b]`: ids never returned for query b (e.g. seen items)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        q = np.asarray(queries, dtype=np.float32).reshape(-1, self.config.dim)
+        q = np.asarray(queries, dtype=np.float32)
+        q = q[None] if q.ndim == 1 else q
+        if q.ndim != 2 or q.shape[1] != self.config.dim:
+            raise ValueError(f"queries must have shape (B, {self.config.dim}), got {np.shape(queries)}")
         if self.config.normalize:
             q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         excluded = [set(e) for e in exclude] if exclude is not None else [set()] * len(q)

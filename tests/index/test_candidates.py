@@ -97,7 +97,7 @@ def test_history_items_without_vectors_are_ignored():
 
 
 def test_popularity_halves_every_half_life():
-    tracker = PopularityTracker(half_life_s=100)
+    tracker = PopularityTracker(half_life_s=100, refresh_every=1)
     tracker.record("old", 0.0)
     tracker.record("old", 0.0)
     tracker.record("new", 100.0)
@@ -107,6 +107,17 @@ def test_popularity_halves_every_half_life():
     assert tracker.top(1, now_s=200.0) == [("new", pytest.approx(1.5))]
     tracker.record("later", 200.0 + 600 * 100)  # far in the future: rebased, still finite
     assert tracker.top(1, now_s=200.0 + 600 * 100)[0][0] == "later"
+
+
+def test_popularity_ranking_lags_at_most_refresh_every_records():
+    tracker = PopularityTracker(half_life_s=100, refresh_every=3)
+    tracker.record("a", 0.0)
+    assert tracker.top(1, now_s=0.0)[0][0] == "a"
+    tracker.record("b", 0.0)
+    tracker.record("b", 0.0)
+    assert tracker.top(1, now_s=0.0)[0][0] == "a"  # 2 records since the ranking: cached
+    tracker.record("b", 0.0)
+    assert tracker.top(1, now_s=0.0) == [("b", pytest.approx(3.0))]
 
 
 def test_freshness_forgets_items_past_max_age_and_keeps_the_newest():

@@ -83,6 +83,14 @@ def test_exclusions_apply_per_query_in_a_batch():
         index.search(vectors[:2], 3, exclude=[set()])
 
 
+def test_queries_of_another_dimension_are_rejected():
+    index, _, _ = make_index("flat", 20)
+    with pytest.raises(ValueError, match=r"queries must have shape \(B, 32\)"):
+        index.search(np.ones((2, 16)), 3)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        index.search_one(np.ones(DIM), 0)
+
+
 def test_results_are_sorted_best_first_and_scores_are_cosines():
     index, _, vectors = make_index("flat")
     hits = index.search_one(vectors[0] * 10, 20)
