@@ -62,7 +62,8 @@ def evaluate_command(args: argparse.Namespace) -> dict:
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     config = EvalConfig(
-        split=args.split, max_users=args.max_users or None, sample_seed=args.seed, method=args.method,
+        split=args.split, max_users=args.max_users or None, held_out_max_users=args.held_out_max_users or None,
+        sample_seed=args.seed, method=args.method,
         num_beams=args.beams, direct_negatives=args.direct_negatives, history_len=args.history_len, batch_size=args.batch_size,
         exclude_history=not args.keep_history_items, baselines=baselines,
         sasrec=SASRecConfig(max_epochs=args.sasrec_epochs, time_budget_s=args.sasrec_time_s),
@@ -109,6 +110,8 @@ def register(commands, bench) -> None:
     evaluate.add_argument("--model-dir", default=None, help="run directory from `vip5 train` (or its model/)")
     evaluate.add_argument("--split", choices=("test", "valid"), default="test")
     evaluate.add_argument("--max-users", type=int, default=1000, help="seeded sample of users; 0 = all")
+    evaluate.add_argument("--held-out-max-users", type=int, default=0,
+                          help="held-out templates use the first N users of the sample; 0 = all of it")
     evaluate.add_argument("--seed", type=int, default=0, help="user sample and tie-breaking")
     evaluate.add_argument("--method", choices=("exact", "topk", "beam"), default="exact",
                           help="exact likelihood of every item id; the exact 10 most likely ids by best-first "

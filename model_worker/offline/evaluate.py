@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,8 @@ TOP_K = 10  # the largest cut-off reported
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """split: "test" or "valid"; max_users: seeded sample of users (None: all); method: "exact"
+    """split: "test" or "valid"; max_users: seeded sample of users (None: all); held_out_max_users:
+    the held-out templates use only the first this many of that sample (None: all of it); method: "exact"
     likelihood of every catalogue item, "topk" (the exact 10 most likely items by best-first trie
     search: the same HR/NDCG@<=10, cheaper when the model is confident) or constrained "beam"
     search (num_beams results); history_len: items in a
@@ -59,6 +60,7 @@ class EvalConfig:
 
     split: str = "test"
     max_users: int | None = 1000
+    held_out_max_users: int | None = None
     sample_seed: int = 0
     method: str = "exact"
     num_beams: int = 20
@@ -86,6 +88,8 @@ class EvalConfig:
                      "catalogue_chunk", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.held_out_max_users is not None and self.held_out_max_users < 1:
+            raise ValueError(f"EvalConfig.held_out_max_users must be >= 1 or None, got {self.held_out_max_users}")
         if self.max_users is not None and self.max_users < 1:
             raise ValueError(f"EvalConfig.max_users must be >= 1 or None, got {self.max_users}")
 
@@ -257,12 +261,22 @@ def _seen_and_held_out(family: str, run: Callable[[str], dict]) -> dict:
     return {**seen, "held_out": run(HELD_OUT[family])}
 
 
+def _for_template(context: EvalContext, template: str) -> EvalContext:
+    """The held-out templates run on the first `held_out_max_users` users of the sample."""
+    limit = context.config.held_out_max_users
+    if template not in HELD_OUT.values() or limit is None or limit >= len(context.examples):
+        return context
+    return replace(context, examples=context.examples[:limit], candidates=context.candidates[:limit])
+
+
 def evaluate_model(model, context: EvalContext) -> dict:
     def sequential(template: str) -> dict:
-        return {"template": template, **rank_metrics(sequential_ranks(model, context, template))}
+        ranks = sequential_ranks(model, _for_template(context, template), template)
+        return {"template": template, "n_users": len(ranks), **rank_metrics(ranks)}
 
     def direct(template: str) -> dict:
-        return {"template": template, **rank_metrics(direct_ranks(model, context, template))}
+        ranks = direct_ranks(model, _for_template(context, template), template)
+        return {"template": template, "n_users": len(ranks), **rank_metrics(ranks)}
 
     timing = {}
     started = time.monotonic()
