@@ -31,6 +31,7 @@ from schemas.errors import SchemaError
 from schemas.records import DeadLetter, RankedItem, Recommendation, RerankRequest
 from schemas.topics import DEAD_LETTER, RECOMMENDATIONS, TopicConfig
 from vip5.kafka import KafkaConfig
+from vip5.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,11 @@ def items_of(requests: Sequence[RerankRequest]) -> list[str]:
 class ModelServer:
     """One serving loop; `ranker` may be swapped between batches with `swap_ranker`."""
 
-    def __init__(self, cfg: ServeConfig, ranker: Ranker, replica, *, consumer, producer):
+    def __init__(self, cfg: ServeConfig, ranker: Ranker, replica, *, consumer, producer,
+                 metrics: WorkerMetrics | None = None):
         self.cfg, self.replica = cfg, replica
+        self.metrics = metrics or WorkerMetrics("model-worker")
+        self.metrics.set_adapter(ranker.adapter_version)
         self._ranker = ranker
         self._pending_ranker: Ranker | None = None
         self._swap_lock = threading.Lock()
@@ -113,10 +117,12 @@ class ModelServer:
             self._pending_ranker = ranker
 
     def run(self, stop: threading.Event) -> None:
+        self.metrics.alive.set()
         try:
             while not stop.is_set():
                 self.step()
         finally:
+            self.metrics.alive.clear()
             self.close()
 
     def step_swap(self) -> None:
@@ -125,6 +131,8 @@ class ModelServer:
             if self._pending_ranker is not None:
                 self._ranker, self._pending_ranker = self._pending_ranker, None
                 self.stats["swaps"] += 1
+                self.metrics.adapter_swaps.inc()
+                self.metrics.set_adapter(self._ranker.adapter_version)
                 log.info("now serving adapter %s", self._ranker.adapter_version)
 
     def step(self) -> int:
@@ -132,11 +140,15 @@ class ModelServer:
         self.step_swap()
         polled = self.consumer.poll(timeout_ms=self.cfg.max_wait_ms, max_records=self.cfg.max_batch)
         messages = [m for records in polled.values() for m in records]
+        self.metrics.update_lag(self.consumer)
         if not messages:
             return 0
+        self.metrics.records_in.labels(topic=messages[0].topic).inc(len(messages))
+        self.metrics.batch_size.labels(stage="rerank").observe(len(messages))
         pairs = self._decode(messages)
         if pairs:
-            self._serve(pairs)
+            with self.metrics.stage_seconds.labels(stage="rerank").time():
+                self._serve(pairs)
         self.producer.flush()
         self.consumer.commit()
         self.stats["batches"] += 1
@@ -175,6 +187,8 @@ class ModelServer:
             rec = recommendation_for(request, ranked, top_n=self.cfg.top_n, model_version=ranker.model_version,
                                      adapter_version=ranker.adapter_version, explanation=explanation)
             self.producer.send(topic, key=request.user_id.encode(), value=encode(rec))
+            self.metrics.records_out.labels(topic=topic).inc()
+            self.metrics.freshness_seconds.observe((rec.publish_time_ms - rec.event_time_ms) / 1000)
             self._remember(request.request_id)
         self.stats["requests"] += len(requests)
 
@@ -195,6 +209,7 @@ class ModelServer:
                                raw=message.value, raw_key=message.key, reason=reason, stage=stage, now_ms=now_ms())
         self.producer.send(self.cfg.topics.name(DEAD_LETTER), key=message.topic.encode(), value=encode(letter))
         self.stats["dead_letters"] += 1
+        self.metrics.dead_letters.labels(stage=stage).inc()
         log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
 
     def close(self) -> None:

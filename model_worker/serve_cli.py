@@ -24,7 +24,7 @@ def run_serve(args: argparse.Namespace) -> dict:
 
     ranker_cfg = RankerConfig(model_dir=model_dir, device=args.device,
                               rerank=RerankConfig(history_len=args.prompt_history_len))
-    stats = run_model_worker(serve_cfg, ranker_cfg)
+    stats = run_model_worker(serve_cfg, ranker_cfg, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     return {"stats": stats} if args.json else {}
 
 
@@ -38,4 +38,7 @@ def register(commands, bench) -> None:
     p.add_argument("--max-wait-ms", type=int, default=50, help="longest wait for a batch to fill")
     p.add_argument("--top-n", type=int, default=10, help="items per recommendation")
     p.add_argument("--explain", action="store_true", help="attach a generated explanation to the top item")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics, /healthz, /readyz on this port (off by default)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
     p.add_argument("--prompt-history-len", type=int, default=20, help="latest history items written into the prompt")

@@ -17,6 +17,7 @@ from model_worker.ranker import RankerConfig, VIP5Ranker
 from model_worker.serve import ModelServer, ServeConfig
 from schemas.topics import ADAPTER_UPDATES, ITEM_EMBEDDINGS, RERANK_REQUESTS
 from vip5.kafka import consumer, create_topics, producer
+from vip5.metrics import serve_metrics
 from vip5.tail import TopicTail
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def build_server(cfg: ServeConfig, ranker: VIP5Ranker) -> tuple[ModelServer, Top
     return server, follower
 
 
-def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait_s: float = 30.0) -> dict:
+def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait_s: float = 30.0,
+                     metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> dict:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -49,6 +51,8 @@ def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait
     if not adapters.wait_caught_up(replica_wait_s):
         log.warning("adapter updates not caught up after %.0fs; serving anyway", replica_wait_s)
     server.step_swap()  # an adapter found while catching up serves from the first batch
+    http = serve_metrics(server.metrics, host=metrics_host, port=metrics_port) if metrics_port else None
+    server.metrics.ready.set()
     log.info("%s: %s, adapter %s, %d item features", READY_LINE, ranker.model_version, server.ranker.adapter_version,
              len(server.replica))
     try:
@@ -56,6 +60,8 @@ def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait
     finally:
         follower.stop()
         adapters.stop()
+        if http is not None:
+            http.shutdown()
     return dict(server.stats)
 
 
@@ -77,6 +83,7 @@ def adapter_handler(server: ModelServer):
                 updates.append(decode(message.value, AdapterUpdate))
             except SchemaError as err:
                 server.stats["adapter_rejections"] += 1
+                server.metrics.adapter_rejections.inc()
                 log.error("rejected adapter update at offset %d: %s", message.offset, err)
         if not updates or updates[-1].version == server.ranker.adapter_version:
             return
@@ -86,6 +93,7 @@ def adapter_handler(server: ModelServer):
             standby = server.ranker.with_adapter(artifact, update.version)
         except Exception as err:  # any bad artifact: keep serving the current one
             server.stats["adapter_rejections"] += 1
+            server.metrics.adapter_rejections.inc()
             log.error("rejected adapter %s: %s; still serving %s", update.version, err, server.ranker.adapter_version)
             return
         server.swap_ranker(standby)

@@ -29,6 +29,7 @@ from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert
 from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RERANK_REQUESTS
 from streams.config import StreamsConfig
 from streams.logic import apply_interactions, build_request
+from vip5.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class StreamsContext:
     replica: CatalogReplica
     popularity: PopularityTracker
     stats: dict
+    metrics: WorkerMetrics
 
 
 def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
@@ -80,6 +82,7 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
         letter = DeadLetter.of(source_topic=message.topic, partition=message.partition, offset=message.offset,
                                raw=event.value, raw_key=event.key, reason=reason, stage=stage, now_ms=now_ms())
         ctx.stats["dead_letters"] += 1
+        ctx.metrics.dead_letters.labels(stage=stage).inc()
         log.warning("dead letter from %s[%d]@%d (%s): %s", message.topic, message.partition, message.offset,
                     stage, reason)
         await topic[DEAD_LETTER].send(key=message.topic.encode(), value=encode(letter))
@@ -96,7 +99,10 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
     @app.agent(topic[ITEMS], name="items")
     async def items_agent(stream):
         async for events in stream.take_events(cfg.image_batch_size, within=cfg.image_batch_wait_ms / 1000):
-            await _embed_items(await decoded(events, ItemUpsert))
+            ctx.metrics.records_in.labels(topic=topic[ITEMS].get_topic_name()).inc(len(events))
+            ctx.metrics.batch_size.labels(stage="embed").observe(len(events))
+            with ctx.metrics.stage_seconds.labels(stage="embed").time():
+                await _embed_items(await decoded(events, ItemUpsert))
 
     async def _embed_items(upserts) -> None:
         with_image = [(e, u) for e, u in upserts if u.image_bytes is not None or u.image_uri is not None]
@@ -114,6 +120,7 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
                                    event_time_ms=upsert.event_time_ms, embedded_time_ms=now_ms())
             await topic[ITEM_EMBEDDINGS].send(key=upsert.item_id.encode(), value=encode(record))
             ctx.stats["items_embedded"] += 1
+            ctx.metrics.records_out.labels(topic=topic[ITEM_EMBEDDINGS].get_topic_name()).inc()
 
     @app.agent(topic[INTERACTIONS], name="interactions")
     async def interactions_agent(stream):
@@ -123,6 +130,10 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
         else:
             async for event in stream.events():
                 await _handle_interactions(await decoded([event], Interaction))
+
+    @app.task
+    async def on_started() -> None:  # runs once the worker has started its agents
+        ctx.metrics.ready.set()
 
     async def _handle_interactions(pairs) -> None:
         by_user = defaultdict(list)
@@ -156,6 +167,7 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
             return
         await topic[RERANK_REQUESTS].send(key=user_id.encode(), value=encode(request))
         ctx.stats["requests"] += 1
+        ctx.metrics.records_out.labels(topic=topic[RERANK_REQUESTS].get_topic_name()).inc()
 
     app.history_table = history
     return app

@@ -32,7 +32,8 @@ def streams_config(args: argparse.Namespace):
 def run_streams(args: argparse.Namespace) -> dict:
     from streams.worker import run_worker
 
-    run_worker(streams_config(args), loglevel="debug" if args.verbose else "info")
+    run_worker(streams_config(args), loglevel="debug" if args.verbose else "info", metrics_port=args.metrics_port,
+               metrics_host=args.metrics_host)
     return {}
 
 
@@ -50,5 +51,8 @@ def register(commands, bench) -> None:
     p.add_argument("--history-len", type=int, default=50, help="items kept per user")
     p.add_argument("--coalesce-ms", type=int, default=0,
                    help="> 0: a user's interactions within this window become one request")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics, /healthz, /readyz on this port (off by default)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
     p.add_argument("--batched-changelog", action="store_true",
                    help="batch table changelog writes (faster; only correct on Apache Kafka, not on Tansu)")

@@ -16,6 +16,7 @@ from schemas.topics import ITEM_EMBEDDINGS
 from streams.app import StreamsContext, build_app
 from streams.config import StreamsConfig
 from vip5.kafka import consumer, create_topics
+from vip5.metrics import WorkerMetrics, serve_metrics
 from vip5.tail import TopicTail
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,13 @@ def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, TopicTail]:
     replica = CatalogReplica(IndexConfig(dim=encoder.dim), fresh_max_age_s=cfg.fresh_max_age_s)
     follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     popularity = PopularityTracker(half_life_s=cfg.popularity_half_life_s)
-    return StreamsContext(encoder=encoder, replica=replica, popularity=popularity, stats=Counter()), follower
+    context = StreamsContext(encoder=encoder, replica=replica, popularity=popularity, stats=Counter(),
+                             metrics=WorkerMetrics("streams"))
+    return context, follower
 
 
-def run_worker(cfg: StreamsConfig, *, loglevel: str = "info") -> None:
+def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", metrics_port: int | None = None,
+               metrics_host: str = "127.0.0.1") -> None:
     import faust
 
     create_topics(cfg.kafka, cfg.topics)
@@ -42,9 +46,14 @@ def run_worker(cfg: StreamsConfig, *, loglevel: str = "info") -> None:
     log.info("catalogue replica holds %d items (encoder %s, dim %d)", len(ctx.replica), ctx.encoder.encoder_id,
              ctx.encoder.dim)
     app = build_app(cfg, ctx)
+    http = serve_metrics(ctx.metrics, host=metrics_host, port=metrics_port) if metrics_port else None
+    ctx.metrics.alive.set()
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()  # returns/raises SystemExit on SIGINT/SIGTERM
     finally:
+        ctx.metrics.alive.clear()
         follower.stop()
+        if http is not None:
+            http.shutdown()
         log.info("streams worker stopped: %s", dict(ctx.stats))

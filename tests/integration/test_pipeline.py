@@ -1,6 +1,8 @@
 """The whole pipeline against the embedded broker: products and interactions in, exactly one
 recommendation per re-rank request out, every recommended item valid, bad records dead-lettered."""
 
+import urllib.request
+
 import pytest
 
 from model_worker.vip5.config import VIP5Config
@@ -11,6 +13,7 @@ from schemas.records import Recommendation
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RECOMMENDATIONS, RERANK_REQUESTS
 from streams.worker import READY_LINE as STREAMS_READY
 from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
+from vip5.broker import free_port
 from vip5.kafka import create_topics
 from vip5.processes import WorkerProcess
 
@@ -33,8 +36,9 @@ def test_pipeline_publishes_one_valid_recommendation_per_request(kafka_cfg, topi
     streams = WorkerProcess(worker_args("streams", kafka_cfg, topics, "--data-dir", str(tmp_path / "faust"),
                                         "--image-size", "96", "--candidates", "12"),
                             log_path=tmp_path / "streams.log", env=worker_env(kafka_cfg))
+    metrics_port = free_port()
     serve = WorkerProcess(worker_args("serve", kafka_cfg, topics, "--model-dir", str(model_dir), "--top-n", "5",
-                                      "--explain"),
+                                      "--explain", "--metrics-port", str(metrics_port)),
                           log_path=tmp_path / "serve.log", env=worker_env(kafka_cfg))
     with streams, serve:
         assert streams.wait_for_log(STREAMS_READY, 120), (tmp_path / "streams.log").read_text()[-2000:]
@@ -46,6 +50,8 @@ def test_pipeline_publishes_one_valid_recommendation_per_request(kafka_cfg, topi
         requests = records_on(kafka_cfg, topics, RERANK_REQUESTS, count=len(clicks) + 1)
         recs = records_on(kafka_cfg, topics, RECOMMENDATIONS, count=len(requests), timeout_s=120)
         letters = records_on(kafka_cfg, topics, DEAD_LETTER, count=1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
 
     assert all(isinstance(r, Recommendation) for r in recs)
     assert sorted(r.request_id for r in recs) == sorted(r.request_id for r in requests)  # exactly one each
@@ -62,3 +68,5 @@ def test_pipeline_publishes_one_valid_recommendation_per_request(kafka_cfg, topi
     assert {e for r in recs for e in r.event_ids} == {c.event_id for c in clicks}  # every interaction reflected
     assert [d.source_topic for d in letters] == [topics.prefix + "rerank-requests"]
     assert letters[0].raw == b"\xc1" and "msgpack" in letters[0].reason
+    assert 'vip5_dead_letters_total{stage="decode"} 1.0' in metrics
+    assert f'vip5_records_out_total{{topic="{topics.prefix}recommendations"}} {float(len(recs))}' in metrics

@@ -1,0 +1,84 @@
+"""Prometheus metrics and health endpoints for a worker process, on 127.0.0.1 unless configured.
+
+    GET /metrics   Prometheus text format (this process's registry)
+    GET /healthz   200 while the worker's main loop is alive
+    GET /readyz    200 once the worker serves (replicas caught up, model loaded), else 503
+
+Each worker builds one `WorkerMetrics` and passes it to its loop; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class WorkerMetrics:
+    def __init__(self, worker: str):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.worker = worker
+        self.records_in = Counter("vip5_records_in", "records consumed", ["topic"], registry=r)
+        self.records_out = Counter("vip5_records_out", "records produced", ["topic"], registry=r)
+        self.dead_letters = Counter("vip5_dead_letters", "records sent to the dead-letter topic", ["stage"],
+                                    registry=r)
+        self.batch_size = Histogram("vip5_batch_size", "records per micro-batch", ["stage"], registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.stage_seconds = Histogram("vip5_stage_seconds", "time per batch in a processing stage", ["stage"],
+                                       registry=r, buckets=LATENCY_BUCKETS_S)
+        self.freshness_seconds = Histogram("vip5_freshness_seconds", "event time to publish time of outputs",
+                                           registry=r, buckets=LATENCY_BUCKETS_S)
+        self.consumer_lag = Gauge("vip5_consumer_lag", "high watermark minus position", ["topic", "partition"],
+                                  registry=r)
+        self.adapter_version = Gauge("vip5_adapter_version_info", "1 for the adapter version in use", ["version"],
+                                     registry=r)
+        self.adapter_swaps = Counter("vip5_adapter_swaps", "adapter versions swapped in", registry=r)
+        self.adapter_rejections = Counter("vip5_adapter_rejections", "adapter updates rejected", registry=r)
+        self.alive = threading.Event()
+        self.ready = threading.Event()
+
+    def set_adapter(self, version: str) -> None:
+        self.adapter_version.clear()
+        self.adapter_version.labels(version=version).set(1)
+
+    def update_lag(self, consumer) -> None:
+        """Lag from the fetch high watermark (exact on every broker, unlike ListOffsets)."""
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                self.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(high - consumer.position(tp))
+
+
+def serve_metrics(metrics: WorkerMetrics, *, host: str = "127.0.0.1", port: int) -> ThreadingHTTPServer:
+    """Start the metrics/health server in a daemon thread; returns it (call .shutdown() to stop)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/metrics":
+                self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif self.path in ("/healthz", "/readyz"):
+                ok = (metrics.alive if self.path == "/healthz" else metrics.ready).is_set()
+                body = json.dumps({"worker": metrics.worker, "ok": ok}).encode()
+                self._reply(200 if ok else 503, body, "application/json")
+            else:
+                self._reply(404, b"not found\n", "text/plain")
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # keep scrapes out of the worker's log
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
