@@ -175,10 +175,13 @@ def _clip_processor_class():
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; an explicit "cuda" must exist."""
+    if device == "cpu":
         return device
     import torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("EncoderConfig.device is 'cuda' but torch sees no CUDA device")
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

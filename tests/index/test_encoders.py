@@ -120,6 +120,13 @@ def test_encoder_config_rejects_invalid_field_naming_it(kwargs, field):
         EncoderConfig(**kwargs)
 
 
+def test_asking_for_cuda_without_one_fails_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="EncoderConfig.device is 'cuda' but torch sees no CUDA device"):
+        build_encoder(EncoderConfig(device="cuda"))
+
+
 @pytest.mark.gpu
 def test_lite0_runs_on_cuda_and_matches_cpu(fashion, fashion_vectors):
     encoder = build_encoder(EncoderConfig(device="cuda"))
