@@ -37,20 +37,12 @@ def _load(stack, catalogue, *, rate: float, duration_s: float, users: int, sent:
 
 def run_faults(stack_cfg, catalogue, *, rate: float, duration_s: float, kills: int, users: int, seed: int,
                drain_s: float) -> dict:
-    from schemas.codec import encode
-    from schemas.topics import ITEM_EMBEDDINGS, ITEMS
-    from vip5.kafka import read_topic
     from vip5.stack import LocalStack
     from vip5.subscribe import recommendations
 
     recs, sent, stop = [], [], threading.Event()
     with LocalStack(stack_cfg) as stack:
-        now = int(time.time() * 1000)
-        for product in catalogue:
-            stack.send(ITEMS, product.item_id, encode(product.upsert(now)))
-        stack.flush()
-        read_topic(stack.kafka, stack.topics.name(ITEM_EMBEDDINGS), until=lambda ms: len(ms) >= len(catalogue),
-                   timeout_s=180)
+        stack.publish_products(catalogue, wait_s=180)
         def collect():
             for rec in recommendations(stack.kafka, stack.topics, group_id="faults", stop=stop):
                 recs.append(rec)

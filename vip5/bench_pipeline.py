@@ -57,19 +57,13 @@ def raw_rerank_rate(model_dir: Path, item_ids: list[str], *, candidates: int, ba
 def pipeline_rate(stack_cfg, catalogue, *, events: int, users: int, timeout_s: float) -> dict:
     from schemas.codec import encode
     from schemas.records import Interaction
-    from schemas.topics import INTERACTIONS, ITEM_EMBEDDINGS, ITEMS
-    from vip5.kafka import read_topic
+    from schemas.topics import INTERACTIONS
     from vip5.stack import LocalStack
     from vip5.subscribe import recommendations
 
     seen, freshness, stop = set(), [], threading.Event()
     with LocalStack(stack_cfg) as stack:
-        now = int(time.time() * 1000)
-        for product in catalogue:
-            stack.send(ITEMS, product.item_id, encode(product.upsert(now)))
-        stack.flush()
-        read_topic(stack.kafka, stack.topics.name(ITEM_EMBEDDINGS), until=lambda ms: len(ms) >= len(catalogue),
-                   timeout_s=timeout_s)
+        stack.publish_products(catalogue, wait_s=timeout_s)
 
         def collect():
             for rec in recommendations(stack.kafka, stack.topics, group_id="bench", stop=stop):

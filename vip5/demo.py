@@ -149,15 +149,13 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
         try:
             show("workers ready; publishing the catalogue")
             initial, new = catalogue[: len(catalogue) - cfg.new_products], catalogue[len(catalogue) - cfg.new_products:]
-            now = int(time.time() * 1000)
-            for product in initial:
-                stack.send(ITEMS, product.item_id, _encode(product.upsert(now)))
+            embedded = stack.publish_products(initial)
             bad = [(ITEMS, b"\x92not an item"), (INTERACTIONS, b"\x81\xa6schema\xa5bogus"),
                    (INTERACTIONS, _encode_bad_rating())]
             for spec, payload in bad:
                 stack.send(spec, b"bad", payload)
             stack.flush()
-            _wait_for_embeddings(stack.kafka, stack.topics, len(initial), show)
+            show(f"{embedded} product embeddings published; starting the live interaction stream")
             events = _live_stream(cfg, stack, shoppers, initial, new, rng, show)
             expected = {f"demo-{s.user_id}-{n}" for n in range(cfg.live_events) for s in shoppers}
             deadline = time.monotonic() + cfg.drain_timeout_s
@@ -227,14 +225,6 @@ def _liked_share(catalogue, shoppers) -> float:
     """Chance that a random catalogue item is of a liked type, averaged over shoppers."""
     kinds = [p.article_type for p in catalogue]
     return float(np.mean([np.mean([k in s.likes for k in kinds]) for s in shoppers]))
-
-
-def _wait_for_embeddings(kafka, topics, count: int, show, timeout_s: float = 120.0) -> None:
-    from schemas.topics import ITEM_EMBEDDINGS
-    from vip5.kafka import read_topic
-
-    got = read_topic(kafka, topics.name(ITEM_EMBEDDINGS), until=lambda ms: len(ms) >= count, timeout_s=timeout_s)
-    show(f"{len(got)} product embeddings published; starting the live interaction stream")
 
 
 def run_demo(args: argparse.Namespace) -> dict:

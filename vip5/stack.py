@@ -103,6 +103,23 @@ class LocalStack:
         self._producer.send(self.topics.name(spec), key=key if isinstance(key, bytes) else key.encode(),
                             value=payload)
 
+    def publish_products(self, products, *, wait_s: float = 180.0) -> int:
+        """Publish demo-world products (vip5.demo_world.Product) and wait until the streams worker
+        has published their embeddings. Returns how many embeddings were seen."""
+        import time
+
+        from schemas.codec import encode
+        from schemas.topics import ITEM_EMBEDDINGS, ITEMS
+        from vip5.kafka import read_topic
+
+        now = int(time.time() * 1000)
+        for product in products:
+            self.send(ITEMS, product.item_id, encode(product.upsert(now)))
+        self.flush()
+        seen = read_topic(self.kafka, self.topics.name(ITEM_EMBEDDINGS), until=lambda ms: len(ms) >= len(products),
+                          timeout_s=wait_s)
+        return len(seen)
+
     def flush(self) -> None:
         if self._producer is not None:
             self._producer.flush()
