@@ -1,0 +1,98 @@
+"""The incremental adapter trainer and the artifact store, without Kafka."""
+
+import time
+
+import pytest
+
+from model_worker.artifacts import ArtifactError, ArtifactStore, load_verified
+from model_worker.trainer import AdapterTrainer, TrainerConfig, next_version
+from model_worker.tuning import TuneConfig
+from model_worker.vip5.checkpoint import backbone_sha256
+from schemas.records import Interaction
+
+
+def clicks(user: str, items: list[str]) -> list[Interaction]:
+    return [Interaction(event_id=f"{user}-{n}", user_id=user, item_id=item, kind="click", event_time_ms=n)
+            for n, item in enumerate(items)]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ArtifactStore(tmp_path / "artifacts")
+
+
+def trainer_for(model, store, *, max_regression: float) -> AdapterTrainer:
+    cfg = TrainerConfig(model_dir="unused", every_events=10, min_events=4, max_regression=max_regression,
+                        tune=TuneConfig(steps=2, batch_size=4, warmup_steps=1))
+    model.set_stage("adapt")
+    return AdapterTrainer(cfg, model, backbone_id=backbone_sha256(model), version="v1", store=store)
+
+
+def test_the_first_event_of_a_user_is_context_not_an_example(make_model, store):
+    trainer = trainer_for(make_model(), store, max_regression=0.0)
+    for event in clicks("u1", ["1", "2", "3"]):
+        trainer.observe(event)
+    assert [(e.before, e.target) for e in trainer.fresh] == [(("1",), "2"), (("1", "2"), "3")]
+
+
+def test_a_round_is_due_after_every_events(make_model, store):
+    trainer = trainer_for(make_model(), store, max_regression=0.0)
+    for event in clicks("u1", [str(i) for i in range(1, 11)]):
+        trainer.observe(event)
+    assert not trainer.due()
+    trainer.observe(clicks("u1", ["11"])[0])
+    assert trainer.due()
+
+
+def test_accepted_round_publishes_a_verifiable_next_version(make_model, store, features):
+    trainer = trainer_for(make_model(), store, max_regression=10.0)
+    for user in ("u1", "u2"):
+        for event in clicks(user, [str(i) for i in range(1, 8)]):
+            trainer.observe(event)
+    update = trainer.round(features, sorted(features))
+    assert update is not None and update.version == "v2" and update.parent_version == "v1"
+    assert {"holdout_mrr_before", "holdout_mrr_after"} <= set(update.metrics)
+    assert trainer.version == "v2" and trainer.fresh == []
+    artifact = load_verified(update, backbone_id=trainer.backbone_id)
+    assert set(artifact.tensors) == set(trainer.model.adapt_state_dict())
+    assert next_version(store) == "v3"
+
+
+def test_a_candidate_worse_than_the_margin_is_not_published(make_model, store, features):
+    trainer = trainer_for(make_model(), store, max_regression=-10.0)  # demands an impossible improvement
+    for event in clicks("u1", [str(i) for i in range(1, 9)]):
+        trainer.observe(event)
+    assert trainer.round(features, sorted(features)) is None
+    assert store.manifests() == [] and trainer.version == "v1"
+
+
+def test_corrupt_missing_or_foreign_artifacts_are_rejected(make_model, store):
+    model = make_model()
+    model.set_stage("adapt")
+    backbone = backbone_sha256(model)
+    update = store.publish(model, version="v2", parent_version="v1", metrics={}, backbone_id=backbone)
+    with pytest.raises(ArtifactError, match="is for backbone"):
+        load_verified(update, backbone_id="0" * 64)
+    weights = store.root / "v2" / "adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_verified(update, backbone_id=backbone)
+    weights.unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_verified(update, backbone_id=backbone)
+
+
+def test_versions_are_immutable_and_rollback_points_at_an_existing_one(make_model, store):
+    model = make_model()
+    model.set_stage("adapt")
+    backbone = backbone_sha256(model)
+    first = store.publish(model, version="v1", parent_version=None, metrics={}, backbone_id=backbone)
+    time.sleep(0.01)
+    store.publish(model, version="v2", parent_version="v1", metrics={"m": 1.0}, backbone_id=backbone)
+    with pytest.raises(ArtifactError, match="already exists"):
+        store.publish(model, version="v2", parent_version="v1", metrics={}, backbone_id=backbone)
+    assert [m["version"] for m in store.manifests()] == ["v1", "v2"]
+    rollback = store.update_for("v1", parent_version="v2")
+    assert (rollback.version, rollback.sha256, rollback.artifact_uri) == ("v1", first.sha256, first.artifact_uri)
+    with pytest.raises(ArtifactError, match="no artifact version v7"):
+        store.update_for("v7", parent_version="v2")
