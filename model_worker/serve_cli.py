@@ -17,7 +17,7 @@ def run_serve(args: argparse.Namespace) -> dict:
     model_dir = args.model_dir or os.environ.get("VIP5_MODEL_DIR")
     if not model_dir:
         raise SystemExit("vip5 serve: give --model-dir or set VIP5_MODEL_DIR")
-    serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topic_config(args), group_id=args.group_id,
+    serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topic_config(args), group_id=args.group_id or f"{topic_config(args).prefix}model-worker",
                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, top_n=args.top_n,
                             explain_top=args.explain)
     from model_worker.rerank import RerankConfig
@@ -33,7 +33,8 @@ def register(commands, bench) -> None:
     add_kafka_args(p)
     p.add_argument("--model-dir", default=None, help="VIP5 model directory (env VIP5_MODEL_DIR)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--group-id", default="vip5-model-worker", help="consumer group of the model workers")
+    p.add_argument("--group-id", default=None,
+                   help="consumer group of the model workers (default: <topic prefix>model-worker)")
     p.add_argument("--max-batch", type=int, default=16, help="requests scored together")
     p.add_argument("--max-wait-ms", type=int, default=50, help="longest wait for a batch to fill")
     p.add_argument("--top-n", type=int, default=10, help="items per recommendation")

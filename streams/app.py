@@ -74,8 +74,11 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
     topic = {spec: app.topic(cfg.topics.name(spec), key_type=bytes, value_type=bytes,
                              partitions=cfg.topics.partitions_of(spec))
              for spec in (ITEMS, INTERACTIONS, ITEM_EMBEDDINGS, RERANK_REQUESTS, DEAD_LETTER)}
+    # Keys are the raw user-id bytes, placed by the producer's default (murmur2) partitioner: the
+    # same partition as the interaction with that key, so the table stays co-partitioned with its
+    # source even when a coalesced batch is written outside faust's per-event context.
     history = app.Table("user-history", default=dict, partitions=cfg.topics.partitions_of(INTERACTIONS),
-                        key_type=str, value_type=None)  # JSON keys and values
+                        key_type=bytes, value_type=None, use_partitioner=True)  # values: JSON
 
     async def dead_letter(event, reason: str, stage: str) -> None:
         message = event.message
@@ -144,9 +147,10 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
 
     async def _handle_user(user_id: str, pairs) -> None:
         interactions = [i for _, i in pairs]
-        state, fresh = apply_interactions(history.get(user_id), interactions, history_len=cfg.history_len,
+        key = user_id.encode()
+        state, fresh = apply_interactions(history.get(key), interactions, history_len=cfg.history_len,
                                           dedupe_window=cfg.dedupe_window)
-        history[user_id] = state
+        history[key] = state
         ctx.stats["interactions"] += len(interactions)
         ctx.stats["duplicates"] += len(interactions) - len(fresh)
         for interaction in fresh:

@@ -21,7 +21,7 @@ def streams_config(args: argparse.Namespace):
         # a fifth of the slots each for popular and fresh items (new users, new products), the rest visual
         candidates=CandidateConfig(k=args.candidates, popular_k=min(10, args.candidates // 5),
                                    fresh_k=min(10, args.candidates // 5)),
-        app_id=args.app_id,
+        app_id=args.app_id or f"{topic_config(args).prefix}streams",
         data_dir=args.data_dir,
         history_len=args.history_len,
         coalesce_ms=args.coalesce_ms,
@@ -41,7 +41,8 @@ def register(commands, bench) -> None:
     p = add_command(commands, "streams", run_streams,
                     "run the streams worker: items -> embeddings, interactions -> re-rank requests")
     add_kafka_args(p)
-    p.add_argument("--app-id", default="vip5-streams", help="faust app id (consumer group and table names)")
+    p.add_argument("--app-id", default=None,
+                   help="faust app id: consumer group and table topic names (default: <topic prefix>streams)")
     p.add_argument("--data-dir", default="runs/streams", help="faust working directory")
     p.add_argument("--encoder", default="lite0", choices=("lite0", "clip"), help="visual encoder")
     p.add_argument("--encoder-model", default=None, help="CLIP hub name or local folder; lite0 weights path")

@@ -69,3 +69,20 @@ def test_streams_worker_end_to_end_with_restart(broker, kafka_cfg, topics, tmp_p
         assert repeat.history == fresh_request.history
     finally:
         assert worker.stop() == 0
+
+
+def test_a_burst_from_one_user_is_coalesced_and_every_interaction_reflected(broker, kafka_cfg, topics, tmp_path):
+    create_topics(kafka_cfg, topics)
+    items = fashion_items(8)
+    publish(kafka_cfg, topics, items)
+    args = worker_args("streams", kafka_cfg, topics, "--data-dir", str(tmp_path / "faust"), "--image-size", "96",
+                       "--candidates", "5", "--coalesce-ms", "1500")
+    with WorkerProcess(args, log_path=tmp_path / "streams.log", env=worker_env(kafka_cfg)) as worker:
+        assert worker.wait_for_log(READY_LINE, 120)
+        records_on(kafka_cfg, topics, ITEM_EMBEDDINGS, count=len(items))
+        burst = [click(f"b{n}", "u1", items[n].item_id) for n in range(6)]
+        publish(kafka_cfg, topics, burst)
+        requests = records_on(kafka_cfg, topics, RERANK_REQUESTS, count=6, timeout_s=20)
+    assert 1 <= len(requests) < len(burst)
+    assert sorted(e for r in requests for e in r.event_ids) == sorted(c.event_id for c in burst)
+    assert requests[-1].history == tuple(i.item_id for i in items[:6]), [(r.event_ids, r.history) for r in requests]
