@@ -94,9 +94,12 @@ class VIP5Ranker:
                 for r, s in zip(model_requests, scores, strict=True)]
 
     @torch.inference_mode()
-    def explain(self, user_id: str, item_id: str, features: Mapping[str, np.ndarray]) -> str:
-        prompt = explanation_prompt(self.config.explanation_template, user_id, item_id)
-        batch = self.model.encoder.encode([prompt], features, with_labels=False)
+    def explain(self, pairs: Sequence[tuple[str, str]], features: Mapping[str, np.ndarray]) -> list[str]:
+        """A generated explanation per (user_id, item_id), greedy, all pairs in one batch."""
+        if not pairs:
+            return []
+        prompts = [explanation_prompt(self.config.explanation_template, user, item) for user, item in pairs]
+        batch = self.model.encoder.encode(prompts, features, with_labels=False)
         batch = batch.to(next(self.model.parameters()).device)
         return self.model.generate_text(batch, max_new_tokens=self.config.explanation_max_tokens, num_beams=1,
-                                        do_sample=False)[0]
+                                        do_sample=False)

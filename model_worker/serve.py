@@ -46,8 +46,8 @@ class Ranker(Protocol):
              features: Mapping[str, np.ndarray]) -> list[list[tuple[str, float]]]:
         """Per request, (item_id, score) for every candidate, best first."""
 
-    def explain(self, user_id: str, item_id: str, features: Mapping[str, np.ndarray]) -> str:
-        """A short generated explanation of why `item_id` suits `user_id`."""
+    def explain(self, pairs: Sequence[tuple[str, str]], features: Mapping[str, np.ndarray]) -> list[str]:
+        """A short generated explanation per (user_id, item_id): why the item suits the user."""
 
 
 @dataclass(frozen=True)
@@ -178,12 +178,9 @@ class ModelServer:
             log.exception("batch of %d failed to rank; retrying each request alone", len(requests))
             ranked_lists = [self._rank_alone(ranker, message, request, features) for message, request in pairs]
         topic = self.cfg.topics.name(RECOMMENDATIONS)
-        for request, ranked in zip(requests, ranked_lists, strict=True):
-            if ranked is None:
-                continue
-            explanation = None
-            if self.cfg.explain_top and ranked:
-                explanation = ranker.explain(request.user_id, ranked[0][0], features)
+        served = [(request, ranked) for request, ranked in zip(requests, ranked_lists, strict=True) if ranked is not None]
+        explanations = self._explanations(ranker, served, features)
+        for (request, ranked), explanation in zip(served, explanations, strict=True):
             rec = recommendation_for(request, ranked, top_n=self.cfg.top_n, model_version=ranker.model_version,
                                      adapter_version=ranker.adapter_version, explanation=explanation)
             self.producer.send(topic, key=request.user_id.encode(), value=encode(rec))
@@ -191,6 +188,18 @@ class ModelServer:
             self.metrics.freshness_seconds.observe((rec.publish_time_ms - rec.event_time_ms) / 1000)
             self._remember(request.request_id)
         self.stats["requests"] += len(requests)
+
+    def _explanations(self, ranker: Ranker, served: list, features) -> list[str | None]:
+        """One batched explanation call for the top items of a batch; None where off or failing."""
+        wanted = [(request.user_id, ranked[0][0]) for request, ranked in served if ranked]
+        if not self.cfg.explain_top or not wanted:
+            return [None] * len(served)
+        try:
+            texts = iter(ranker.explain(wanted, features))
+        except Exception:  # an explanation is optional: never let it cost a recommendation
+            log.exception("explanations failed for a batch of %d", len(wanted))
+            return [None] * len(served)
+        return [next(texts) if ranked else None for _, ranked in served]
 
     def _rank_alone(self, ranker: Ranker, message, request: RerankRequest, features) -> list | None:
         try:

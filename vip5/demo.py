@@ -41,6 +41,7 @@ class DemoConfig:
     candidates: int = 20  # retrieved per request, re-ranked by VIP5
     adapter_round_events: int = 100  # the trainer tunes the adapters after this many fresh events
     adapter_round_steps: int = 20
+    adapter_max_regression: float = 0.02  # held-out MRR a new version may lose (small, noisy hold-outs)
     session_len: int = 8  # past interactions per shopper used for training
     pretrain_steps: int = 150
     adapt_steps: int = 50
@@ -134,7 +135,8 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
     artifacts = cfg.work_dir / "artifacts"
     shutil.rmtree(artifacts, ignore_errors=True)  # each demo starts from the prepared model's adapter (v1)
     trainer = ("--artifacts-dir", str(artifacts), "--every-events", str(cfg.adapter_round_events),
-               "--min-events", "20", "--steps", str(cfg.adapter_round_steps))
+               "--min-events", "20", "--steps", str(cfg.adapter_round_steps),
+               "--max-regression", str(cfg.adapter_max_regression))
     stack_cfg = StackConfig(work_dir=cfg.work_dir, model_dir=model_dir, topic_prefix="demo.",
                             partitions=cfg.partitions, image_size=cfg.image_size, candidates=cfg.candidates,
                             explain=True, trainer_args=trainer)
