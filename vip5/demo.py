@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 class DemoConfig:
     work_dir: Path = Path("runs/demo")
     users: int = 40
-    live_events: int = 240
-    events_per_s: float = 8.0
+    live_events: int = 160
+    events_per_s: float = 4.0
     new_products: int = 40  # of the catalogue, held back and published during the live stream
     image_size: int = 160  # encoder input side, the same for training and serving
     candidates: int = 20  # retrieved per request, re-ranked by VIP5
@@ -255,8 +255,8 @@ def register(commands, bench) -> None:
                     "run the whole system on this machine with real product photos and print a summary")
     p.add_argument("--work-dir", default="runs/demo", help="model cache, worker logs and state")
     p.add_argument("--users", type=int, default=40, help="simulated shoppers")
-    p.add_argument("--events", type=int, default=240, help="live interactions to publish")
-    p.add_argument("--rate", type=float, default=8.0, help="live interactions per second")
+    p.add_argument("--events", type=int, default=DemoConfig.live_events, help="live interactions to publish")
+    p.add_argument("--rate", type=float, default=DemoConfig.events_per_s, help="live interactions per second")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pretrain-steps", type=int, default=DemoConfig.pretrain_steps,
                    help="model preparation: steps training the tiny backbone")
