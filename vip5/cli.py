@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "verbose", False):  # client libraries log every connection at INFO
         for noisy in ("kafka", "aiokafka", "httpx", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    threads = os.environ.get("VIP5_TORCH_THREADS")
+    if threads:  # several workers on one machine: one thread each beats oversubscribed thread pools
+        import torch
+
+        torch.set_num_threads(int(threads))
     result = args.handler(args)
     status = int(result.pop("exit_status", 0)) if isinstance(result, dict) else 0
     if result:

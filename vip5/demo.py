@@ -70,7 +70,10 @@ def prepare_model(cfg: DemoConfig, world) -> Path:
     if stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         log.info("reusing the prepared model in %s", model_dir)
         return model_dir
+    import torch
+
     catalogue, shoppers = world
+    torch.set_num_threads(1)  # tiny matrices: a second thread only adds hand-offs on a shared CPU
     log.info("preparing the demo model: embedding %d product photos", len(catalogue))
     encoder = build_encoder(EncoderConfig(image_size=cfg.image_size))
     vectors = encoder.embed([p.image_path for p in catalogue]).vectors
