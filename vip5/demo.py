@@ -233,7 +233,12 @@ def _liked_share(catalogue, shoppers) -> float:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
+    import signal
+
     from vip5.demo_world import load_catalogue, simulate_users
+
+    # SIGTERM unwinds like Ctrl-C, so the broker and the worker processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     cfg = DemoConfig(work_dir=Path(args.work_dir), users=args.users, live_events=args.events,
                      events_per_s=args.rate, seed=args.seed, pretrain_steps=args.pretrain_steps,
