@@ -102,4 +102,4 @@ class VIP5Ranker:
         batch = self.model.encoder.encode(prompts, features, with_labels=False)
         batch = batch.to(next(self.model.parameters()).device)
         return self.model.generate_text(batch, max_new_tokens=self.config.explanation_max_tokens, num_beams=1,
-                                        do_sample=False)
+                                        do_sample=False, no_repeat_ngram_size=2)

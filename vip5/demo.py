@@ -29,6 +29,8 @@ from vip5.cli import add_command
 
 log = logging.getLogger(__name__)
 
+PREPARATION_RECIPE = 2  # bump when prepare_model's training data or schedule changes (invalidates caches)
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -39,7 +41,7 @@ class DemoConfig:
     new_products: int = 40  # of the catalogue, held back and published during the live stream
     image_size: int = 160  # encoder input side, the same for training and serving
     candidates: int = 20  # retrieved per request, re-ranked by VIP5
-    adapter_round_events: int = 100  # the trainer tunes the adapters after this many fresh events
+    adapter_round_events: int = 60  # the trainer tunes the adapters after this many fresh events
     adapter_round_steps: int = 20
     adapter_max_regression: float = 0.02  # held-out MRR a new version may lose (small, noisy hold-outs)
     session_len: int = 8  # past interactions per shopper used for training
@@ -65,7 +67,7 @@ def prepare_model(cfg: DemoConfig, world) -> Path:
 
     model_dir = cfg.work_dir / "model"
     stamp = model_dir / "demo.json"
-    fingerprint = {"users": cfg.users, "seed": cfg.seed, "image_size": cfg.image_size,
+    fingerprint = {"recipe": PREPARATION_RECIPE, "users": cfg.users, "seed": cfg.seed, "image_size": cfg.image_size,
                    "pretrain_steps": cfg.pretrain_steps, "adapt_steps": cfg.adapt_steps}
     if stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         log.info("reusing the prepared model in %s", model_dir)
@@ -89,7 +91,7 @@ def prepare_model(cfg: DemoConfig, world) -> Path:
     for shopper in shoppers:
         items = [p.item_id for p in session(shopper, catalogue, cfg.session_len, rng)]
         prompts += history_prompts(shopper.user_id, items, ids, rng, examples)
-        prompts += explanation_prompts(shopper.user_id, items[-2:], texts, rng)
+        prompts += explanation_prompts(shopper.user_id, items, texts, rng)
     tokenizer = build_template_tokenizer([s.user_id for s in shoppers] + ids + list(texts.values()))
     model = VIP5Model.build(VIP5Config(backbone="tiny", image_feature_dim=encoder.dim), tokenizer, seed=cfg.seed)
     for stage, steps, lr in (("pretrain", cfg.pretrain_steps, 3e-3), ("adapt", cfg.adapt_steps, 1e-3)):
