@@ -73,8 +73,9 @@ def run_faults(stack_cfg, catalogue, *, rate: float, duration_s: float, kills: i
     inconsistent = 0
     for r in recs:
         inconsistent += by_id.setdefault(r.request_id, r.event_ids) != r.event_ids
+    lost = sorted(set(sent) - reflected)
     return {"kills": len(plan), "events_in": len(sent), "recommendations_out": len(recs),
-            "lost": len(set(sent) - reflected), "duplicates": len(recs) - len(by_id),
+            "lost": len(lost), "lost_event_ids": lost[:20], "duplicates": len(recs) - len(by_id),
             "duplicates_with_different_events": inconsistent,
             "recovery_s_max": round(max(recovery_s, default=0.0), 2),
             "recovery_s_mean": round(sum(recovery_s) / max(1, len(recovery_s)), 2)}
@@ -87,7 +88,7 @@ def run_bench_faults(args: argparse.Namespace) -> dict:
 
     catalogue = load_catalogue()[: args.items]
     with tempfile.TemporaryDirectory(prefix="vip5-faults-") as tmp:
-        work = Path(tmp)
+        work = Path(args.work_dir or tmp)
         model_dir = build_bench_model(work / "model", preset="tiny", item_ids=[p.item_id for p in catalogue],
                                       user_ids=[f"user{n}" for n in range(args.users)], feature_dim=1280)
         stack_cfg = StackConfig(work_dir=work, model_dir=model_dir, topic_prefix="faults.", partitions=3,
@@ -105,4 +106,5 @@ def register(commands, bench) -> None:
     p.add_argument("--users", type=int, default=30)
     p.add_argument("--items", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", default=None, help="keep worker logs here (default: a temporary folder)")
     p.add_argument("--drain-s", type=float, default=180.0, help="how long to wait for the backlog afterwards")

@@ -24,9 +24,11 @@ class WorkerProcess:
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         self.stop_timeout_s = stop_timeout_s
         self.process: subprocess.Popen | None = None
+        self._log_start = 0  # where this run's output begins in an appended log
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "vip5.cli", *self.args], stdout=log,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
@@ -37,11 +39,14 @@ class WorkerProcess:
         return self.process is not None and self.process.poll() is None
 
     def wait_for_log(self, text: str, timeout_s: float) -> bool:
-        """True once `text` appears in the worker's log (e.g. a readiness line)."""
+        """True once `text` appears in what this run wrote to the log (e.g. a readiness line)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.log_path.exists() and text in self.log_path.read_text(errors="replace"):
-                return True
+            if self.log_path.exists():
+                with open(self.log_path, "rb") as log:
+                    log.seek(self._log_start)
+                    if text in log.read().decode(errors="replace"):
+                        return True
             if not self.alive():
                 return False
             time.sleep(0.2)
