@@ -8,7 +8,9 @@ from vip5.bench_pipeline import build_bench_model
 from vip5.demo_world import load_catalogue
 from vip5.stack import StackConfig
 
-pytestmark = pytest.mark.integration
+# Slow (about 2 minutes) and outside the default run: `make test-all` runs it. The bench behind it
+# has twice lost 1-2 of 450 interactions when streams-worker kills came seconds apart (see README).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_killing_workers_under_load_loses_nothing(tmp_path):
