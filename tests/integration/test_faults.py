@@ -9,7 +9,7 @@ from vip5.demo_world import load_catalogue
 from vip5.stack import StackConfig
 
 # Slow (about 2 minutes) and outside the default run: `make test-all` runs it. The bench behind it
-# has twice lost 1-2 of 450 interactions when streams-worker kills came seconds apart (see README).
+# lost 1-2 of 450 interactions in two of three runs when streams-worker kills came seconds apart (README).
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
