@@ -8,8 +8,7 @@ from vip5.bench_pipeline import build_bench_model
 from vip5.demo_world import load_catalogue
 from vip5.stack import StackConfig
 
-# Slow (about 2 minutes) and outside the default run: `make test-all` runs it. The bench behind it
-# lost 1-2 of 450 interactions in two of three runs when streams-worker kills came seconds apart (README).
+# Slow (about 2 minutes) and outside the default run: `make test-all` runs it.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
