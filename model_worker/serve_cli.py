@@ -17,7 +17,9 @@ def run_serve(args: argparse.Namespace) -> dict:
     model_dir = args.model_dir or os.environ.get("VIP5_MODEL_DIR")
     if not model_dir:
         raise SystemExit("vip5 serve: give --model-dir or set VIP5_MODEL_DIR")
-    serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topic_config(args), group_id=args.group_id or f"{topic_config(args).prefix}model-worker",
+    topics = topic_config(args)
+    serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topics,
+                            group_id=args.group_id or f"{topics.prefix}model-worker",
                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, top_n=args.top_n,
                             explain_top=args.explain)
     from model_worker.rerank import RerankConfig

@@ -28,7 +28,8 @@ def run_trainer_command(args: argparse.Namespace) -> dict:
         signal.signal(sig, lambda *_: stop.set())
     topics = topic_config(args)
     cfg = TrainerConfig(model_dir=model_dir, artifacts_dir=_artifacts_dir(args), kafka=kafka_config(args),
-                        topics=topics, group_id=f"{topics.prefix}adapter-trainer", every_events=args.every_events, every_s=args.every_s,
+                        topics=topics, group_id=f"{topics.prefix}adapter-trainer",
+                        every_events=args.every_events, every_s=args.every_s,
                         min_events=args.min_events, max_regression=args.max_regression,
                         tune=TuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=5))
     result = run_trainer(cfg, stop)
