@@ -32,7 +32,8 @@ def streams_config(args: argparse.Namespace):
 def run_streams(args: argparse.Namespace) -> dict:
     from streams.worker import run_worker
 
-    run_worker(streams_config(args), loglevel="debug" if args.verbose else "info", metrics_port=args.metrics_port,
+    run_worker(streams_config(args), loglevel="debug" if args.verbose else "info", log_format=args.log_format,
+               metrics_port=args.metrics_port,
                metrics_host=args.metrics_host)
     return {}
 

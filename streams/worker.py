@@ -16,6 +16,7 @@ from schemas.topics import ITEM_EMBEDDINGS
 from streams.app import StreamsContext, build_app
 from streams.config import StreamsConfig
 from vip5.kafka import consumer, create_topics
+from vip5.logs import logging_config
 from vip5.metrics import WorkerMetrics, serve_metrics
 from vip5.tail import TopicTail
 
@@ -34,8 +35,8 @@ def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, TopicTail]:
     return context, follower
 
 
-def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", metrics_port: int | None = None,
-               metrics_host: str = "127.0.0.1") -> None:
+def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", log_format: str = "text",
+               metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
     import faust
 
     create_topics(cfg.kafka, cfg.topics)
@@ -48,7 +49,8 @@ def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", metrics_port: int 
     app = build_app(cfg, ctx)
     http = serve_metrics(ctx.metrics, host=metrics_host, port=metrics_port) if metrics_port else None
     ctx.metrics.alive.set()
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                          logging_config=logging_config(log_format, verbose=loglevel == "debug"))
     try:
         worker.execute_from_commandline()  # returns/raises SystemExit on SIGINT/SIGTERM
     finally:

@@ -2,7 +2,9 @@
 
 One run on the embedded broker: a steady stream of interactions at `--rate` for `--duration-s`;
 meanwhile the streams worker and the model worker are each SIGKILLed `--kills` times at seeded
-random moments and restarted at once. Afterwards every interaction must be reflected in some
+random moments and restarted at once; with `--broker-kills N` the broker (on durable storage in a
+local S3 store) is SIGKILLed N times too and comes back after `--broker-down-s`, while the workers
+keep running and must reconnect by themselves. Afterwards every interaction must be reflected in some
 recommendation (`lost` counts those that are not) and repeats must be recognisable: a repeated
 `request_id` carries the same interactions (`duplicates` counts repeated recommendations).
 """
@@ -28,15 +30,34 @@ def _load(stack, catalogue, *, rate: float, duration_s: float, users: int, sent:
     while time.monotonic() - start < duration_s and not stop.is_set():
         event = Interaction(event_id=f"f{n}", user_id=f"user{n % users}", item_id=rng.choice(catalogue).item_id,
                             kind="click", event_time_ms=int(time.time() * 1000))
-        stack.send(INTERACTIONS, event.user_id, encode(event))
+        ack = stack.send(INTERACTIONS, event.user_id, encode(event))
         stack.flush()
-        sent.append(event.event_id)
+        if ack.succeeded():  # only acknowledged events count (a send can fail while the broker is down)
+            sent.append(event.event_id)
         n += 1
         time.sleep(max(0.0, start + n / rate - time.monotonic()))
 
 
+def _topic_counts(stack) -> dict:
+    """Records each stage left in its output topic (where a loss happened, if one did)."""
+    from schemas.topics import INTERACTIONS, RECOMMENDATIONS, RERANK_REQUESTS
+    from vip5.kafka import read_topic
+
+    return {spec.base_name: len(read_topic(stack.kafka, stack.topics.name(spec), timeout_s=60, idle_s=3))
+            for spec in (INTERACTIONS, RERANK_REQUESTS, RECOMMENDATIONS)}
+
+
+def _crash(stack, name: str, broker_down_s: float) -> None:
+    """SIGKILL one part of the stack and bring it back."""
+    if name == "broker":
+        stack.restart_broker(kill=True, down_s=broker_down_s)
+    else:
+        stack.restart(name, kill=True)
+        stack.wait_ready([name])
+
+
 def run_faults(stack_cfg, catalogue, *, rate: float, duration_s: float, kills: int, users: int, seed: int,
-               drain_s: float) -> dict:
+               drain_s: float, broker_kills: int = 0, broker_down_s: float = 2.0) -> dict:
     from vip5.stack import LocalStack
     from vip5.subscribe import recommendations
 
@@ -53,14 +74,13 @@ def run_faults(stack_cfg, catalogue, *, rate: float, duration_s: float, kills: i
             rate=rate, duration_s=duration_s, users=users, sent=sent, stop=threading.Event()), daemon=True)
         load.start()
         rng = random.Random(seed)
-        plan = sorted((rng.uniform(0.1, 0.8) * duration_s, name) for name in ("streams", "model-worker")
-                      for _ in range(kills))
+        victims = ["streams", "model-worker"] * kills + ["broker"] * broker_kills
+        plan = sorted((rng.uniform(0.1, 0.8) * duration_s, name) for name in victims)
         started, recovery_s = time.monotonic(), []
         for at, name in plan:
             time.sleep(max(0.0, started + at - time.monotonic()))
             killed = time.monotonic()
-            stack.restart(name, kill=True)
-            stack.wait_ready([name])
+            _crash(stack, name, broker_down_s)
             recovery_s.append(time.monotonic() - killed)
         load.join()
         deadline = time.monotonic() + drain_s
@@ -68,17 +88,18 @@ def run_faults(stack_cfg, catalogue, *, rate: float, duration_s: float, kills: i
             time.sleep(0.5)
         stop.set()
         collector.join(timeout=10)
+        in_topics = _topic_counts(stack)
     reflected = {e for r in recs for e in r.event_ids}
     by_id: dict[str, tuple] = {}
     inconsistent = 0
     for r in recs:
         inconsistent += by_id.setdefault(r.request_id, r.event_ids) != r.event_ids
     lost = sorted(set(sent) - reflected)
-    return {"kills": len(plan), "events_in": len(sent), "recommendations_out": len(recs),
+    return {"kills": len(plan), "broker_kills": broker_kills, "events_in": len(sent), "recommendations_out": len(recs),
             "lost": len(lost), "lost_event_ids": lost[:20], "duplicates": len(recs) - len(by_id),
             "duplicates_with_different_events": inconsistent,
             "recovery_s_max": round(max(recovery_s, default=0.0), 2),
-            "recovery_s_mean": round(sum(recovery_s) / max(1, len(recovery_s)), 2)}
+            "recovery_s_mean": round(sum(recovery_s) / max(1, len(recovery_s)), 2), "in_topics": in_topics}
 
 
 def run_bench_faults(args: argparse.Namespace) -> dict:
@@ -92,9 +113,10 @@ def run_bench_faults(args: argparse.Namespace) -> dict:
         model_dir = build_bench_model(work / "model", preset="tiny", item_ids=[p.item_id for p in catalogue],
                                       user_ids=[f"user{n}" for n in range(args.users)], feature_dim=1280)
         stack_cfg = StackConfig(work_dir=work, model_dir=model_dir, topic_prefix="faults.", partitions=3,
-                                image_size=96, candidates=10)
+                                image_size=96, candidates=10, durable_broker=args.broker_kills > 0)
         return run_faults(stack_cfg, catalogue, rate=args.rate, duration_s=args.duration_s, kills=args.kills,
-                          users=args.users, seed=args.seed, drain_s=args.drain_s)
+                          users=args.users, seed=args.seed, drain_s=args.drain_s, broker_kills=args.broker_kills,
+                          broker_down_s=args.broker_down_s)
 
 
 def register(commands, bench) -> None:
@@ -103,6 +125,9 @@ def register(commands, bench) -> None:
     p.add_argument("--rate", type=float, default=5.0, help="interactions per second")
     p.add_argument("--duration-s", type=float, default=90.0)
     p.add_argument("--kills", type=int, default=2, help="kills per worker")
+    p.add_argument("--broker-kills", type=int, default=0,
+                   help="kills of the broker (runs it on durable storage in a local S3 store; needs moto)")
+    p.add_argument("--broker-down-s", type=float, default=2.0, help="how long the broker stays down per kill")
     p.add_argument("--users", type=int, default=30)
     p.add_argument("--items", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)

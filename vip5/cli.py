@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
+
+from vip5 import logs
 
 # Packages that contribute commands, in --help order. A module missing here is skipped.
 COMMAND_MODULES = (
@@ -35,6 +36,8 @@ def add_command(commands, name: str, handler: Handler, help: str) -> argparse.Ar
     parser = commands.add_parser(name, help=help, description=help)
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument("--log-format", choices=logs.LOG_FORMATS, default=os.environ.get("VIP5_LOG_FORMAT", "text"),
+                        help="stderr log lines as text or one JSON object each (env VIP5_LOG_FORMAT)")
     parser.set_defaults(handler=handler)
     return parser
 
@@ -66,14 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not getattr(args, "verbose", False):  # client libraries log every connection at INFO
-        for noisy in ("kafka", "aiokafka", "httpx", "urllib3"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(args.log_format, verbose=args.verbose)
     threads = os.environ.get("VIP5_TORCH_THREADS")
     if threads:  # several workers on one machine: one thread each beats oversubscribed thread pools
         import torch

@@ -40,7 +40,8 @@ def run_broker(args: argparse.Namespace) -> dict:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with EmbeddedBroker(BrokerConfig(host=args.host, port=args.port, log_path=args.log)) as broker:
+    config = BrokerConfig(host=args.host, port=args.port, log_path=args.log, storage_url=args.storage_url)
+    with EmbeddedBroker(config) as broker:
         ready = {"bootstrap": broker.bootstrap, "storage": broker.config.storage_url}
         print(json.dumps(ready) if args.json else f"broker ready on {broker.bootstrap}", flush=True)
         while not stop.wait(0.5):
@@ -72,6 +73,9 @@ def register(commands, bench) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9092, help="0 picks a free port")
     p.add_argument("--log", default=None, help="file for the broker's own log")
+    p.add_argument("--storage-url", default="memory://tansu/",
+                   help="memory://tansu/ (lost on exit) or s3://BUCKET/ (durable; needs AWS_ENDPOINT, "
+                        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and, for http, AWS_ALLOW_HTTP=true)")
 
     topics = commands.add_parser("topics", help="create or list the topics of the registry")
     sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)

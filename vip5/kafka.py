@@ -39,6 +39,17 @@ class KafkaConfig:
     heartbeat_interval_ms: int = 2_000
     max_poll_interval_ms: int = 300_000
     request_timeout_ms: int = 30_000
+    # When the broker goes away: reconnect attempts back off exponentially (with jitter) from
+    # reconnect_backoff_ms to reconnect_backoff_max_ms; a produced record is retried until
+    # delivery_timeout_ms, and only then reported failed (workers never commit past a failed send).
+    reconnect_backoff_ms: int = 50
+    reconnect_backoff_max_ms: int = 5_000
+    delivery_timeout_ms: int = 120_000
+    # Broker-side producer idempotence. Off by default: every consumer here tolerates repeats
+    # (ids derived from events), and Tansu persists a producer's sequence number before the
+    # records, so after a broker crash a retried batch is answered "duplicate" (which clients
+    # count as delivered) although it was never stored. Turn on for Apache Kafka if you like.
+    idempotent_producer: bool = False
     max_message_bytes: int = LIMITS.max_message_bytes
 
     def __post_init__(self) -> None:
@@ -50,6 +61,10 @@ class KafkaConfig:
             raise ValueError("sasl_mechanism: required with a SASL security_protocol")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms: must be at most a third of session_timeout_ms")
+        if self.reconnect_backoff_max_ms < self.reconnect_backoff_ms:
+            raise ValueError("reconnect_backoff_max_ms: must be at least reconnect_backoff_ms")
+        if self.delivery_timeout_ms < self.request_timeout_ms:
+            raise ValueError("delivery_timeout_ms: must be at least request_timeout_ms")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> KafkaConfig:
@@ -59,7 +74,7 @@ class KafkaConfig:
         for f in dataclasses.fields(cls):
             raw = environ.get(f"VIP5_KAFKA_{f.name.upper()}")
             if raw is not None:
-                values[f.name] = int(raw) if f.type == "int" else raw
+                values[f.name] = _parse(raw, f.type, f.name)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -73,6 +88,8 @@ class KafkaConfig:
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
+            "reconnect_backoff_ms": self.reconnect_backoff_ms,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
         }
         optional = {
             "sasl_mechanism": self.sasl_mechanism,
@@ -89,11 +106,22 @@ class KafkaConfig:
         return ";".join(f"kafka://{host}" for host in self.bootstrap_servers.split(","))
 
 
+def _parse(raw: str, type_name: str, name: str):
+    if type_name == "int":
+        return int(raw)
+    if type_name == "bool":
+        if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ValueError(f"VIP5_KAFKA_{name.upper()}: expected true/false, got {raw!r}")
+        return raw.lower() in ("1", "true", "yes")
+    return raw
+
+
 def producer(cfg: KafkaConfig, **overrides):
     from kafka import KafkaProducer
 
     settings = {"acks": "all", "linger_ms": 5, "max_request_size": cfg.max_message_bytes,
-                "retries": 5, **cfg.common(), **overrides}
+                "delivery_timeout_ms": cfg.delivery_timeout_ms, "enable_idempotence": cfg.idempotent_producer,
+                **cfg.common(), **overrides}
     return KafkaProducer(**settings)
 
 

@@ -3,6 +3,7 @@
     with LocalStack(StackConfig(work_dir=..., model_dir=...)) as stack:
         stack.kafka, stack.topics      # how to reach it
         stack.send(spec, key, payload) # publish raw bytes to a registry topic
+        stack.restart_broker(kill=True)  # with durable_broker=True: a crash that loses nothing
 
 Used by `vip5 demo` and the pipeline/adapter/fault benches. Workers run as separate processes
 (`vip5 streams`, `vip5 serve`, optionally `vip5 trainer`) exactly as they would in production.
@@ -16,6 +17,7 @@ from pathlib import Path
 from schemas.topics import TopicConfig, TopicSpec
 from vip5.broker import BrokerConfig, EmbeddedBroker
 from vip5.kafka import KafkaConfig, create_topics, producer
+from vip5.object_store import LocalObjectStore
 from vip5.processes import WorkerProcess
 
 # Tansu joins a consumer group in about half the session timeout: short sessions start quickly.
@@ -37,18 +39,24 @@ class StackConfig:
     trainer_args: tuple[str, ...] | None = None  # None: no adapter trainer
     start_timeout_s: float = 180.0
     extra_env: dict = field(default_factory=dict)
+    durable_broker: bool = False  # broker storage in a local S3 store (vip5.object_store), not memory
 
 
 class LocalStack:
     def __init__(self, cfg: StackConfig):
         self.cfg = cfg
-        self.broker = EmbeddedBroker(BrokerConfig(port=0, log_path=str(cfg.work_dir / "logs" / "broker.log")))
+        self.store = LocalObjectStore() if cfg.durable_broker else None
+        storage = dict(storage_url=self.store.storage_url, storage_env=self.store.env) if self.store else {}
+        self.broker = EmbeddedBroker(BrokerConfig(port=0, log_path=str(cfg.work_dir / "logs" / "broker.log"),
+                                                  **storage))
         self.topics = TopicConfig(prefix=cfg.topic_prefix, partitions=cfg.partitions)
         self.kafka: KafkaConfig | None = None
         self.workers: dict[str, WorkerProcess] = {}
         self._producer = None
 
     def __enter__(self) -> LocalStack:
+        if self.store is not None:
+            self.store.start()
         self.broker.start()
         try:
             self.kafka = KafkaConfig(bootstrap_servers=self.broker.bootstrap, session_timeout_ms=SESSION_MS,
@@ -99,10 +107,17 @@ class LocalStack:
         old.kill() if kill else old.stop()
         self.workers[name] = WorkerProcess(old.args, log_path=old.log_path, env=old.env).start()
 
-    def send(self, spec: TopicSpec, key: str | bytes, payload: bytes) -> None:
+    def restart_broker(self, *, kill: bool = True, down_s: float = 1.0) -> None:
+        """Crash (or stop) the broker and bring it back on the same address after `down_s`."""
+        if self.store is None:
+            raise RuntimeError("restarting a memory-storage broker loses every topic: use durable_broker=True")
+        self.broker.restart(kill=kill, down_s=down_s)
+
+    def send(self, spec: TopicSpec, key: str | bytes, payload: bytes):
+        """Publish; returns kafka-python's future (acknowledged once `.succeeded()` after a flush)."""
         if self._producer is None:
             self._producer = producer(self.kafka)
-        self._producer.send(self.topics.name(spec), key=key if isinstance(key, bytes) else key.encode(),
+        return self._producer.send(self.topics.name(spec), key=key if isinstance(key, bytes) else key.encode(),
                             value=payload)
 
     def publish_products(self, products, *, wait_s: float = 180.0) -> int:
@@ -133,3 +148,5 @@ class LocalStack:
         for worker in self.workers.values():
             worker.stop()
         self.broker.stop()
+        if self.store is not None:
+            self.store.stop()

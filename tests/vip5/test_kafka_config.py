@@ -1,0 +1,54 @@
+"""One KafkaConfig reaches every client: security and reconnection settings pass through unchanged."""
+
+import pytest
+
+from vip5.kafka import KafkaConfig
+
+
+def test_security_settings_pass_through_to_every_client():
+    cfg = KafkaConfig(bootstrap_servers="b1:9093,b2:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                      sasl_username="svc", sasl_password="secret", ssl_cafile="/etc/ca.pem")
+    common = cfg.common()
+    assert common["bootstrap_servers"] == ["b1:9093", "b2:9093"]
+    assert common["security_protocol"] == "SASL_SSL"
+    assert common["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (common["sasl_plain_username"], common["sasl_plain_password"]) == ("svc", "secret")
+    assert common["ssl_cafile"] == "/etc/ca.pem"
+    assert "ssl_certfile" not in common  # unset settings are left to the client's defaults
+
+
+def test_reconnection_backs_off_between_the_configured_bounds():
+    common = KafkaConfig(reconnect_backoff_ms=100, reconnect_backoff_max_ms=2000).common()
+    assert (common["reconnect_backoff_ms"], common["reconnect_backoff_max_ms"]) == (100, 2000)
+
+
+def test_environment_variables_configure_the_clients():
+    cfg = KafkaConfig.from_env({"VIP5_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092", "VIP5_KAFKA_SESSION_TIMEOUT_MS": "9000",
+                                "VIP5_KAFKA_IDEMPOTENT_PRODUCER": "true", "VIP5_KAFKA_SECURITY_PROTOCOL": "SSL"})
+    assert cfg.bootstrap_servers == "kafka:9092"
+    assert cfg.session_timeout_ms == 9000
+    assert cfg.idempotent_producer is True
+    assert cfg.security_protocol == "SSL"
+
+
+def test_explicit_values_override_the_environment():
+    cfg = KafkaConfig.from_env({"VIP5_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"}, bootstrap_servers="127.0.0.1:19092")
+    assert cfg.bootstrap_servers == "127.0.0.1:19092"
+
+
+@pytest.mark.parametrize("env, field", [
+    ({"VIP5_KAFKA_IDEMPOTENT_PRODUCER": "maybe"}, "VIP5_KAFKA_IDEMPOTENT_PRODUCER"),
+    ({"VIP5_KAFKA_SECURITY_PROTOCOL": "TLS"}, "security_protocol"),
+    ({"VIP5_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "sasl_mechanism"),
+    ({"VIP5_KAFKA_RECONNECT_BACKOFF_MS": "500", "VIP5_KAFKA_RECONNECT_BACKOFF_MAX_MS": "100"},
+     "reconnect_backoff_max_ms"),
+    ({"VIP5_KAFKA_DELIVERY_TIMEOUT_MS": "1000"}, "delivery_timeout_ms"),
+])
+def test_bad_settings_are_refused_with_the_setting_named(env, field):
+    with pytest.raises(ValueError, match=field):
+        KafkaConfig.from_env(env)
+
+
+def test_producers_are_not_idempotent_by_default():
+    """Tansu answers a retried batch 'duplicate' after a crash although it never stored it."""
+    assert KafkaConfig().idempotent_producer is False
