@@ -48,3 +48,29 @@ def test_compose_publishes_ports_on_loopback_only():
     for name, service in _compose()["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def _with_compose_defaults(value) -> str:
+    """What compose makes of `${VAR:-default}` when VAR is unset."""
+    import re
+
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def test_compose_environment_with_nothing_set_is_a_valid_worker_configuration():
+    from vip5.kafka import KafkaConfig
+
+    env = {k: _with_compose_defaults(v) for k, v in _compose()["services"]["streams"]["environment"].items()}
+    cfg = KafkaConfig.from_env(env)
+    assert cfg.bootstrap_servers == "kafka:9092"
+    assert cfg.security_protocol == "PLAINTEXT" and cfg.sasl_mechanism is None and cfg.ssl_cafile is None
+    assert cfg.idempotent_producer is True  # Apache Kafka keeps producer sequences with the records
+    assert env["VIP5_LOG_FORMAT"] == "json"
+
+
+def test_compose_workers_have_health_checks_and_time_to_finish_their_batch():
+    services = _compose()["services"]
+    for name in ("streams", "model-worker", "model-worker-cpu"):
+        assert "/healthz" in " ".join(services[name]["healthcheck"]["test"])
+        assert "--metrics-port" in services[name]["command"]
+        assert services[name]["stop_grace_period"]

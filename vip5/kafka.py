@@ -73,7 +73,7 @@ class KafkaConfig:
         values = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(f"VIP5_KAFKA_{f.name.upper()}")
-            if raw is not None:
+            if raw:  # unset or empty (compose passes unset variables as ""): keep the default
                 values[f.name] = _parse(raw, f.type, f.name)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
