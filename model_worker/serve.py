@@ -1,14 +1,33 @@
 """The model worker's serving loop: re-rank requests in micro-batches, publish recommendations.
 
-    rerank-requests (RerankRequest) ──► decode ──► Ranker (VIP5) ──► recommendations (Recommendation)
-    undecodable or failing records  ──► dead-letter (DeadLetter)
+    rerank-requests (RerankRequest) ──► poll ──► buffer ──► batch ──► decode ──► Ranker (VIP5)
+                                        (main thread)       (scoring thread)        │
+    commit {partition: last offset + 1} ◄── flush ◄── recommendations (Recommendation)
+    undecodable or failing records ──► dead-letter (DeadLetter)
 
-A kafka-python consumer group on the request topic; each poll returns at most `max_batch`
-records and waits at most `max_wait_ms`, so a batch closes on size or time. Offsets are committed
-only after the batch's recommendations are acknowledged by the broker (at-least-once). A request
-id served recently is not scored again (redelivery after a restart may still repeat it: the
-request id makes that recognisable downstream). On stop, the current batch finishes, its offsets
-are committed, and the clients close.
+Two threads share the work; only the main thread touches the KafkaConsumer (it is not
+thread-safe). The main thread polls into a bounded in-memory buffer and hands one micro-batch at a
+time to a single scoring thread; it keeps polling while that batch is scored, so a slow model never
+stretches the time between polls past `max_poll_interval_ms` (no leave, no rebalance). A batch
+closes when it holds `max_batch` records or its oldest record has waited `max_wait_ms`.
+
+Backpressure: records held = buffered + being scored. Each poll asks for at most
+`max_buffered - held` records, so held never exceeds `max_buffered`. At `max_buffered` every
+assigned partition is paused; polls go on (they return nothing from paused partitions and keep the
+member in its group) and the partitions resume once held drops to `max_buffered // 2`, so a slow
+model does not flap pause/resume on every batch.
+
+Offsets: once a batch's outputs are sent and `producer.flush()` returned, the main thread commits,
+per partition, the offset after the batch's last record. Never the fetch position, which runs
+ahead of the buffer (at-least-once). A request id served recently is not scored again
+(redelivery after a restart may still repeat it: the request id makes that recognisable).
+
+Rebalance (`Handover`): before partitions are revoked, the batch in flight finishes and is
+committed, and buffered records of those partitions are dropped: the next owner reads them from the
+committed offset (a partition assigned back to this member resumes at its first dropped record).
+Lost partitions (the member was evicted) are dropped without a commit. A new assignment starts
+unpaused; the next turn pauses it again if the buffer is still full. On stop, the batch in flight
+finishes and is committed, buffered records are left to the next owner, the clients close.
 
 The image features come from the worker's own catalogue replica (index.replica), fed by the
 compacted item-embeddings topic.
@@ -19,21 +38,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from kafka import AsyncConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
 from schemas.records import DeadLetter, RankedItem, Recommendation, RerankRequest
-from schemas.topics import DEAD_LETTER, RECOMMENDATIONS, TopicConfig
+from schemas.topics import DEAD_LETTER, RECOMMENDATIONS, RERANK_REQUESTS, TopicConfig
 from vip5.kafka import KafkaConfig
 from vip5.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+IN_FLIGHT_POLL_MS = 10  # poll timeout while a batch is scored: how soon a finished batch is committed
+
+Offsets = dict[TopicPartition, OffsetAndMetadata]
 
 
 class Ranker(Protocol):
@@ -60,6 +87,9 @@ class ServeConfig:
     top_n: int = 10  # items per recommendation
     explain_top: bool = False  # attach a generated explanation to the top item
     served_ids_kept: int = 100_000  # recent request ids remembered to skip repeats
+    # Records held in memory (buffered + being scored); at this many the partitions pause, and
+    # they resume at half. None: 4 * max_batch.
+    max_buffered: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "top_n", "served_ids_kept"):
@@ -67,6 +97,16 @@ class ServeConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms: must be >= 0, got {self.max_wait_ms}")
+        if self.max_buffered is None:
+            object.__setattr__(self, "max_buffered", 4 * self.max_batch)
+        if self.max_buffered < self.max_batch:
+            raise ValueError(f"max_buffered: must hold a whole batch (>= max_batch {self.max_batch}), "
+                             f"got {self.max_buffered}")
+
+    @property
+    def resume_at(self) -> int:
+        """Paused partitions resume once the records held drop to this many."""
+        return self.max_buffered // 2
 
 
 def now_ms() -> int:
@@ -92,8 +132,102 @@ def items_of(requests: Sequence[RerankRequest]) -> list[str]:
     return list(seen)
 
 
+def names(partitions: Collection[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+def offsets_after(messages: Sequence) -> Offsets:
+    """The commit that covers `messages`: per partition, the offset after its last record."""
+    last: dict[TopicPartition, object] = {}
+    for message in messages:
+        tp = TopicPartition(message.topic, message.partition)
+        if tp not in last or message.offset > last[tp].offset:
+            last[tp] = message
+    return {tp: OffsetAndMetadata(m.offset + 1, "", m.leader_epoch if m.leader_epoch is not None else -1)
+            for tp, m in last.items()}
+
+
+class Backlog:
+    """Polled records waiting for a batch, oldest first, each with the time its poll returned."""
+
+    def __init__(self) -> None:
+        self._records: deque[tuple[float, object]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, messages: Sequence, now_s: float) -> None:
+        self._records.extend((now_s, m) for m in messages)
+
+    def due_in_s(self, now_s: float, max_wait_s: float) -> float:
+        """Seconds until the oldest record's batch closes on time (max_wait_s when empty)."""
+        if not self._records:
+            return max_wait_s
+        return max(0.0, self._records[0][0] + max_wait_s - now_s)
+
+    def ready(self, now_s: float, *, max_batch: int, max_wait_s: float) -> bool:
+        """A batch closes on size (max_batch records) or time (its oldest waited max_wait_s)."""
+        return len(self._records) >= max_batch or (bool(self._records) and self.due_in_s(now_s, max_wait_s) == 0)
+
+    def take(self, n: int) -> list:
+        return [self._records.popleft()[1] for _ in range(min(n, len(self._records)))]
+
+    def drop(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
+        """Forget the records of `partitions`. Returns, per partition, the first offset dropped: every
+        record before it was handed to a batch, so its next owner resumes there."""
+        kept: deque[tuple[float, object]] = deque()
+        first: dict[TopicPartition, int] = {}
+        for polled_at, message in self._records:
+            tp = TopicPartition(message.topic, message.partition)
+            if tp not in partitions:
+                kept.append((polled_at, message))
+            elif tp not in first or message.offset < first[tp]:
+                first[tp] = message.offset
+        self._records = kept
+        return first
+
+
+@dataclass
+class Batch:
+    """A micro-batch handed to the scoring thread; `future` resolves to the offsets it covers."""
+
+    messages: list
+    future: Future
+
+
+class Handover(AsyncConsumerRebalanceListener):
+    """Rebalance hooks: finish and commit the batch in flight before partitions move.
+
+    kafka-python runs these hooks on its IO thread (the main thread waits inside poll meanwhile),
+    where a blocking `commit()` is refused; as coroutines they await `commit_async` instead, so the
+    commit lands before the group moves on.
+    """
+
+    def __init__(self, server: ModelServer):
+        self.server = server
+
+    async def on_partitions_revoked(self, revoked):
+        offsets = self.server.release(revoked, reason="revoked")
+        if not offsets:
+            return
+        try:
+            await self.server.consumer.commit_async(offsets)
+        except KafkaError as err:  # the batch is published: its records are served again by the next owner
+            self.server.stats["commit_failures"] += 1
+            log.warning("commit before hand-over failed (%s); the next owner serves those records again", err)
+
+    async def on_partitions_lost(self, lost):
+        self.server.release(lost, reason="lost")  # evicted: the group moved on, nothing can be committed
+
+    async def on_partitions_assigned(self, assigned):
+        self.server.assigned(assigned)
+
+
 class ModelServer:
-    """One serving loop; `ranker` may be swapped between batches with `swap_ranker`."""
+    """One serving loop; `ranker` may be swapped between batches with `swap_ranker`.
+
+    Subscribes `consumer` to the request topic with its `Handover` listener.
+    """
 
     def __init__(self, cfg: ServeConfig, ranker: Ranker, replica, *, consumer, producer,
                  metrics: WorkerMetrics | None = None):
@@ -105,11 +239,23 @@ class ModelServer:
         self._swap_lock = threading.Lock()
         self.consumer, self.producer = consumer, producer
         self.stats: Counter = Counter()
-        self._served: OrderedDict[str, None] = OrderedDict()
+        self._served: OrderedDict[str, None] = OrderedDict()  # touched by the scoring thread only
+        self._backlog = Backlog()
+        self._in_flight: Batch | None = None
+        self._rewind: dict[TopicPartition, int] = {}  # first dropped offset per released partition
+        self._state_lock = threading.Lock()  # backlog and in-flight batch: the rebalance hooks run on another thread
+        self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vip5-scorer")
+        consumer.subscribe([cfg.topics.name(RERANK_REQUESTS)], listener=Handover(self))
 
     @property
     def ranker(self) -> Ranker:
         return self._ranker
+
+    @property
+    def held(self) -> int:
+        """Records polled and not yet committed: buffered plus being scored."""
+        in_flight = self._in_flight
+        return len(self._backlog) + (len(in_flight.messages) if in_flight is not None else 0)
 
     def swap_ranker(self, ranker: Ranker) -> None:
         """Install `ranker` before the next batch; the batch in flight finishes on the old one."""
@@ -136,13 +282,121 @@ class ModelServer:
                 log.info("now serving adapter %s", self._ranker.adapter_version)
 
     def step(self) -> int:
-        """Poll one batch, serve it, publish, commit. Returns how many records it handled."""
-        self.step_swap()
-        polled = self.consumer.poll(timeout_ms=self.cfg.max_wait_ms, max_records=self.cfg.max_batch)
+        """One turn of the loop: commit a finished batch, start the next, apply backpressure, poll.
+
+        Returns how many records this turn committed. Raises what a batch raised (that batch is
+        not committed).
+        """
+        committed = self._collect()
+        self._start_batch()
+        self._apply_backpressure()
+        self._poll()
+        return committed
+
+    def _collect(self) -> int:
+        with self._state_lock:
+            batch = self._in_flight
+            if batch is None or not batch.future.done():
+                return 0
+            self._in_flight = None
+        self._commit(batch.future.result())
+        return len(batch.messages)
+
+    def _start_batch(self) -> None:
+        with self._state_lock:
+            if self._in_flight is not None:
+                return
+            self.step_swap()
+            if not self._backlog.ready(time.monotonic(), max_batch=self.cfg.max_batch,
+                                       max_wait_s=self.cfg.max_wait_ms / 1000):
+                return
+            messages = self._backlog.take(self.cfg.max_batch)
+            self._in_flight = Batch(messages, self._scorer.submit(self._handle, messages))
+
+    def _apply_backpressure(self) -> None:
+        """Pause every assigned partition at max_buffered records held; resume at resume_at."""
+        held, paused = self._note_held(), self.consumer.paused()
+        if held >= self.cfg.max_buffered:
+            unpaused = self.consumer.assignment() - paused
+            if unpaused:
+                self.consumer.pause(*unpaused)
+                self.stats["pauses"] += 1
+                self.metrics.partition_pauses.inc()
+        elif paused and held <= self.cfg.resume_at:
+            self.consumer.resume(*paused)
+            self.stats["resumes"] += 1
+
+    def _poll(self) -> None:
+        free = self.cfg.max_buffered - self.held  # paused when 0: the poll then returns nothing
+        polled = self.consumer.poll(timeout_ms=self._poll_timeout_ms(), max_records=max(free, 1))
         messages = [m for records in polled.values() for m in records]
+        if messages:
+            with self._state_lock:
+                self._backlog.add(messages, time.monotonic())
+            self._note_held()
         self.metrics.update_lag(self.consumer)
-        if not messages:
-            return 0
+
+    def _poll_timeout_ms(self) -> int:
+        if self._in_flight is not None:
+            return min(self.cfg.max_wait_ms, IN_FLIGHT_POLL_MS)
+        return round(self._backlog.due_in_s(time.monotonic(), self.cfg.max_wait_ms / 1000) * 1000)
+
+    def _note_held(self) -> int:
+        held = self.held
+        self.metrics.buffered_records.set(held)
+        self.stats["held_peak"] = max(self.stats["held_peak"], held)
+        return held
+
+    def _commit(self, offsets: Offsets) -> None:
+        """Commit offsets of partitions still assigned (a partition that moved is its new owner's)."""
+        assigned = self.consumer.assignment()
+        owned = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not owned:
+            return
+        try:
+            self.consumer.commit(owned)
+        except CommitFailedError as err:  # evicted meanwhile: the outputs are out, the next owner repeats them
+            self.stats["commit_failures"] += 1
+            log.warning("commit failed (%s); the next owner serves those records again", err)
+
+    def release(self, partitions: Collection[TopicPartition], *, reason: str) -> Offsets:
+        """Before `partitions` move: wait for the batch in flight and drop their buffered records.
+
+        Returns the finished batch's offsets, for the caller to commit while it still owns them.
+        """
+        if not partitions:
+            return {}
+        with self._state_lock:
+            batch, self._in_flight = self._in_flight, None
+            dropped = self._backlog.drop(set(partitions))
+            self._rewind.update(dropped)
+        offsets = batch.future.result() if batch is not None else {}
+        self.stats[reason] += 1
+        self._note_held()
+        log.info("partitions %s: %s; finished a batch of %d, dropped buffered records from %s", reason,
+                 names(partitions), len(batch.messages) if batch is not None else 0,
+                 {f"{tp.topic}[{tp.partition}]": offset for tp, offset in dropped.items()})
+        return offsets
+
+    def assigned(self, partitions: Collection[TopicPartition]) -> None:
+        """Start a new assignment unpaused, each partition at its first record not yet handed to a batch.
+
+        kafka-python keeps the fetch position and paused flag of a partition that is revoked and
+        assigned again in one rebalance; without the seek, the records dropped on revoke would be
+        skipped. The next turn pauses the partitions again if the buffer is still full.
+        """
+        with self._state_lock:
+            rewind, self._rewind = self._rewind, {}
+        for tp in set(partitions) & set(rewind):
+            self.consumer.seek(tp, rewind[tp])
+        paused = self.consumer.paused() & set(partitions)
+        if paused:
+            self.consumer.resume(*paused)
+        self.stats["assigned"] += 1
+        log.info("partitions assigned: %s", names(partitions))
+
+    def _handle(self, messages: list) -> Offsets:
+        """Score one batch, publish its outputs, flush (scoring thread). Returns the offsets it covers."""
         self.metrics.records_in.labels(topic=messages[0].topic).inc(len(messages))
         self.metrics.batch_size.labels(stage="rerank").observe(len(messages))
         pairs = self._decode(messages)
@@ -150,9 +404,8 @@ class ModelServer:
             with self.metrics.stage_seconds.labels(stage="rerank").time():
                 self._serve(pairs)
         self.producer.flush()
-        self.consumer.commit()
         self.stats["batches"] += 1
-        return len(messages)
+        return offsets_after(messages)
 
     def _decode(self, messages) -> list[tuple[object, RerankRequest]]:
         requests: dict[str, tuple[object, RerankRequest]] = {}
@@ -222,10 +475,14 @@ class ModelServer:
         log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
 
     def close(self) -> None:
+        """Finish and commit the batch in flight, then close; buffered records stay uncommitted."""
         try:
-            self.producer.flush()
-            self.consumer.commit()
+            with self._state_lock:
+                batch, self._in_flight = self._in_flight, None
+            if batch is not None:
+                self._commit(batch.future.result())
         finally:
+            self._scorer.shutdown(wait=True)
             self.consumer.close()
             self.producer.close()
         log.info("model worker stopped: %s", dict(self.stats))

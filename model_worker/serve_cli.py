@@ -21,7 +21,7 @@ def run_serve(args: argparse.Namespace) -> dict:
     serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topics,
                             group_id=args.group_id or f"{topics.prefix}model-worker",
                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, top_n=args.top_n,
-                            explain_top=args.explain)
+                            explain_top=args.explain, max_buffered=args.max_buffered)
     from model_worker.rerank import RerankConfig
 
     ranker_cfg = RankerConfig(model_dir=model_dir, device=args.device,
@@ -39,6 +39,9 @@ def register(commands, bench) -> None:
                    help="consumer group of the model workers (default: <topic prefix>model-worker)")
     p.add_argument("--max-batch", type=int, default=16, help="requests scored together")
     p.add_argument("--max-wait-ms", type=int, default=50, help="longest wait for a batch to fill")
+    p.add_argument("--max-buffered", type=int, default=None,
+                   help="requests held in memory (buffered + being scored); at this many the worker pauses "
+                        "its partitions and keeps polling, and resumes at half (default: 4 x --max-batch)")
     p.add_argument("--top-n", type=int, default=10, help="items per recommendation")
     p.add_argument("--explain", action="store_true", help="attach a generated explanation to the top item")
     p.add_argument("--metrics-port", type=int, default=None,

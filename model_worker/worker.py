@@ -1,7 +1,8 @@
 """Runs one model worker process: catalogue replica, VIP5 ranker, serving loop.
 
     run_model_worker(ServeConfig, RankerConfig) blocks until SIGINT/SIGTERM; the batch in flight
-    finishes, its offsets are committed, the clients close.
+    finishes, its offsets are committed, buffered records are left to the next owner, the clients
+    close.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from index.item_index import IndexConfig
 from index.replica import CatalogReplica, embedding_follower
 from model_worker.ranker import RankerConfig, VIP5Ranker
 from model_worker.serve import ModelServer, ServeConfig
-from schemas.topics import ADAPTER_UPDATES, ITEM_EMBEDDINGS, RERANK_REQUESTS
+from schemas.topics import ADAPTER_UPDATES, ITEM_EMBEDDINGS
 from vip5.kafka import consumer, create_topics, producer
 from vip5.metrics import serve_metrics
 from vip5.tail import TopicTail
@@ -29,8 +30,7 @@ def build_server(cfg: ServeConfig, ranker: VIP5Ranker) -> tuple[ModelServer, Top
     feature_dim = ranker.model.config.image_feature_dim
     replica = CatalogReplica(IndexConfig(dim=feature_dim, kind="flat"))
     follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
-    requests = consumer(cfg.kafka, cfg.group_id, [cfg.topics.name(RERANK_REQUESTS)],
-                        max_poll_records=cfg.max_batch)
+    requests = consumer(cfg.kafka, cfg.group_id)  # the server subscribes it, with its rebalance listener
     server = ModelServer(cfg, ranker, replica, consumer=requests, producer=producer(cfg.kafka))
     return server, follower
 

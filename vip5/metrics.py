@@ -36,6 +36,12 @@ class WorkerMetrics:
                                            registry=r, buckets=LATENCY_BUCKETS_S)
         self.consumer_lag = Gauge("vip5_consumer_lag", "high watermark minus position", ["topic", "partition"],
                                   registry=r)
+        self.buffered_records = Gauge("vip5_buffered_records",
+                                      "records polled and not yet committed (buffered or being processed)",
+                                      registry=r)
+        self.partition_pauses = Counter("vip5_partition_pauses",
+                                        "times the assigned partitions were paused because the buffer was full",
+                                        registry=r)
         self.adapter_version = Gauge("vip5_adapter_version_info", "1 for the adapter version in use", ["version"],
                                      registry=r)
         self.adapter_swaps = Counter("vip5_adapter_swaps", "adapter versions swapped in", registry=r)
