@@ -109,6 +109,10 @@ class ServeConfig:
         return self.max_buffered // 2
 
 
+class PublishError(RuntimeError):
+    """The broker did not acknowledge a batch's outputs (after the producer's delivery timeout)."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -240,6 +244,7 @@ class ModelServer:
         self.consumer, self.producer = consumer, producer
         self.stats: Counter = Counter()
         self._served: OrderedDict[str, None] = OrderedDict()  # touched by the scoring thread only
+        self._sends: list = []  # the batch's producer futures (scoring thread only)
         self._backlog = Backlog()
         self._in_flight: Batch | None = None
         self._rewind: dict[TopicPartition, int] = {}  # first dropped offset per released partition
@@ -396,16 +401,35 @@ class ModelServer:
         log.info("partitions assigned: %s", names(partitions))
 
     def _handle(self, messages: list) -> Offsets:
-        """Score one batch, publish its outputs, flush (scoring thread). Returns the offsets it covers."""
+        """Score one batch, publish its outputs, flush (scoring thread). Returns the offsets it covers.
+
+        Raises PublishError if the broker did not acknowledge every output (the batch is then not
+        committed, and its requests are not remembered as served)."""
         self.metrics.records_in.labels(topic=messages[0].topic).inc(len(messages))
         self.metrics.batch_size.labels(stage="rerank").observe(len(messages))
+        self._sends = []
+        served: list[str] = []
         pairs = self._decode(messages)
         if pairs:
             with self.metrics.stage_seconds.labels(stage="rerank").time():
-                self._serve(pairs)
+                served = self._serve(pairs)
         self.producer.flush()
+        self._confirm_sends()
+        for request_id in served:
+            self._remember(request_id)
         self.stats["batches"] += 1
         return offsets_after(messages)
+
+    def _send(self, topic: str, key: bytes, value: bytes) -> None:
+        self._sends.append(self.producer.send(topic, key=key, value=value))
+
+    def _confirm_sends(self) -> None:
+        """After a flush: every send of the batch acknowledged, or PublishError."""
+        failed = [future.exception for future in self._sends if future.failed()]
+        total, self._sends = len(self._sends), []
+        if failed:
+            raise PublishError(f"{len(failed)} of {total} outputs of the batch were not acknowledged "
+                               f"(first: {failed[0]!r}); the batch is not committed")
 
     def _decode(self, messages) -> list[tuple[object, RerankRequest]]:
         requests: dict[str, tuple[object, RerankRequest]] = {}
@@ -421,7 +445,8 @@ class ModelServer:
             requests[request.request_id] = (message, request)
         return list(requests.values())
 
-    def _serve(self, pairs: list[tuple[object, RerankRequest]]) -> None:
+    def _serve(self, pairs: list[tuple[object, RerankRequest]]) -> list[str]:
+        """Rank and send; returns the request ids it sent a recommendation for."""
         ranker = self._ranker
         requests = [request for _, request in pairs]
         features = self.replica.features(items_of(requests))
@@ -436,11 +461,11 @@ class ModelServer:
         for (request, ranked), explanation in zip(served, explanations, strict=True):
             rec = recommendation_for(request, ranked, top_n=self.cfg.top_n, model_version=ranker.model_version,
                                      adapter_version=ranker.adapter_version, explanation=explanation)
-            self.producer.send(topic, key=request.user_id.encode(), value=encode(rec))
+            self._send(topic, request.user_id.encode(), encode(rec))
             self.metrics.records_out.labels(topic=topic).inc()
             self.metrics.freshness_seconds.observe((rec.publish_time_ms - rec.event_time_ms) / 1000)
-            self._remember(request.request_id)
         self.stats["requests"] += len(requests)
+        return [request.request_id for request, _ in served]
 
     def _explanations(self, ranker: Ranker, served: list, features) -> list[str | None]:
         """One batched explanation call for the top items of a batch; None where off or failing."""
@@ -469,7 +494,7 @@ class ModelServer:
     def _dead_letter(self, message, reason: str, stage: str) -> None:
         letter = DeadLetter.of(source_topic=message.topic, partition=message.partition, offset=message.offset,
                                raw=message.value, raw_key=message.key, reason=reason, stage=stage, now_ms=now_ms())
-        self.producer.send(self.cfg.topics.name(DEAD_LETTER), key=message.topic.encode(), value=encode(letter))
+        self._send(self.cfg.topics.name(DEAD_LETTER), message.topic.encode(), encode(letter))
         self.stats["dead_letters"] += 1
         self.metrics.dead_letters.labels(stage=stage).inc()
         log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)

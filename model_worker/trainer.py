@@ -165,6 +165,12 @@ def latest_update(kafka: KafkaConfig, topics: TopicConfig) -> AdapterUpdate | No
     return latest
 
 
+def announce(out, cfg: TrainerConfig, update: AdapterUpdate) -> None:
+    """Publish an adapter update and wait for the broker's acknowledgement (raises if it never comes)."""
+    out.send(cfg.topics.name(ADAPTER_UPDATES), key=b"adapter", value=encode(update)).get(
+        timeout=cfg.kafka.delivery_timeout_ms / 1000 + 5)
+
+
 def run_trainer(cfg: TrainerConfig, stop) -> dict:
     """The trainer process: consume interactions, run rounds, publish accepted versions."""
     from index.item_index import IndexConfig
@@ -184,8 +190,7 @@ def run_trainer(cfg: TrainerConfig, stop) -> dict:
     out = producer(cfg.kafka)
     if not store.manifests():  # the shipped adapter becomes v1, so every version can be rolled back to
         first = store.publish(model, version=BASE_VERSION, parent_version=None, metrics={}, backbone_id=backbone_id)
-        out.send(cfg.topics.name(ADAPTER_UPDATES), key=b"adapter", value=encode(first))
-        out.flush()
+        announce(out, cfg, first)
     trainer = AdapterTrainer(cfg, model, backbone_id=backbone_id, version=BASE_VERSION, store=store)
     current = latest_update(cfg.kafka, cfg.topics)
     if current is not None:
@@ -212,8 +217,7 @@ def run_trainer(cfg: TrainerConfig, stop) -> dict:
             catalogue = replica.index.ids()
             update = trainer.round(replica.features(catalogue), catalogue) if len(catalogue) >= 2 else None
             if update is not None:
-                out.send(cfg.topics.name(ADAPTER_UPDATES), key=b"adapter", value=encode(update))
-                out.flush()
+                announce(out, cfg, update)
                 published += 1
             events.commit()
     finally:

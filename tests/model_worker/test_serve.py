@@ -11,7 +11,7 @@ import pytest
 from kafka.future import Future as KafkaFuture
 from kafka.structs import TopicPartition
 
-from model_worker.serve import Backlog, ModelServer, ServeConfig
+from model_worker.serve import Backlog, ModelServer, PublishError, ServeConfig
 from schemas.codec import decode_any, encode
 from schemas.records import Candidate, DeadLetter, Recommendation, RerankRequest
 from schemas.topics import TopicConfig
@@ -122,12 +122,24 @@ class FakeConsumer:
         self.log.append("close")
 
 
+class Ack:
+    """What kafka-python's send returns, as seen after a flush."""
+
+    def __init__(self, exception=None):
+        self.exception = exception
+
+    def failed(self) -> bool:
+        return self.exception is not None
+
+
 class FakeProducer:
     def __init__(self, consumer_log):
         self.sent, self.flushed, self.log = [], [], consumer_log
+        self.delivery_error = None  # set: every send is reported failed after the flush
 
     def send(self, topic, key, value):
         self.sent.append((topic, decode_any(value)))
+        return Ack(self.delivery_error)
 
     def flush(self):
         self.flushed = list(self.sent)
@@ -415,3 +427,12 @@ def test_a_batch_that_fails_to_publish_stops_the_loop_and_is_not_committed():
         run_until(server, lambda: False)
     server.close()
     assert consumer.committed == {} and consumer.log[-1] == "close"
+
+
+def test_a_batch_whose_outputs_the_broker_did_not_acknowledge_is_not_committed():
+    server, consumer, producer = server_for([encode(request(1)), encode(request(2))], ByRetrievalScore())
+    producer.delivery_error = TimeoutError("delivery timed out while the broker was away")
+    with pytest.raises(PublishError, match="2 of 2 outputs"):
+        run_until(server, lambda: False)
+    server.close()
+    assert consumer.committed == {}
