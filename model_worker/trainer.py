@@ -26,8 +26,10 @@ from model_worker.artifacts import ArtifactStore
 from model_worker.rerank import RerankConfig, Reranker
 from model_worker.rerank import RerankRequest as ModelRequest
 from model_worker.tuning import ExampleConfig, TuneConfig, position_prompts, tune
+from schemas.codec import decode, encode
+from schemas.errors import SchemaError
 from schemas.records import AdapterUpdate, Interaction
-from schemas.topics import TopicConfig
+from schemas.topics import ADAPTER_UPDATES, INTERACTIONS, ITEM_EMBEDDINGS, TopicConfig
 from vip5.kafka import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -151,9 +153,6 @@ class AdapterTrainer:
 
 def latest_update(kafka: KafkaConfig, topics: TopicConfig) -> AdapterUpdate | None:
     """The newest valid record on the adapter-updates topic (its single partition is ordered)."""
-    from schemas.codec import decode
-    from schemas.errors import SchemaError
-    from schemas.topics import ADAPTER_UPDATES
     from vip5.kafka import read_topic
 
     latest = None
@@ -178,9 +177,6 @@ def run_trainer(cfg: TrainerConfig, stop) -> dict:
     from model_worker.ranker import BASE_VERSION
     from model_worker.vip5.checkpoint import backbone_sha256
     from model_worker.vip5.model import VIP5Model
-    from schemas.codec import decode, encode
-    from schemas.errors import SchemaError
-    from schemas.topics import ADAPTER_UPDATES, INTERACTIONS, ITEM_EMBEDDINGS
     from vip5.kafka import consumer, create_topics, producer
 
     create_topics(cfg.kafka, cfg.topics)
