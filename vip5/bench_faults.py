@@ -38,13 +38,28 @@ def _load(stack, catalogue, *, rate: float, duration_s: float, users: int, sent:
         time.sleep(max(0.0, start + n / rate - time.monotonic()))
 
 
-def _topic_counts(stack) -> dict:
-    """Records each stage left in its output topic (where a loss happened, if one did)."""
-    from schemas.topics import INTERACTIONS, RECOMMENDATIONS, RERANK_REQUESTS
+def _events_in(stack, spec, record) -> set[str]:
+    """Every interaction id the records of one topic reflect."""
+    from schemas.codec import decode
     from vip5.kafka import read_topic
 
-    return {spec.base_name: len(read_topic(stack.kafka, stack.topics.name(spec), timeout_s=60, idle_s=3))
-            for spec in (INTERACTIONS, RERANK_REQUESTS, RECOMMENDATIONS)}
+    messages = read_topic(stack.kafka, stack.topics.name(spec), timeout_s=60, idle_s=3)
+    return {e for m in messages for e in decode(m.value, record).event_ids}
+
+
+def _where_lost(stack, lost: list[str]) -> dict:
+    """Which stage dropped each lost interaction: never became a re-rank request (streams worker),
+    a request never answered (model worker), or answered but not seen by the subscriber."""
+    from schemas.records import Recommendation, RerankRequest
+    from schemas.topics import RECOMMENDATIONS, RERANK_REQUESTS
+
+    if not lost:
+        return {}
+    requested = _events_in(stack, RERANK_REQUESTS, RerankRequest)
+    answered = _events_in(stack, RECOMMENDATIONS, Recommendation)
+    return {"streams": [e for e in lost if e not in requested],
+            "model-worker": [e for e in lost if e in requested and e not in answered],
+            "subscriber": [e for e in lost if e in answered]}
 
 
 def _crash(stack, name: str, broker_down_s: float) -> None:
@@ -88,8 +103,8 @@ def run_faults(stack_cfg, catalogue, *, rate: float, duration_s: float, kills: i
             time.sleep(0.5)
         stop.set()
         collector.join(timeout=10)
-        in_topics = _topic_counts(stack)
-    reflected = {e for r in recs for e in r.event_ids}
+        reflected = {e for r in recs for e in r.event_ids}
+        lost_at = _where_lost(stack, sorted(set(sent) - reflected))
     by_id: dict[str, tuple] = {}
     inconsistent = 0
     for r in recs:
@@ -99,7 +114,7 @@ def run_faults(stack_cfg, catalogue, *, rate: float, duration_s: float, kills: i
             "lost": len(lost), "lost_event_ids": lost[:20], "duplicates": len(recs) - len(by_id),
             "duplicates_with_different_events": inconsistent,
             "recovery_s_max": round(max(recovery_s, default=0.0), 2),
-            "recovery_s_mean": round(sum(recovery_s) / max(1, len(recovery_s)), 2), "in_topics": in_topics}
+            "recovery_s_mean": round(sum(recovery_s) / max(1, len(recovery_s)), 2), "lost_at": lost_at}
 
 
 def run_bench_faults(args: argparse.Namespace) -> dict:
