@@ -68,6 +68,7 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
         producer_max_batch_size=1 if cfg.one_record_per_batch else 16384,
         producer_max_request_size=cfg.kafka.max_message_bytes,
         consumer_max_fetch_size=cfg.kafka.max_message_bytes,
+        stream_buffer_maxsize=cfg.stream_buffer_maxsize,
         web_enabled=False,
         web_bind="127.0.0.1",
         topic_allow_declare=True,

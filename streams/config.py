@@ -25,6 +25,8 @@ class StreamsConfig:
     coalesce_max: int = 64  # most interactions buffered per coalescing window
     image_batch_size: int = 16  # images embedded per micro-batch
     image_batch_wait_ms: int = 200  # longest wait to fill an image micro-batch
+    # Backpressure: faust stops fetching a partition while this many of its records wait unprocessed.
+    stream_buffer_maxsize: int = 1024
     popularity_half_life_s: float = 3600.0
     fresh_max_age_s: float = 7 * 86400.0
     # Tansu reports end offsets wrongly unless every produce batch holds one record; faust's
@@ -33,7 +35,8 @@ class StreamsConfig:
     replica_wait_s: float = 30.0  # how long start-up waits for the embeddings replica to catch up
 
     def __post_init__(self) -> None:
-        positive = ("history_len", "dedupe_window", "coalesce_max", "image_batch_size", "image_batch_wait_ms")
+        positive = ("history_len", "dedupe_window", "coalesce_max", "image_batch_size", "image_batch_wait_ms",
+                    "stream_buffer_maxsize")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
