@@ -7,7 +7,8 @@
 Agents are thin: decode, call a plain function (streams.logic, index.*), send. Values travel as
 raw bytes and are decoded here, so a bad record becomes a dead letter instead of an exception in
 faust's deserializer. Processing is at-least-once: faust commits an offset only after the agent
-has handled the event, and sends from an agent are flushed before the commit.
+has handled the event, and sends from an agent are flushed before the commit. Records faust skips
+after a crash are read back directly (streams.gaps) and handled before the message that follows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import faust
 from faust.types import TP
@@ -29,6 +31,7 @@ from schemas.errors import SchemaError
 from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert
 from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RERANK_REQUESTS
 from streams.config import StreamsConfig
+from streams.gaps import GapFiller
 from streams.logic import apply_interactions, build_request
 from vip5.metrics import WorkerMetrics
 
@@ -92,39 +95,26 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
                     stage, reason)
         await topic[DEAD_LETTER].send(key=message.topic.encode(), value=encode(letter))
 
-    last_offset: dict[tuple[str, int], int] = {}
-    reread: set[tuple[str, int, int]] = set()
+    gaps = GapFiller(cfg.kafka, cfg.app_id,
+                     committed=lambda t, p: app.consumer._committed_offset.get(TP(t, p)))  # no public getter
 
-    async def check_offset_gap(event) -> None:
-        """Re-read offsets skipped within a partition.
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender, revoked, **kwargs) -> None:
+        gaps.forget(revoked)
 
-        faust can deliver a prefetched message and then resume after it when it seeks to the
-        committed offsets at start-up or rebalance (faust-streaming/faust#216, #221), or start one
-        past the committed offset; its commit check lets a one-message hole right after the committed
-        offset through, so the skipped interaction would be lost. Our
-        topics have no gaps of their own, so the worker seeks back once per gap; re-delivered events
-        are duplicates, which the history table recognises. A gap that reappears after the re-read
-        (control records of transactional producers) is accepted.
-        """
-        message = event.message
-        tp = (message.topic, message.partition)
-        previous = last_offset.get(tp)
-        if previous is None:  # first message here: it should be the committed (next-to-read) offset
-            committed = app.consumer._committed_offset.get(TP(*tp))  # faust has no public getter
-            previous = None if committed is None else committed - 1
-        last_offset[tp] = message.offset
-        if previous is None or message.offset <= previous + 1 or (*tp, previous + 1) in reread:
-            return
-        reread.add((*tp, previous + 1))
-        ctx.stats["offset_gaps"] += 1
-        log.warning("offset gap on %s[%d]: %d -> %d; re-reading from %d", message.topic, message.partition,
-                    previous, message.offset, previous + 1)
-        await app.consumer.seek(TP(message.topic, message.partition), previous + 1)
+    async def with_skipped(events) -> list:
+        """`events`, each preceded by the records faust skipped before it on its partition."""
+        out = []
+        for event in events:
+            for record in await gaps.missing_before(event.message):
+                out.append(SimpleNamespace(message=record, value=record.value, key=record.key))
+                ctx.stats["offset_gap_records"] += 1
+            out.append(event)
+        return out
 
     async def decoded(events, record_type):
         good = []
-        for event in events:
-            await check_offset_gap(event)
+        for event in await with_skipped(events):
             try:
                 good.append((event, decode(event.value, record_type)))
             except SchemaError as err:

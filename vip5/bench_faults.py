@@ -50,14 +50,18 @@ def _events_in(stack, spec, record) -> set[str]:
 def _where_lost(stack, lost: list[str]) -> dict:
     """Which stage dropped each lost interaction: never became a re-rank request (streams worker),
     a request never answered (model worker), or answered but not seen by the subscriber."""
-    from schemas.records import Recommendation, RerankRequest
-    from schemas.topics import RECOMMENDATIONS, RERANK_REQUESTS
+    from schemas.codec import decode
+    from schemas.records import Interaction, Recommendation, RerankRequest
+    from schemas.topics import INTERACTIONS, RECOMMENDATIONS, RERANK_REQUESTS
+    from vip5.kafka import read_topic
 
     if not lost:
         return {}
     requested = _events_in(stack, RERANK_REQUESTS, RerankRequest)
     answered = _events_in(stack, RECOMMENDATIONS, Recommendation)
-    return {"streams": [e for e in lost if e not in requested],
+    at = {decode(m.value, Interaction).event_id: f"{m.topic}[{m.partition}]@{m.offset}"
+          for m in read_topic(stack.kafka, stack.topics.name(INTERACTIONS), timeout_s=60, idle_s=3)}
+    return {"streams": [f"{e} ({at.get(e)})" for e in lost if e not in requested],
             "model-worker": [e for e in lost if e in requested and e not in answered],
             "subscriber": [e for e in lost if e in answered]}
 
