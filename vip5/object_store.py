@@ -4,19 +4,22 @@
         BrokerConfig(storage_url=store.storage_url, storage_env=store.env)
 
 Tansu keeps topics, offsets and group state in the object store (`s3://BUCKET/`), so the broker
-process can crash or restart and come back with every acknowledged record. moto (a dev
-dependency: `pip install -e .[dev]`) keeps its objects in its own memory: data outlives broker
-restarts, not the store. Production points `s3://` at a real S3-compatible service with the
-AWS_* variables of `env` (see the README).
+process can crash or restart and come back with every acknowledged record. The store is its own
+process (`python -m moto.server`), like a real object store beside the broker, so nothing in the
+caller's process can slow it down. moto (a dev dependency: `pip install -e .[dev]`) keeps its
+objects in memory: data outlives broker restarts, not the store. Production points `s3://` at a
+real S3-compatible service with the AWS_* variables of `env` (see the README).
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 
-from vip5.broker import free_port
+from vip5.broker import free_port, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +28,21 @@ log = logging.getLogger(__name__)
 class ObjectStoreConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0 picks a free port
-    bucket: str | None = None  # None: a fresh bucket per store (moto's state is shared in a process)
+    bucket: str | None = None  # None: a fresh bucket per store
     access_key: str = "local"
     secret_key: str = "local"
     region: str = "us-east-1"
+    startup_timeout_s: float = 30.0
 
 
 class LocalObjectStore:
-    """moto's S3 server in a background thread, with the broker's bucket created."""
+    """moto's S3 server as a child process, with the broker's bucket created."""
 
     def __init__(self, config: ObjectStoreConfig = ObjectStoreConfig()):
         self.config = config
         self.port = config.port or free_port(config.host)
         self.bucket = config.bucket or f"tansu-{uuid.uuid4().hex[:12]}"
-        self._server = None
+        self._process: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
@@ -57,16 +61,19 @@ class LocalObjectStore:
                 "AWS_REGION": cfg.region, "AWS_EC2_METADATA_DISABLED": "true"}
 
     def start(self) -> LocalObjectStore:
-        try:
-            from moto.server import ThreadedMotoServer
-        except ModuleNotFoundError:
-            raise RuntimeError("the local object store needs moto: pip install 'moto[server]'") from None
+        import importlib.util
+
+        if importlib.util.find_spec("moto") is None:
+            raise RuntimeError("the local object store needs moto: pip install 'moto[s3]' flask flask-cors")
+        cfg = self.config
+        self._process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", cfg.host, "-p", str(self.port)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        if not wait_for_port(cfg.host, self.port, cfg.startup_timeout_s):
+            self.stop()
+            raise RuntimeError(f"the object store did not listen on {self.endpoint} within {cfg.startup_timeout_s}s")
         import boto3
 
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per S3 request otherwise
-        self._server = ThreadedMotoServer(ip_address=self.config.host, port=self.port, verbose=False)
-        self._server.start()
-        cfg = self.config
         client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=cfg.access_key,
                               aws_secret_access_key=cfg.secret_key, region_name=cfg.region)
         client.create_bucket(Bucket=self.bucket)
@@ -74,9 +81,14 @@ class LocalObjectStore:
         return self
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop()
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def __enter__(self) -> LocalObjectStore:
         return self.start()
