@@ -68,8 +68,10 @@ def _encoder(args: argparse.Namespace):
 
 
 def embed_command(args: argparse.Namespace) -> dict:
+    from index.images import operator_path
+
     encoder = _encoder(args)
-    result = encoder.embed(args.images)
+    result = encoder.embed([operator_path(s) for s in args.images])
     items = [{"image": str(src), "ok": err is None, "error": None if err is None else str(err)}
              for src, err in zip(args.images, result.errors, strict=True)]
     failed = sum(not item["ok"] for item in items)

@@ -2,7 +2,8 @@
 
 In:  N image sources (bytes, local path or file:// URI; see `index.images`).
 Out: `Embeddings`: vectors (N, D) float32, unit rows for decoded images and zero rows for the
-     failed ones, plus one `ImageError | None` per item.
+     failed ones, plus one `ImageError | None` per item: any failure to read, decode or
+     preprocess one image is that item's error, never an exception out of `embed`.
 
 Two implementations behind `VisualEncoder`:
 - `Lite0Encoder`, the offline default: EfficientNet-Lite0 with the ImageNet weights shipped on
@@ -83,23 +84,41 @@ class VisualEncoder(ABC):
             torch.set_num_threads(config.num_threads)
 
     def embed(self, images: Sequence[ImageSource]) -> Embeddings:
-        """Decode and embed in chunks of `batch_size`, so memory stays bounded for long inputs."""
+        """Decode and embed in chunks of `batch_size`, so memory stays bounded for long inputs.
+
+        Each image is read, decoded and preprocessed on its own: any failure there (not only a bad
+        image: a directory, a permission error, memory) becomes that item's `ImageError` and leaves
+        its neighbours untouched. Should the batched forward pass itself fail, the chunk is run
+        again one image at a time so only the images that fail alone lose their vector.
+        """
         vectors = np.zeros((len(images), self.dim), dtype=np.float32)
-        errors: list[ImageError | None] = []
+        errors: list[ImageError | None] = [None] * len(images)
         step = self.config.batch_size
         for start in range(0, len(images), step):
-            decoded = []
-            for source in images[start:start + step]:
+            prepared: dict[int, np.ndarray] = {}
+            for i, source in enumerate(images[start:start + step], start):
                 try:
-                    decoded.append(load_image(source, self.config.limits))
-                    errors.append(None)
-                except ImageError as err:
-                    decoded.append(None)
-                    errors.append(err)
-            rows = [start + i for i, image in enumerate(decoded) if image is not None]
-            if rows:
-                vectors[rows] = self._forward([decoded[r - start] for r in rows])
+                    prepared[i] = self._prepare(load_image(source, self.config.limits))  # (3, S, S)
+                except Exception as err:  # one item's failure, whatever it is
+                    errors[i] = as_image_error(err)
+            self._forward_rows(prepared, vectors, errors)
         return Embeddings(vectors=vectors, errors=tuple(errors))
+
+    def _forward_rows(self, prepared: dict[int, np.ndarray], vectors: np.ndarray, errors: list) -> None:
+        if not prepared:
+            return
+        rows = list(prepared)
+        try:
+            vectors[rows] = self._forward(np.stack([prepared[r] for r in rows]))
+            return
+        except Exception as err:  # e.g. out of memory for the batch
+            if len(rows) == 1:
+                errors[rows[0]] = as_image_error(err)
+                return
+            log.warning("batched embedding of %d images failed (%s); retrying one by one", len(rows),
+                        type(err).__name__)
+        for r in rows:
+            self._forward_rows({r: prepared[r]}, vectors, errors)
 
     def embed_one(self, image: ImageSource) -> np.ndarray:
         """(D,) unit vector for one image; raises `ImageError`."""
@@ -108,18 +127,32 @@ class VisualEncoder(ABC):
             raise result.errors[0]
         return result.vectors[0]
 
-    def _forward(self, images: list) -> np.ndarray:
-        """PIL RGB images (B) -> (B, D) float32 unit rows."""
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) preprocessed pixels -> (B, D) float32 unit rows."""
         import torch
 
         with torch.inference_mode():
-            features = self._features(images).float()  # (B, D)
+            x = torch.from_numpy(batch).to(self.device)
+            features = self._features(x).float()  # (B, D)
             features = torch.nn.functional.normalize(features, dim=-1)
         return features.cpu().numpy()
 
     @abstractmethod
-    def _features(self, images: list):
-        """PIL RGB images (B) -> torch (B, D), not yet normalised."""
+    def _prepare(self, image) -> np.ndarray:
+        """One PIL RGB image -> (3, S, S) float32 model input."""
+
+    @abstractmethod
+    def _features(self, x):
+        """torch (B, 3, S, S) -> torch (B, D), not yet normalised."""
+
+
+def as_image_error(err: BaseException) -> ImageError:
+    """Any per-image failure as an ImageError whose text names no path (OSError texts often do)."""
+    if isinstance(err, ImageError):
+        return err
+    if isinstance(err, MemoryError):
+        return ImageError("too_large", "not enough memory to decode")
+    return ImageError("unreadable", type(err).__name__)
 
 
 class Lite0Encoder(VisualEncoder):
@@ -133,12 +166,13 @@ class Lite0Encoder(VisualEncoder):
         self.dim = FEATURE_DIM
         self.encoder_id = f"efficientnet-lite0-imagenet/pad-square-bicubic-{config.image_size}"
 
-    def _features(self, images: list):
+    def _prepare(self, image) -> np.ndarray:
+        return square_tensor(image, self.config.image_size)
+
+    def _features(self, x):
         import torch
 
-        batch = np.stack([square_tensor(image, self.config.image_size) for image in images])  # (B, 3, S, S)
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-        return self.model.features(x)
+        return self.model.features(x.contiguous(memory_format=torch.channels_last))
 
 
 class ClipEncoder(VisualEncoder):
@@ -158,9 +192,11 @@ class ClipEncoder(VisualEncoder):
         self.dim = int(self.model.config.projection_dim)
         self.encoder_id = f"clip:{config.model}"
 
-    def _features(self, images: list):
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]  # (B, 3, S, S)
-        return self.model(pixel_values=pixels.to(self.device)).image_embeds
+    def _prepare(self, image) -> np.ndarray:
+        return np.asarray(self.processor(images=[image], return_tensors="np")["pixel_values"][0], dtype=np.float32)
+
+    def _features(self, x):
+        return self.model(pixel_values=x).image_embeds
 
 
 def _clip_processor_class():

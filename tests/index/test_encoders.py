@@ -6,6 +6,7 @@ import torch
 
 from index.bench import precision_at_k, random_neighbour_rate
 from index.encoders import EncoderConfig, build_encoder
+from index.images import square_tensor
 from index.lite0 import EfficientNetLite0, load_lite0, packaged_weights_path
 
 DIGITAL_WATCH, RUNNING_SHOE = 531, 770  # ImageNet-1k class indices
@@ -43,6 +44,56 @@ def test_encoder_contract_unit_rows_of_its_dim_and_per_item_errors(kind, encoder
     alone = encoder.embed(good).vectors  # a failing neighbour in the batch changes nothing
     np.testing.assert_allclose(result.vectors[result.ok], alone, atol=1e-5)
     assert isinstance(encoder.encoder_id, str) and encoder.encoder_id
+
+
+@pytest.mark.parametrize("kind", ["lite0", "clip"])
+def test_any_failure_of_one_image_is_that_items_error_and_spares_its_neighbours(kind, encoders, fashion, monkeypatch):
+    import index.encoders as module
+
+    encoder, good = encoders[kind], fashion[0][:2]
+    real_load = module.load_image
+    failures = {b"dir": IsADirectoryError(21, "Is a directory", "/srv/private/x"), b"oom": MemoryError(),
+                b"perm": PermissionError(13, "Permission denied", "/root/.ssh/id_rsa"), b"bug": KeyError("x")}
+
+    def load(source, limits):
+        if source in failures:
+            raise failures[source]
+        return real_load(source, limits)
+
+    monkeypatch.setattr(module, "load_image", load)
+    result = encoder.embed([good[0], b"dir", b"oom", "shoes/a.jpg", b"perm", b"bug", good[1]])
+    assert result.ok.tolist() == [True, False, False, False, False, False, True]
+    assert [e.reason for e in result.errors if e is not None] == [
+        "unreadable", "too_large", "unsupported_source", "unreadable", "unreadable"]
+    assert not any("/srv" in str(e) or "/root" in str(e) for e in result.errors if e is not None)
+    np.testing.assert_allclose(result.vectors[result.ok], encoder.embed(good).vectors, atol=1e-5)
+
+
+def test_a_failing_batched_forward_is_retried_image_by_image(lite0_encoder, fashion, monkeypatch):
+    good, real = fashion[0][:3], type(lite0_encoder)._forward
+
+    def forward(self, batch):
+        if len(batch) > 1 or not batch[0].any():
+            raise RuntimeError("out of memory")
+        return real(self, batch)
+
+    monkeypatch.setattr(type(lite0_encoder), "_forward", forward)
+    blank = np.zeros((3, 224, 224), np.float32)  # stands for the one image the model cannot take
+    monkeypatch.setattr(type(lite0_encoder), "_prepare",
+                        lambda self, image: blank if image.size == (1, 1) else square_tensor(image, 224))
+    result = lite0_encoder.embed([good[0], io_png((1, 1)), good[1]])
+    assert result.ok.tolist() == [True, False, True]
+    assert result.errors[1].reason == "unreadable"
+
+
+def io_png(size) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_embed_one_raises_the_items_error(lite0_encoder):
