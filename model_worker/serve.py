@@ -50,7 +50,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas.codec import decode, encode
-from schemas.errors import SchemaError
+from schemas.errors import SchemaError, shorten
 from schemas.records import DeadLetter, RankedItem, Recommendation, RerankRequest
 from schemas.topics import DEAD_LETTER, RECOMMENDATIONS, RERANK_REQUESTS, TopicConfig
 from vip5.kafka import KafkaConfig
@@ -492,6 +492,7 @@ class ModelServer:
             self._served.popitem(last=False)
 
     def _dead_letter(self, message, reason: str, stage: str) -> None:
+        reason = shorten(reason, 1000)  # exception texts can carry a whole hostile value
         letter = DeadLetter.of(source_topic=message.topic, partition=message.partition, offset=message.offset,
                                raw=message.value, raw_key=message.key, reason=reason, stage=stage, now_ms=now_ms())
         self._send(self.cfg.topics.name(DEAD_LETTER), message.topic.encode(), encode(letter))

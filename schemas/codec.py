@@ -16,7 +16,7 @@ import msgpack
 
 from schemas.errors import SchemaError
 from schemas.fields import build, to_dict
-from schemas.limits import LIMITS
+from schemas.limits import LIMITS, unpack_limits
 from schemas.records import REGISTRY, Record
 
 R = TypeVar("R", bound=Record)
@@ -34,13 +34,45 @@ def _unpack(payload: bytes) -> dict:
         raise SchemaError("<payload>", f"expected bytes, got {type(payload).__name__}")
     if len(payload) > LIMITS.max_message_bytes:
         raise SchemaError("<payload>", f"{len(payload)} bytes exceeds {LIMITS.max_message_bytes}")
+    budget = _EntryBudget(LIMITS.max_decoded_entries)
     try:
-        body = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True, list_hook=budget.list,
+                               object_pairs_hook=budget.pairs, **UNPACK_LIMITS)
+    except _TooManyEntries:
+        raise SchemaError("<payload>", f"more than {LIMITS.max_decoded_entries} map and array entries") from None
     except Exception as err:  # msgpack raises several unrelated types for bad bytes
         raise SchemaError("<payload>", f"not valid msgpack ({type(err).__name__}: {err})") from None
     if not isinstance(body, dict):
         raise SchemaError("<payload>", f"expected a map, got {type(body).__name__}")
     return body
+
+
+UNPACK_LIMITS = unpack_limits()
+
+
+class _TooManyEntries(Exception):
+    pass
+
+
+class _EntryBudget:
+    """Counts the entries of every array and map as msgpack completes them (innermost first) and
+    stops decoding once there are more than one message can legitimately hold."""
+
+    def __init__(self, max_entries: int):
+        self.left = max_entries
+
+    def _spend(self, n: int) -> None:
+        self.left -= n + 1  # the container itself counts: an empty array is not free
+        if self.left < 0:
+            raise _TooManyEntries
+
+    def list(self, items: list) -> list:
+        self._spend(len(items))
+        return items
+
+    def pairs(self, pairs: list) -> dict:
+        self._spend(len(pairs))
+        return dict(pairs)
 
 
 def _schema_of(body: dict) -> type[Record]:

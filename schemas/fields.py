@@ -59,6 +59,18 @@ class Str(Spec):
 
 
 @dataclasses.dataclass(frozen=True)
+class Id(Str):
+    """An identifier: printable characters only (no newline, tab or other control or separator
+    character that could forge log lines or hide in keys), bounded length."""
+
+    def check_present(self, value: Any, path: str) -> str:
+        value = super().check_present(value, path)
+        if not value.isprintable():
+            raise SchemaError(path, "must be printable characters (no control characters or line breaks)")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
 class Choice(Spec):
     choices: tuple[str, ...] = ()
 
@@ -214,7 +226,7 @@ def validate_fields(record: Any, path: str = "") -> None:
 def build(cls: type, data: dict, path: str = "") -> Any:
     """Construct `cls` from a wire dict, rejecting unknown keys; errors carry the full field path."""
     specs = {f.name: spec_of(f) for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in specs)
+    unknown = sorted(_loggable(str(k)[:64]) for k in data if k not in specs)  # a hostile key can be megabytes
     if unknown:
         raise SchemaError(f"{path}{unknown[0]}", "unknown field")
     for f in dataclasses.fields(cls):
@@ -226,6 +238,10 @@ def build(cls: type, data: dict, path: str = "") -> Any:
         if path and not err.field.startswith(path):
             raise SchemaError(f"{path}{err.field}", err.reason) from None
         raise
+
+
+def _loggable(name: str) -> str:
+    return name if name.isprintable() else repr(name)
 
 
 def to_dict(record: Any) -> dict:

@@ -24,7 +24,7 @@ from schemas import fields as F
 from schemas.errors import SchemaError
 from schemas.limits import LIMITS
 
-ID = F.Str(max_len=LIMITS.max_id_len)
+ID = F.Id(max_len=LIMITS.max_id_len)
 TIME_MS = F.Int(lo=LIMITS.min_time_ms, hi=LIMITS.max_time_ms)
 SCORE = F.Float()
 INTERACTION_KINDS = ("view", "click", "add_to_cart", "purchase", "rating", "review")
@@ -117,6 +117,14 @@ class ItemEmbedding(Record):
     encoder_id: str = F.field(F.Str(max_len=LIMITS.max_title_len))
     event_time_ms: int = F.field(TIME_MS)
     embedded_time_ms: int = F.field(TIME_MS)
+
+    def check(self) -> None:
+        # a degenerate vector would pass here and then fail in every replica's index (forever, on a
+        # compacted topic); float64 so that squares of tiny or huge float32 values neither underflow
+        # nor overflow
+        norm = float(np.linalg.norm(self.vector.astype(np.float64)))
+        if not LIMITS.min_vector_norm <= norm <= LIMITS.max_vector_norm:
+            raise SchemaError("vector", f"norm {norm:.3g} outside [{LIMITS.min_vector_norm:g}, {LIMITS.max_vector_norm:g}]")
 
 
 @_part
