@@ -87,6 +87,7 @@ def measure(kind: str, *, preset: str, batch_size: int, steps: int, device: str)
 
 def measure_swap(*, preset: str, device: str, repeats: int = 3) -> float:
     """Median ms to verify an adapter artifact and prepare the standby ranker."""
+    import os
     import statistics
     import tempfile
 
@@ -99,12 +100,12 @@ def measure_swap(*, preset: str, device: str, repeats: int = 3) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(f"{tmp}/model")
         ranker = VIP5Ranker.load(RankerConfig(model_dir=f"{tmp}/model", device=device))
-        update = ArtifactStore(f"{tmp}/artifacts").publish(model, version="v2", parent_version="v1", metrics={},
-                                                           backbone_id=backbone_id)
+        store = ArtifactStore(f"{tmp}/artifacts", signing_key=os.urandom(32))  # signature checked in the timing
+        update = store.publish(model, version="v2", parent_version="v1", metrics={}, backbone_id=backbone_id)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            ranker.with_adapter(load_verified(update, backbone_id=ranker.backbone_id), update.version)
+            ranker.with_adapter(load_verified(update, backbone_id=ranker.backbone_id, store=store), update.version)
             times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 

@@ -165,7 +165,7 @@ class Recommendation(Record):
     publish_time_ms: int = F.field(TIME_MS)
 
 
-@record("adapter_update", 1)
+@record("adapter_update", 2)  # v2: signature
 class AdapterUpdate(Record):
     version: str = F.field(ID)
     artifact_uri: str = F.field(F.Str(max_len=LIMITS.max_uri_len))
@@ -174,6 +174,8 @@ class AdapterUpdate(Record):
     created_time_ms: int = F.field(TIME_MS)
     parent_version: str | None = F.field(F.Str(max_len=LIMITS.max_id_len, optional=True))
     metrics: dict[str, float] | None = F.field(F.Map(max_items=LIMITS.max_metrics, optional=True))
+    # hex HMAC-SHA256 of the artifact's manifest.json under the trainer's key (model_worker.artifacts)
+    signature: str | None = F.field(F.Str(max_len=64, min_len=64, pattern="[0-9a-f]{64}", optional=True))
 
 
 @record("dead_letter", 1)

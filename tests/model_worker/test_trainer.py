@@ -18,7 +18,7 @@ def clicks(user: str, items: list[str]) -> list[Interaction]:
 
 @pytest.fixture
 def store(tmp_path):
-    return ArtifactStore(tmp_path / "artifacts")
+    return ArtifactStore(tmp_path / "artifacts", signing_key=b"k" * 32)
 
 
 def trainer_for(model, store, *, max_regression: float) -> AdapterTrainer:
@@ -53,7 +53,7 @@ def test_accepted_round_publishes_a_verifiable_next_version(make_model, store, f
     assert update is not None and update.version == "v2" and update.parent_version == "v1"
     assert {"holdout_mrr_before", "holdout_mrr_after"} <= set(update.metrics)
     assert trainer.version == "v2" and trainer.fresh == []
-    artifact = load_verified(update, backbone_id=trainer.backbone_id)
+    artifact = load_verified(update, backbone_id=trainer.backbone_id, store=store)
     assert set(artifact.tensors) == set(trainer.model.adapt_state_dict())
     assert next_version(store) == "v3"
 
@@ -72,14 +72,14 @@ def test_corrupt_missing_or_foreign_artifacts_are_rejected(make_model, store):
     backbone = backbone_sha256(model)
     update = store.publish(model, version="v2", parent_version="v1", metrics={}, backbone_id=backbone)
     with pytest.raises(ArtifactError, match="is for backbone"):
-        load_verified(update, backbone_id="0" * 64)
+        load_verified(update, backbone_id="0" * 64, store=store)
     weights = store.root / "v2" / "adapter.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
     with pytest.raises(ArtifactError, match="sha256"):
-        load_verified(update, backbone_id=backbone)
+        load_verified(update, backbone_id=backbone, store=store)
     weights.unlink()
     with pytest.raises(ArtifactError, match="missing"):
-        load_verified(update, backbone_id=backbone)
+        load_verified(update, backbone_id=backbone, store=store)
 
 
 def test_versions_are_immutable_and_rollback_points_at_an_existing_one(make_model, store):

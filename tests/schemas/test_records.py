@@ -39,7 +39,8 @@ EXAMPLES = [
                    model_version="vip5-tiny", adapter_version="v1", event_ids=["e1"],
                    event_time_ms=T, request_time_ms=T + 3, publish_time_ms=T + 40),
     AdapterUpdate(version="v2", parent_version="v1", artifact_uri="file:///artifacts/v2",
-                  sha256="a" * 64, metrics={"ndcg@10": 0.21}, backbone_id="tiny-abc", created_time_ms=T),
+                  sha256="a" * 64, metrics={"ndcg@10": 0.21}, backbone_id="tiny-abc", created_time_ms=T,
+                  signature="b" * 64),
     DeadLetter(source_topic="vip5.interactions", partition=2, offset=17, reason="rating: is required",
                raw=b"\x81\xa1x\x01", failed_time_ms=T),
 ]
