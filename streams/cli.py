@@ -9,15 +9,21 @@ from vip5.commands import add_kafka_args, kafka_config, topic_config
 
 
 def streams_config(args: argparse.Namespace):
+    import os
+
     from index.candidates import CandidateConfig
     from index.encoders import EncoderConfig
+    from index.images import ImageLimits
     from streams.config import StreamsConfig
+
+    image_dir = args.image_dir or os.environ.get("VIP5_IMAGE_DIR") or None
 
     return StreamsConfig(
         kafka=kafka_config(args),
         topics=topic_config(args),
         encoder=EncoderConfig(kind=args.encoder, model=args.encoder_model, image_size=args.image_size,
-                              device=args.device),
+                              device=args.device,
+                              limits=ImageLimits(base_dir=os.path.abspath(image_dir) if image_dir else None)),
         # a fifth of the slots each for popular and fresh items (new users, new products), the rest visual
         candidates=CandidateConfig(k=args.candidates, popular_k=min(10, args.candidates // 5),
                                    fresh_k=min(10, args.candidates // 5)),
@@ -48,6 +54,9 @@ def register(commands, bench) -> None:
     p.add_argument("--encoder", default="lite0", choices=("lite0", "clip"), help="visual encoder")
     p.add_argument("--encoder-model", default=None, help="CLIP hub name or local folder; lite0 weights path")
     p.add_argument("--image-size", type=int, default=224, help="lite0 input side in pixels")
+    p.add_argument("--image-dir", default=None,
+                   help="the only directory an item's image_uri may name a file in (env VIP5_IMAGE_DIR; "
+                        "default: none, items must carry image_bytes)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
     p.add_argument("--history-len", type=int, default=50, help="items kept per user")
