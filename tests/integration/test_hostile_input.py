@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from schemas.codec import decode_any, encode
 from schemas.errors import SchemaError
-from schemas.records import DeadLetter, Recommendation
+from schemas.records import DeadLetter, ItemEmbedding, Recommendation
 from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RECOMMENDATIONS, RERANK_REQUESTS
 from tests.integration.pipeline import click, fashion_items, records_on
 from tests.schemas.test_records import EXAMPLES
@@ -88,5 +88,97 @@ def test_hostile_records_become_dead_letters_and_workers_keep_serving(payloads, 
 
     assert sorted(d.raw for d in letters) == sorted(p for _, p in invalid)  # every invalid one, nothing else
     assert all(d.reason and d.source_topic.startswith("hostile.") for d in letters)
+    assert {e for r in recs for e in r.event_ids} >= {e.event_id for e in good}
+    assert all(alive.values()), alive
+
+
+def _rss_peak_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def _reset_rss_peak(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := current RSS, so the next peak is this test's alone
+    except OSError:
+        pass  # then the peak since start bounds the growth from above
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 30, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_hostile_image_sources_are_dead_letters_cost_bounded_memory_and_spare_their_batch(tmp_path):
+    """Row by row: paths outside the image directory, /dev/zero, a FIFO, a symlink out, a directory,
+    a 300-character name and a 40000x1000 PNG each become a dead letter whose reason names no path;
+    valid items in the same micro-batch are embedded; the worker's memory stays bounded; it serves on."""
+    import os
+
+    items = fashion_items(12)
+    model_dir = build_bench_model(tmp_path / "model", preset="tiny", item_ids=[i.item_id for i in items],
+                                  user_ids=["u0", "u1"], feature_dim=1280)
+    image_dir = tmp_path / "images"
+    (image_dir / "shoes").mkdir(parents=True)
+    (image_dir / "shoes" / "a.jpg").write_bytes(items[0].image_bytes)
+    secret = tmp_path / "secret.jpg"  # a perfectly good JPEG the worker must never publish
+    secret.write_bytes(items[1].image_bytes)
+    (image_dir / "link.jpg").symlink_to(secret)
+    (image_dir / "zero.jpg").symlink_to("/dev/zero")
+    os.mkfifo(image_dir / "pipe.jpg")
+    hostile_uris = {"abs": str(secret), "dotdot": "../secret.jpg", "localhost": f"file://localhost{secret}",
+                    "devzero": "/dev/zero", "devzero-link": "zero.jpg", "fifo": "pipe.jpg", "symlink": "link.jpg",
+                    "directory": "shoes", "long-name": "x" * 300 + ".jpg", "remote": "file://evil.example/x.jpg",
+                    "nul": "shoes/a.jpg\x00.png"}
+    valid_uris = {"rel": "shoes/a.jpg", "uri": f"file://{image_dir}/shoes/a.jpg"}
+    cfg = StackConfig(work_dir=tmp_path, model_dir=model_dir, topic_prefix="hostimg.", partitions=2, image_size=96,
+                      candidates=6, streams_args=("--image-dir", str(image_dir)))
+    template = items[0]
+    with LocalStack(cfg) as stack:
+        for item in items:
+            stack.send(ITEMS, item.item_id, encode(item))
+        stack.flush()
+        records_on(stack.kafka, stack.topics, ITEM_EMBEDDINGS, count=len(items))
+        pid = stack.workers["streams"].process.pid
+        _reset_rss_peak(pid)
+        before_mb = _rss_peak_mb(pid)
+        batch = [template.__class__(item_id=f"bad-{name}", title="t", image_uri=uri, event_time_ms=1)
+                 for name, uri in hostile_uris.items()]
+        batch.append(template.__class__(item_id="bad-strip", title="t", image_bytes=_png((40_000, 1000)),
+                                        event_time_ms=1))
+        batch += [template.__class__(item_id=f"ok-{name}", title="t", image_uri=uri, event_time_ms=1)
+                  for name, uri in valid_uris.items()]
+        for upsert in sorted(batch, key=lambda u: u.item_id[::-1]):  # valid ones among the hostile ones
+            stack.send(ITEMS, b"same-partition", encode(upsert))
+        stack.flush()
+        bad = [u for u in batch if u.item_id.startswith("bad-")]
+        letters = [d for d in records_on(stack.kafka, stack.topics, DEAD_LETTER, count=len(bad), timeout_s=120)
+                   if isinstance(d, DeadLetter)]
+        embeddings = records_on(stack.kafka, stack.topics, ITEM_EMBEDDINGS, count=len(items) + 2, timeout_s=60)
+        growth_mb = _rss_peak_mb(pid) - before_mb
+        good = [click(f"img{n}", f"u{n % 2}", items[n].item_id) for n in range(3)]
+        for event in good:
+            stack.send(INTERACTIONS, event.user_id, encode(event))
+        stack.flush()
+        recs = [r for r in records_on(stack.kafka, stack.topics, RECOMMENDATIONS, count=3, timeout_s=60)
+                if isinstance(r, Recommendation)]
+        alive = {name: worker.alive() for name, worker in stack.workers.items()}
+
+    lettered = {decode_any(d.raw).item_id: d for d in letters}
+    assert set(lettered) == {u.item_id for u in bad}
+    assert all(d.stage == "embed" for d in lettered.values())
+    for d in lettered.values():  # nothing about what exists where on the worker's disk
+        assert str(tmp_path) not in d.reason and "secret" not in d.reason and "/dev" not in d.reason, d.reason
+    assert lettered["bad-strip"].reason.startswith("image: bad_aspect_ratio: 40000x1000")
+    embedded = {e.item_id for e in embeddings if isinstance(e, ItemEmbedding)}
+    assert {"ok-rel", "ok-uri"} <= embedded and not any(i.startswith("bad-") for i in embedded)
+    print(f"streams worker peak RSS growth: {growth_mb:.0f} MB")
+    assert growth_mb < 500, f"streams worker grew by {growth_mb:.0f} MB"
     assert {e for r in recs for e in r.event_ids} >= {e.event_id for e in good}
     assert all(alive.values()), alive
