@@ -41,6 +41,19 @@ def hostile(draw):
                           "v": 1}, use_bin_type=True)
 
 
+def decoding_bombs() -> list:
+    """Records that once cost memory, time or log lines to decode: 2 million nested empty arrays
+    (~150 MB unbounded), ids carrying line breaks and escapes, a 30,000-character unknown field."""
+    interaction = msgpack.unpackb(encode(EXAMPLES[1]))
+    nested = (b"\x83" + msgpack.packb("schema") + msgpack.packb("interaction") + msgpack.packb("v") + msgpack.packb(1)
+              + msgpack.packb("event_id") + b"\xdc\x00\x02" + (b"\xdc\x03\xe8" + (b"\xdc\x03\xe8" + b"\x90" * 1000) * 1000) * 2)
+    request = msgpack.unpackb(encode(EXAMPLES[5]))
+    return [(INTERACTIONS, nested),
+            (INTERACTIONS, msgpack.packb({**interaction, "user_id": "u0\n2025-01-01 INFO forged"})),
+            (RERANK_REQUESTS, msgpack.packb({**request, "user_id": "u0\x1b[2J"})),
+            (RERANK_REQUESTS, msgpack.packb({**request, "k" * 30_000: 1}))]
+
+
 def is_valid(payload: bytes, spec) -> bool:
     try:
         return isinstance(decode_any(payload), spec.record)
@@ -73,6 +86,9 @@ def test_hostile_records_become_dead_letters_and_workers_keep_serving(payloads, 
         body["image_bytes"] = b"\xff" * (5 * 1024 * 1024 + 1)  # over the image limit, under the message limit
         stack.send(ITEMS, b"hostile", msgpack.packb(body, use_bin_type=True))
         sent.append((ITEMS, msgpack.packb(body, use_bin_type=True)))
+        for spec, payload in decoding_bombs():
+            stack.send(spec, b"hostile", payload)
+            sent.append((spec, payload))
         stack.flush()
         invalid = [(spec, p) for spec, p in sent if not is_valid(p, spec)]
 
@@ -88,6 +104,7 @@ def test_hostile_records_become_dead_letters_and_workers_keep_serving(payloads, 
 
     assert sorted(d.raw for d in letters) == sorted(p for _, p in invalid)  # every invalid one, nothing else
     assert all(d.reason and d.source_topic.startswith("hostile.") for d in letters)
+    assert all(len(d.reason) < 1000 and "\n" not in d.reason for d in letters)  # fit for one log line
     assert {e for r in recs for e in r.event_ids} >= {e.event_id for e in good}
     assert all(alive.values()), alive
 
