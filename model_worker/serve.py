@@ -90,6 +90,9 @@ class ServeConfig:
     # Records held in memory (buffered + being scored); at this many the partitions pause, and
     # they resume at half. None: 4 * max_batch.
     max_buffered: int | None = None
+    artifacts_dir: str = "artifacts"  # the adapter store: updates load only from <artifacts_dir>/<version>
+    # verifies each update's signature (model_worker.artifacts); None: every update is rejected
+    adapter_signing_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "top_n", "served_ids_kept"):

@@ -17,8 +17,12 @@ def run_serve(args: argparse.Namespace) -> dict:
     model_dir = args.model_dir or os.environ.get("VIP5_MODEL_DIR")
     if not model_dir:
         raise SystemExit("vip5 serve: give --model-dir or set VIP5_MODEL_DIR")
+    from model_worker.artifacts import signing_key_from_env
+
     topics = topic_config(args)
     serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topics,
+                            artifacts_dir=args.artifacts_dir or os.environ.get("VIP5_ARTIFACT_DIR", "artifacts"),
+                            adapter_signing_key=signing_key_from_env(os.environ),
                             group_id=args.group_id or f"{topics.prefix}model-worker",
                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, top_n=args.top_n,
                             explain_top=args.explain, max_buffered=args.max_buffered)
@@ -35,6 +39,9 @@ def register(commands, bench) -> None:
     add_kafka_args(p)
     p.add_argument("--model-dir", default=None, help="VIP5 model directory (env VIP5_MODEL_DIR)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--artifacts-dir", default=None,
+                   help="adapter artifact store; updates load only from <dir>/<version> (env VIP5_ARTIFACT_DIR, "
+                        "default artifacts); the signing key comes from VIP5_ADAPTER_SIGNING_KEY(_FILE)")
     p.add_argument("--group-id", default=None,
                    help="consumer group of the model workers (default: <topic prefix>model-worker)")
     p.add_argument("--max-batch", type=int, default=16, help="requests scored together")

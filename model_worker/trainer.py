@@ -51,6 +51,8 @@ class TrainerConfig:
     max_regression: float = 0.0  # accept when candidate MRR >= current MRR - this
     tune: TuneConfig = field(default_factory=lambda: TuneConfig(steps=50, batch_size=16, lr=1e-3, warmup_steps=5))
     examples: ExampleConfig = field(default_factory=lambda: ExampleConfig(history_len=5, direct_candidates=20))
+    # signs every published version (model_worker.artifacts); run_trainer refuses to start without it
+    adapter_signing_key: bytes | None = field(default=None, repr=False)
     history_len: int = 50
     seed: int = 0
 
@@ -99,6 +101,7 @@ class AdapterTrainer:
         self.fresh: list[Example] = []
         self.last_round_s = time.monotonic()
         self.rounds = 0
+        self.rejected_updates = 0
 
     def observe(self, interaction: Interaction) -> None:
         history = self.histories[interaction.user_id]
@@ -139,16 +142,28 @@ class AdapterTrainer:
                  len(train))
         return update
 
-    def adopt(self, update: AdapterUpdate) -> None:
-        """Follow a version published elsewhere (e.g. a rollback): train on top of it from now on."""
-        from model_worker.artifacts import load_verified
+    def adopt(self, update: AdapterUpdate) -> bool:
+        """Follow a version published elsewhere (e.g. a rollback): train on top of it from now on.
+
+        An update that fails verification (outside the store, unsigned, wrong backbone, missing or
+        corrupt files) is skipped with a log line and counted in `rejected_updates`; the trainer
+        keeps building on its current version. Returns whether the update was adopted."""
+        from model_worker.artifacts import ArtifactError, load_verified
         from model_worker.vip5.checkpoint import apply_adapter
 
         if update.version == self.version:
-            return
-        apply_adapter(self.model, load_verified(update, backbone_id=self.backbone_id))
+            return True
+        try:
+            # apply_adapter checks config, keys, shapes and backbone before it copies anything
+            apply_adapter(self.model, load_verified(update, backbone_id=self.backbone_id, store=self.store))
+        except (ArtifactError, ValueError) as err:
+            self.rejected_updates += 1
+            log.error("rejected adapter %s (%s): %s; still building on %s", update.version,
+                      getattr(err, "kind", "invalid"), err, self.version)
+            return False
         self.version = update.version
         log.info("trainer now builds on adapter %s", update.version)
+        return True
 
 
 def latest_update(kafka: KafkaConfig, topics: TopicConfig) -> AdapterUpdate | None:
@@ -182,7 +197,11 @@ def run_trainer(cfg: TrainerConfig, stop) -> dict:
     create_topics(cfg.kafka, cfg.topics)
     model = VIP5Model.from_pretrained(cfg.model_dir)
     model.set_stage("adapt")
-    store, backbone_id = ArtifactStore(cfg.artifacts_dir), backbone_sha256(model)
+    if cfg.adapter_signing_key is None:
+        raise ValueError("adapter_signing_key: the trainer signs every version; set VIP5_ADAPTER_SIGNING_KEY "
+                         "or VIP5_ADAPTER_SIGNING_KEY_FILE")
+    store = ArtifactStore(cfg.artifacts_dir, signing_key=cfg.adapter_signing_key)
+    backbone_id = backbone_sha256(model)
     out = producer(cfg.kafka)
     if not store.manifests():  # the shipped adapter becomes v1, so every version can be rolled back to
         first = store.publish(model, version=BASE_VERSION, parent_version=None, metrics={}, backbone_id=backbone_id)
@@ -220,4 +239,5 @@ def run_trainer(cfg: TrainerConfig, stop) -> dict:
         follower.stop()
         events.close()
         out.close()
-    return {"rounds": trainer.rounds, "published": published, "version": trainer.version}
+    return {"rounds": trainer.rounds, "published": published, "version": trainer.version,
+            "rejected_updates": trainer.rejected_updates}

@@ -17,6 +17,7 @@ def run_trainer_command(args: argparse.Namespace) -> dict:
     import signal
     import threading
 
+    from model_worker.artifacts import signing_key_from_env
     from model_worker.trainer import TrainerConfig, run_trainer
     from model_worker.tuning import TuneConfig
 
@@ -29,6 +30,7 @@ def run_trainer_command(args: argparse.Namespace) -> dict:
     topics = topic_config(args)
     cfg = TrainerConfig(model_dir=model_dir, artifacts_dir=_artifacts_dir(args), kafka=kafka_config(args),
                         topics=topics, group_id=f"{topics.prefix}adapter-trainer",
+                        adapter_signing_key=signing_key_from_env(os.environ),
                         every_events=args.every_events, every_s=args.every_s,
                         min_events=args.min_events, max_regression=args.max_regression,
                         tune=TuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=5))

@@ -68,13 +68,18 @@ def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait
 def adapter_handler(server: ModelServer):
     """Handle a poll's worth of adapter-updates: verify the newest and swap it in between batches.
 
-    Any failure (missing or corrupt artifact, checksum or backbone mismatch) is logged and counted
-    (`adapter_rejections`); the current adapter keeps serving.
+    Any failure (an artifact outside the store, a missing or wrong signature, missing or corrupt
+    files, checksum or backbone mismatch) is logged and counted (`adapter_rejections`); the current
+    adapter keeps serving.
     """
-    from model_worker.artifacts import load_verified
+    from model_worker.artifacts import ArtifactError, ArtifactStore, load_verified
     from schemas.codec import decode
     from schemas.errors import SchemaError
     from schemas.records import AdapterUpdate
+
+    store = ArtifactStore(server.cfg.artifacts_dir, signing_key=server.cfg.adapter_signing_key)
+    if store.signing_key is None:
+        log.warning("no adapter signing key (VIP5_ADAPTER_SIGNING_KEY[_FILE]): every adapter update will be rejected")
 
     def handle(messages: list) -> None:
         updates = []
@@ -89,10 +94,12 @@ def adapter_handler(server: ModelServer):
             return
         update, started = updates[-1], time.perf_counter()
         try:
-            artifact = load_verified(update, backbone_id=server.ranker.backbone_id)
+            artifact = load_verified(update, backbone_id=server.ranker.backbone_id, store=store)
             standby = server.ranker.with_adapter(artifact, update.version)
         except Exception as err:  # any bad artifact: keep serving the current one
+            kind = err.kind if isinstance(err, ArtifactError) else "unreadable"
             server.stats["adapter_rejections"] += 1
+            server.stats[f"adapter_rejections_{kind}"] += 1
             server.metrics.adapter_rejections.inc()
             log.error("rejected adapter %s: %s; still serving %s", update.version, err, server.ranker.adapter_version)
             return

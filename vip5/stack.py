@@ -11,6 +11,7 @@ Used by `vip5 demo` and the pipeline/adapter/fault benches. Workers run as separ
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class LocalStack:
         self.topics = TopicConfig(prefix=cfg.topic_prefix, partitions=cfg.partitions)
         self.kafka: KafkaConfig | None = None
         self.workers: dict[str, WorkerProcess] = {}
+        self._signing_key = secrets.token_hex(32)
         self._producer = None
 
     def __enter__(self) -> LocalStack:
@@ -88,7 +90,10 @@ class LocalStack:
         env = {"VIP5_KAFKA_SESSION_TIMEOUT_MS": str(SESSION_MS), "VIP5_KAFKA_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS),
                # the workers share this machine's cores: one torch/OpenMP thread each (measured on
                # 2 cores: a tiny-model training step took 0.7 s with one thread, 3.7 s with two)
-               "VIP5_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", **self.cfg.extra_env}
+               "VIP5_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
+               # one key per stack: its trainer signs adapter versions, its model workers verify them
+               "VIP5_ADAPTER_SIGNING_KEY": self._signing_key, "VIP5_ARTIFACT_DIR": str(self.cfg.work_dir / "artifacts"),
+               **self.cfg.extra_env}
         return WorkerProcess([args[0], *common, *args[1:]], log_path=self.cfg.work_dir / "logs" / f"{name}.log", env=env)
 
     def wait_ready(self, names=None) -> None:

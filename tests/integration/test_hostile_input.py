@@ -199,3 +199,67 @@ def test_hostile_image_sources_are_dead_letters_cost_bounded_memory_and_spare_th
     assert growth_mb < 500, f"streams worker grew by {growth_mb:.0f} MB"
     assert {e for r in recs for e in r.event_ids} >= {e.event_id for e in good}
     assert all(alive.values()), alive
+
+
+def test_hostile_adapter_updates_are_rejected_by_model_worker_and_trainer_which_keep_going(tmp_path):
+    """A topic writer without the signing key announces: validly built weights outside the store
+    (with their true sha256), the same through a symlink inside the store, a store version with
+    another version name, and an unsigned update. The model worker rejects and counts each and keeps
+    serving v1; the trainer skips them when it next looks at the topic and neither exits."""
+    import os
+    import time
+
+    from model_worker.artifacts import ArtifactStore
+    from model_worker.vip5.config import VIP5Config
+    from model_worker.vip5.model import VIP5Model
+    from model_worker.vip5.tokenizer import build_template_tokenizer
+    from schemas.records import AdapterUpdate
+    from schemas.topics import ADAPTER_UPDATES
+
+    items = fashion_items(12)
+    model = VIP5Model.build(VIP5Config(backbone="tiny"), build_template_tokenizer(), seed=0)
+    model.save_pretrained(tmp_path / "model")
+    model.set_stage("adapt")
+    attacker = ArtifactStore(tmp_path / "elsewhere", signing_key=os.urandom(32))  # not the stack's key
+    cfg = StackConfig(work_dir=tmp_path, model_dir=tmp_path / "model", topic_prefix="hostad.", partitions=2,
+                      image_size=96, candidates=6,
+                      trainer_args=("--artifacts-dir", str(tmp_path / "artifacts"), "--every-events", "8",
+                                    "--min-events", "4", "--steps", "1", "--max-regression", "-10"))
+    with LocalStack(cfg) as stack:
+        for item in items:
+            stack.send(ITEMS, item.item_id, encode(item))
+        stack.flush()
+        records_on(stack.kafka, stack.topics, ITEM_EMBEDDINGS, count=len(items))
+        store = ArtifactStore(tmp_path / "artifacts")
+        v1 = next(u for u in records_on(stack.kafka, stack.topics, ADAPTER_UPDATES, count=1)
+                  if isinstance(u, AdapterUpdate))
+        outside = attacker.publish(model, version="v2", parent_version="v1", metrics={}, backbone_id=v1.backbone_id)
+        (store.root / "v3").symlink_to(attacker.root / "v2")
+        now = int(time.time() * 1000)
+        hostile = [outside,
+                   AdapterUpdate(**{**outside.__dict__, "version": "v3", "artifact_uri": store.uri("v3")}),
+                   AdapterUpdate(**{**v1.__dict__, "version": "v4", "artifact_uri": store.uri("v1"),
+                                    "created_time_ms": now}),
+                   AdapterUpdate(**{**v1.__dict__, "signature": None, "created_time_ms": now}),
+                   AdapterUpdate(**{**v1.__dict__, "version": "v5", "artifact_uri": f"{store.root}/../elsewhere/v2"})]
+        for update in hostile:
+            stack.send(ADAPTER_UPDATES, "adapter", encode(update))
+        stack.flush()
+        serve_log, trainer_log = (stack.workers[n].log_path for n in ("model-worker", "trainer"))
+        good = [click(f"ad{n}", f"u{n % 3}", items[n % len(items)].item_id) for n in range(12)]
+        for event in good:  # enough for a trainer round, which first reads the newest update
+            stack.send(INTERACTIONS, event.user_id, encode(event))
+        stack.flush()
+        recs = [r for r in records_on(stack.kafka, stack.topics, RECOMMENDATIONS, count=12, timeout_s=120)
+                if isinstance(r, Recommendation)]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and "rejected adapter v5" not in trainer_log.read_text():
+            time.sleep(1)
+        alive = {name: worker.alive() for name, worker in stack.workers.items()}
+        serve_text, trainer_text = serve_log.read_text(), trainer_log.read_text()
+
+    assert "rejected adapter v5 (path)" in trainer_text  # the newest update, read at the round
+    assert "rejected adapter" in serve_text and not any(f"adapter v{n} ready" in serve_text for n in range(2, 6))
+    assert {r.adapter_version for r in recs} == {"v1"}
+    assert {e for r in recs for e in r.event_ids} >= {e.event_id for e in good}
+    assert all(alive.values()), alive

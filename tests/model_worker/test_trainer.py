@@ -96,3 +96,24 @@ def test_versions_are_immutable_and_rollback_points_at_an_existing_one(make_mode
     assert (rollback.version, rollback.sha256, rollback.artifact_uri) == ("v1", first.sha256, first.artifact_uri)
     with pytest.raises(ArtifactError, match="no artifact version v7"):
         store.update_for("v7", parent_version="v2")
+
+
+def test_a_bad_update_is_skipped_by_adopt_and_counted_not_fatal(make_model, store, tmp_path, caplog):
+    import dataclasses
+
+    trainer = trainer_for(make_model(), store, max_regression=0.0)
+    good = store.publish(make_model(), version="v2", parent_version="v1", metrics={},
+                         backbone_id=trainer.backbone_id)
+    elsewhere = ArtifactStore(tmp_path / "elsewhere", signing_key=b"k" * 32)
+    outside = elsewhere.publish(make_model(seed=4), version="v3", parent_version="v1", metrics={},
+                                backbone_id=trainer.backbone_id)
+    hostile = [outside,  # validly signed, but not in this trainer's store
+               dataclasses.replace(good, signature=None),
+               dataclasses.replace(good, backbone_id="0" * 64),
+               dataclasses.replace(good, version="v9", artifact_uri=store.uri("v9"))]
+    before = {k: v.clone() for k, v in trainer.model.adapt_state_dict().items()}
+    assert [trainer.adopt(update) for update in hostile] == [False] * 4
+    assert trainer.version == "v1" and trainer.rejected_updates == 4
+    assert all((before[k] == v).all() for k, v in trainer.model.adapt_state_dict().items())
+    assert "rejected adapter v3 (path)" in caplog.text
+    assert trainer.adopt(good) and trainer.version == "v2"
