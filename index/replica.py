@@ -5,8 +5,9 @@
 Every streams worker and every model worker runs one `EmbeddingFollower`: a consumer outside any
 group, assigned every partition, reading from the beginning. So any number of workers, on any
 number of machines, converge on the same catalogue, and a new one rebuilds by reading the topic.
-Records that fail to decode are counted and skipped here; the producer of the topic dead-letters
-its own bad input. A tombstone (value None) removes the item.
+Every record is handled on its own: one that fails to decode (degenerate vectors are refused by
+the schema) or that the index refuses is counted and skipped, never stopping the follower; the
+producer of the topic dead-letters its own bad input. A tombstone (value None) removes the item.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class CatalogReplica:
         self.encoder_ids: set[str] = set()
         self.updates = 0
         self.decode_errors = 0
+        self.rejected = 0  # records the index refused (counted, skipped)
 
     def apply(self, records: Sequence[ItemEmbedding]) -> int:
         """Upsert records; those of another dimension than the index are skipped. Returns how many applied."""
@@ -53,13 +55,25 @@ class CatalogReplica:
             records = [r for r in records if r.vector.shape[0] == dim]
         if not records:
             return 0
-        self.index.upsert([r.item_id for r in records], np.stack([r.vector for r in records]))
+        try:
+            self.index.upsert([r.item_id for r in records], np.stack([r.vector for r in records]))
+        except ValueError:  # one bad vector fails the whole call: apply each on its own
+            records = [r for r in records if self._upsert_one(r)]
         with self._lock:
             for r in records:
                 self.freshness.add(r.item_id, r.event_time_ms / 1000.0)
                 self.encoder_ids.add(r.encoder_id)
             self.updates += len(records)
         return len(records)
+
+    def _upsert_one(self, record: ItemEmbedding) -> bool:
+        try:
+            self.index.upsert([record.item_id], record.vector[None, :])
+            return True
+        except ValueError as err:
+            self.rejected += 1
+            log.error("skipping embedding of %s the index refuses: %s", record.item_id, err)
+            return False
 
     def remove(self, item_ids: Collection[str]) -> None:
         self.index.remove(item_ids)

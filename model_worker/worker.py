@@ -46,6 +46,7 @@ def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait
     adapters = TopicTail(lambda: consumer(cfg.kafka, None), cfg.topics.name(ADAPTER_UPDATES), adapter_handler(server))
     for tail in (follower, adapters):
         tail.start()
+        server.metrics.require(f"{tail.topic} follower", tail.healthy)  # stopped: /healthz and /readyz red
     if not follower.wait_caught_up(replica_wait_s):
         log.warning("feature replica not caught up after %.0fs; serving anyway", replica_wait_s)
     if not adapters.wait_caught_up(replica_wait_s):

@@ -42,6 +42,7 @@ def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", log_format: str = 
     create_topics(cfg.kafka, cfg.topics)
     ctx, follower = build_context(cfg)
     follower.start()
+    ctx.metrics.require("item-embeddings follower", follower.healthy)  # stopped: /healthz and /readyz red
     if not follower.wait_caught_up(cfg.replica_wait_s):
         log.warning("embeddings replica not caught up after %.0fs; starting anyway", cfg.replica_wait_s)
     log.info("catalogue replica holds %d items (encoder %s, dim %d)", len(ctx.replica), ctx.encoder.encoder_id,

@@ -1,8 +1,8 @@
 """Prometheus metrics and health endpoints for a worker process, on 127.0.0.1 unless configured.
 
     GET /metrics   Prometheus text format (this process's registry)
-    GET /healthz   200 while the worker's main loop is alive
-    GET /readyz    200 once the worker serves (replicas caught up, model loaded), else 503
+    GET /healthz   200 while the worker's main loop and every part it `require`s (followers) run, else 503
+    GET /readyz    200 once the worker serves (replicas caught up, model loaded) and is healthy, else 503
 
 Each worker builds one `WorkerMetrics` and passes it to its loop; nothing here is global.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -48,6 +49,20 @@ class WorkerMetrics:
         self.adapter_rejections = Counter("vip5_adapter_rejections", "adapter updates rejected", registry=r)
         self.alive = threading.Event()
         self.ready = threading.Event()
+        self._checks: dict[str, Callable[[], bool]] = {}  # background parts the worker needs (followers)
+
+    def require(self, name: str, healthy: Callable[[], bool]) -> None:
+        """Make /healthz and /readyz fail while `healthy()` is False (e.g. a replica follower stopped)."""
+        self._checks[name] = healthy
+
+    def failing(self) -> list[str]:
+        return [name for name, healthy in self._checks.items() if not healthy()]
+
+    def is_healthy(self) -> bool:
+        return self.alive.is_set() and not self.failing()
+
+    def is_ready(self) -> bool:
+        return self.ready.is_set() and self.is_healthy()
 
     def set_adapter(self, version: str) -> None:
         self.adapter_version.clear()
@@ -69,8 +84,8 @@ def serve_metrics(metrics: WorkerMetrics, *, host: str = "127.0.0.1", port: int)
             if self.path == "/metrics":
                 self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif self.path in ("/healthz", "/readyz"):
-                ok = (metrics.alive if self.path == "/healthz" else metrics.ready).is_set()
-                body = json.dumps({"worker": metrics.worker, "ok": ok}).encode()
+                ok = metrics.is_healthy() if self.path == "/healthz" else metrics.is_ready()
+                body = json.dumps({"worker": metrics.worker, "ok": ok, "failing": metrics.failing()}).encode()
                 self._reply(200 if ok else 503, body, "application/json")
             else:
                 self._reply(404, b"not found\n", "text/plain")

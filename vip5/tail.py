@@ -32,6 +32,10 @@ class TopicTail(threading.Thread):
     def wait_caught_up(self, timeout_s: float) -> bool:
         return self._caught_up.wait(timeout_s)
 
+    def healthy(self) -> bool:
+        """False once the thread has stopped on an error (or ended without being asked to)."""
+        return self.failed is None and (self.is_alive() or self._stop_event.is_set())
+
     def run(self) -> None:
         from kafka import TopicPartition
 

@@ -1,6 +1,8 @@
 """Hostile input on every input topic: each record that does not decode lands in the dead-letter
 topic with its reason and raw bytes, and the workers keep serving valid traffic afterwards."""
 
+import json
+
 import msgpack
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -263,3 +265,62 @@ def test_hostile_adapter_updates_are_rejected_by_model_worker_and_trainer_which_
     assert {r.adapter_version for r in recs} == {"v1"}
     assert {e for r in recs for e in r.event_ids} >= {e.event_id for e in good}
     assert all(alive.values()), alive
+
+
+def _raw_embedding(item_id: str, vector) -> bytes:
+    """An ItemEmbedding as a hostile producer writes it: no validation on the way out."""
+    import numpy as np
+
+    body = msgpack.unpackb(encode(EXAMPLES[4]))
+    body.update(item_id=item_id, vector=np.asarray(vector, "<f4").tobytes())
+    return msgpack.packb(body, use_bin_type=True)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the broken follower's
+def test_degenerate_embeddings_on_the_compacted_topic_leave_followers_running_and_health_tells(kafka_cfg, topics):
+    """Zero, denormal and huge vectors are skipped record by record (the topic is replayed from the
+    start by every worker, so a follower that died here would freeze every catalogue); a follower
+    that does stop turns /healthz and /readyz red."""
+    import numpy as np
+
+    from index.item_index import IndexConfig
+    from index.replica import CatalogReplica, embedding_follower
+    from tests.vip5.test_metrics import get
+    from vip5.broker import free_port
+    from vip5.kafka import consumer, create_topics, producer
+    from vip5.metrics import WorkerMetrics, serve_metrics
+    from vip5.tail import TopicTail
+
+    create_topics(kafka_cfg, topics)
+    name = topics.name(ITEM_EMBEDDINGS)
+    out = producer(kafka_cfg)
+    ok = np.arange(1, 9, dtype=np.float32)
+    for item_id, vector in [("zero", np.zeros(8)), ("tiny", np.full(8, 1e-30)), ("huge", np.full(8, 3e38)),
+                            ("a", ok), ("b", -ok), ("c", ok[::-1])]:
+        out.send(name, key=item_id.encode(), value=_raw_embedding(item_id, vector), partition=0)
+    out.flush()
+    out.close()
+
+    replica = CatalogReplica(IndexConfig(dim=8, kind="flat"))
+    follower = embedding_follower(lambda: consumer(kafka_cfg, None), name, replica)
+    broken = TopicTail(lambda: consumer(kafka_cfg, None), name, lambda messages: 1 / 0)  # a handler bug
+    metrics, port = WorkerMetrics("streams"), free_port()
+    http = serve_metrics(metrics, port=port)
+    try:
+        follower.start()
+        metrics.require("item-embeddings follower", follower.healthy)
+        metrics.alive.set()
+        metrics.ready.set()
+        assert follower.wait_caught_up(60)
+        assert sorted(replica.index.ids()) == ["a", "b", "c"] and replica.decode_errors == 3
+        assert follower.healthy() and get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        broken.start()
+        metrics.require("a broken follower", broken.healthy)
+        broken.join(60)
+        health, ready = get(f"http://127.0.0.1:{port}/healthz"), get(f"http://127.0.0.1:{port}/readyz")
+    finally:
+        follower.stop()
+        broken.stop()
+        http.shutdown()
+    assert not broken.healthy() and isinstance(broken.failed, ZeroDivisionError)
+    assert health[0] == ready[0] == 503 and json.loads(health[1])["failing"] == ["a broken follower"]

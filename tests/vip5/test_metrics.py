@@ -45,8 +45,21 @@ def test_health_and_readiness_follow_the_worker_state(served):
     metrics.alive.set()
     metrics.ready.set()
     status, body = get(f"{url}/readyz")
-    assert status == 200 and json.loads(body) == {"worker": "model-worker", "ok": True}
+    assert status == 200 and json.loads(body) == {"worker": "model-worker", "ok": True, "failing": []}
     assert get(f"{url}/healthz")[0] == 200
+
+
+def test_a_required_part_that_stops_turns_health_and_readiness_red(served):
+    metrics, url = served
+    metrics.alive.set()
+    metrics.ready.set()
+    running = {"item-embeddings follower": True}
+    metrics.require("item-embeddings follower", lambda: running["item-embeddings follower"])
+    assert get(f"{url}/healthz")[0] == 200
+    running["item-embeddings follower"] = False
+    for path in ("/healthz", "/readyz"):
+        status, body = get(f"{url}{path}")
+        assert status == 503 and json.loads(body)["failing"] == ["item-embeddings follower"]
 
 
 def test_metrics_server_listens_on_loopback_by_default(served):
