@@ -17,7 +17,7 @@ import logging
 import random
 import re
 import time
-from collections import defaultdict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +54,13 @@ class TrainerConfig:
     # signs every published version (model_worker.artifacts); run_trainer refuses to start without it
     adapter_signing_key: bytes | None = field(default=None, repr=False)
     history_len: int = 50
+    # Bounded state, whatever the number of distinct users producers invent. A user's history costs
+    # about 4 KB at history_len 50 (50 item-id strings of ~60 bytes, the list, the dict entry), so
+    # the default holds ~200 MB at most; the least recently active user is forgotten first (its
+    # next event is then context, not an example). Fresh examples wait for a round; past
+    # max_fresh_examples (~0.6 KB each) the oldest are dropped, e.g. while the catalogue is empty.
+    max_users: int = 50_000
+    max_fresh_examples: int = 20_000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +70,8 @@ class TrainerConfig:
             raise ValueError(f"holdout_fraction: {self.holdout_fraction} must be in (0, 1)")
         if self.every_s <= 0:
             raise ValueError(f"every_s: {self.every_s} must be > 0")
+        if self.max_users < 1 or self.max_fresh_examples < self.every_events:
+            raise ValueError(f"max_users: must be >= 1, and max_fresh_examples >= every_events ({self.every_events})")
 
 
 @dataclass(frozen=True)
@@ -97,18 +106,23 @@ class AdapterTrainer:
 
     def __init__(self, cfg: TrainerConfig, model, *, backbone_id: str, version: str, store: ArtifactStore):
         self.cfg, self.model, self.backbone_id, self.version, self.store = cfg, model, backbone_id, version, store
-        self.histories: dict[str, list[str]] = defaultdict(list)
-        self.fresh: list[Example] = []
+        self.histories: OrderedDict[str, list[str]] = OrderedDict()  # least recently active first
+        self.fresh: deque[Example] = deque(maxlen=cfg.max_fresh_examples)
+        self.forgotten_users = 0
         self.last_round_s = time.monotonic()
         self.rounds = 0
         self.rejected_updates = 0
 
     def observe(self, interaction: Interaction) -> None:
-        history = self.histories[interaction.user_id]
+        history = self.histories.pop(interaction.user_id, None) or []
         if history:
             self.fresh.append(Example(interaction.user_id, tuple(history[-self.cfg.history_len:]), interaction.item_id))
         history.append(interaction.item_id)
         del history[: -self.cfg.history_len]
+        self.histories[interaction.user_id] = history  # now the most recently active
+        while len(self.histories) > self.cfg.max_users:
+            self.histories.popitem(last=False)
+            self.forgotten_users += 1
 
     def due(self) -> bool:
         if len(self.fresh) >= self.cfg.every_events:
@@ -117,7 +131,7 @@ class AdapterTrainer:
 
     def round(self, features, catalogue: list[str]) -> AdapterUpdate | None:
         """Tune a candidate on the fresh events; returns the AdapterUpdate if it was accepted."""
-        examples, self.fresh = self.fresh, []
+        examples, self.fresh = list(self.fresh), deque(maxlen=self.cfg.max_fresh_examples)
         self.last_round_s, self.rounds = time.monotonic(), self.rounds + 1
         cut = max(1, int(len(examples) * (1 - self.cfg.holdout_fraction)))
         train, holdout = examples[:cut], examples[cut:] or examples[-1:]

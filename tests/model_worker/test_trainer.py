@@ -52,7 +52,7 @@ def test_accepted_round_publishes_a_verifiable_next_version(make_model, store, f
     update = trainer.round(features, sorted(features))
     assert update is not None and update.version == "v2" and update.parent_version == "v1"
     assert {"holdout_mrr_before", "holdout_mrr_after"} <= set(update.metrics)
-    assert trainer.version == "v2" and trainer.fresh == []
+    assert trainer.version == "v2" and not trainer.fresh
     artifact = load_verified(update, backbone_id=trainer.backbone_id, store=store)
     assert set(artifact.tensors) == set(trainer.model.adapt_state_dict())
     assert next_version(store) == "v3"
@@ -117,3 +117,19 @@ def test_a_bad_update_is_skipped_by_adopt_and_counted_not_fatal(make_model, stor
     assert all((before[k] == v).all() for k, v in trainer.model.adapt_state_dict().items())
     assert "rejected adapter v3 (path)" in caplog.text
     assert trainer.adopt(good) and trainer.version == "v2"
+
+
+def test_trainer_state_is_bounded_however_many_users_producers_invent(make_model, store):
+    import dataclasses
+
+    trainer = trainer_for(make_model(), store, max_regression=0.0)
+    trainer.cfg = dataclasses.replace(trainer.cfg, max_users=100, max_fresh_examples=50, every_events=10)
+    trainer.__init__(trainer.cfg, trainer.model, backbone_id=trainer.backbone_id, version="v1", store=store)
+    for n in range(5000):  # 2,500 one-off users, two events each
+        for event in clicks(f"user-{n // 2}", [str(n)]):
+            trainer.observe(dataclasses.replace(event, event_id=f"e{n}"))
+    assert len(trainer.histories) == 100 and trainer.forgotten_users == 2400
+    assert len(trainer.fresh) == 50 and trainer.fresh[-1].user_id == "user-2499"
+    trainer.observe(clicks("user-2400", ["x"])[0])  # the oldest user, active again ...
+    trainer.observe(clicks("newcomer", ["y"])[0])  # ... so the next oldest makes room
+    assert "user-2400" in trainer.histories and "user-2401" not in trainer.histories
