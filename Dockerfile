@@ -3,13 +3,14 @@
 FROM python:3.11-slim
 ARG EXTRA=cpu
 WORKDIR /app
-COPY requirements.lock pyproject.toml README.md ./
+COPY requirements.lock requirements-nodeps.txt pyproject.toml README.md ./
 COPY schemas schemas
 COPY streams streams
 COPY index index
 COPY model_worker model_worker
 COPY vip5 vip5
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock \
+    && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt \
     && pip install --no-cache-dir --no-deps -e ".[${EXTRA}]"
 USER 1000:1000
 ENTRYPOINT ["vip5"]

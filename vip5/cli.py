@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "streams.cli",
     "index.cli",
     "model_worker.cli", "model_worker.serve_cli", "model_worker.trainer_cli", "model_worker.bench_adapters",
-    "model_worker.offline.cli",
+    "vip5.train_cli",
 )
 
 Handler = Callable[[argparse.Namespace], dict]

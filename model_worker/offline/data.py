@@ -87,6 +87,7 @@ class RecData:
     user_keys: tuple[str, ...]
     item_keys: tuple[str, ...]
     item_titles: tuple[str, ...] | None = None
+    item_categories: tuple[str, ...] | None = None
     explanations: tuple[Explanation, ...] = ()
     image_features: np.ndarray | None = None
     has_image: np.ndarray | None = None
@@ -120,6 +121,9 @@ class RecData:
         if self.item_titles is not None and self.item_titles[item - 1]:
             return self.item_titles[item - 1]
         return f"item_{item}"
+
+    def category(self, item: int) -> str:
+        return self.item_categories[item - 1] if self.item_categories is not None else ""
 
     def summary(self) -> dict:
         return {
@@ -171,7 +175,8 @@ def load_p5_folder(folder: Path, *, trust_pickle: bool = False, max_explanation_
     user_keys = tuple(id2user.get(str(raw), str(raw)) for raw in user_map)
     item_keys = tuple(id2item.get(str(raw), str(raw)) for raw in item_map)
     data = RecData(name=folder.name, sequences=tuple(sequences), user_keys=user_keys, item_keys=item_keys,
-                   item_titles=_read_titles(folder / TITLES_FILE, item_keys))
+                   item_titles=_read_titles(folder / TITLES_FILE, item_keys),
+                   item_categories=_read_categories(folder, [str(raw) for raw in item_map]))
     explanations = _read_explanation_splits(folder, data, trust_pickle=trust_pickle,
                                             max_words=max_explanation_words)
     return replace(data, explanations=explanations)
@@ -185,6 +190,18 @@ def _read_datamaps(path: Path) -> tuple[dict[str, str], dict[str, str]]:
         if key not in maps:
             raise ValueError(f"{path}: missing key {key!r}")
     return maps["id2user"], maps["id2item"]
+
+
+def _read_categories(folder: Path, raw_item_ids: Sequence[str]) -> tuple[str, ...] | None:
+    """Per item, its attribute names (categories and brand) from `item2attributes.json`, decoded
+    through `datamaps.json`; None when the folder has no attributes."""
+    path, maps = folder / "item2attributes.json", folder / "datamaps.json"
+    if not path.exists() or not maps.exists():
+        return None
+    names = json.loads(maps.read_text()).get("id2attribute", {})
+    attributes = json.loads(path.read_text())
+    return tuple(", ".join(names.get(str(a), "") for a in attributes.get(raw, []) if names.get(str(a)))
+                 for raw in raw_item_ids)
 
 
 def _read_titles(path: Path, item_keys: Sequence[str]) -> tuple[str, ...] | None:
@@ -355,6 +372,8 @@ def reindex_items(data: RecData, *, numbering: str, seed: int) -> RecData:
         sequences=tuple(tuple(int(new_of[i]) for i in seq) for seq in data.sequences),
         item_keys=tuple(data.item_keys[old - 1] for old in reorder),
         item_titles=None if data.item_titles is None else tuple(data.item_titles[old - 1] for old in reorder),
+        item_categories=None if data.item_categories is None else tuple(data.item_categories[old - 1]
+                                                                         for old in reorder),
         explanations=tuple(replace(e, item=int(new_of[e.item])) for e in data.explanations),
         image_features=None if data.image_features is None else data.image_features[old_of],
         has_image=None if data.has_image is None else data.has_image[old_of],
@@ -418,3 +437,18 @@ def direct_candidates(example: Example, sequence: Sequence[int], n_items: int, *
                       count: int = 99) -> tuple[int, ...]:
     """The target followed by `count` negatives untouched by the user's whole sequence."""
     return (example.target, *sample_negatives(sequence, n_items, user=example.user, seed=seed, count=count))
+
+
+def cold_items(n_items: int, share: float, seed: int) -> frozenset[int]:
+    """A seeded `share` of items 1..I: kept out of training to stand for items that arrive later."""
+    count = int(round(n_items * share))
+    if count == 0:
+        return frozenset()
+    return frozenset(int(i) for i in np.random.default_rng([seed, 7]).choice(n_items, count, replace=False) + 1)
+
+
+def without_items(split: LeaveOneOut, items: frozenset[int]) -> LeaveOneOut:
+    """The split with `items` removed from every training sequence (evaluation examples unchanged)."""
+    if not items:
+        return split
+    return replace(split, train=tuple(tuple(i for i in seq if i not in items) for seq in split.train))

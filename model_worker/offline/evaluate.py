@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .baselines import Markov, NextId, Popularity
-from .data import DataConfig, Example, RecData, direct_candidates, leave_one_out, load_data
+from .candidates import CoVisitCandidates
+from .data import DataConfig, Example, RecData, cold_items, direct_candidates, leave_one_out, load_data
 from .metrics import rank_in_list, rank_metrics, rank_of_target, text_metrics
 from .sasrec import SASRecConfig, SASRecScorer
 from .tasks import explanation_from, image_lookup, shuffled
@@ -75,6 +76,7 @@ class EvalConfig:
     explanation_tokens: int = 32
     catalogue_chunk: int = 128
     threads: int = 2
+    rerank_candidates: int = 100
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))
@@ -103,6 +105,7 @@ class EvalContext:
     candidates: tuple[tuple[int, ...], ...]  # per example: target first, then 99 negatives
     train: tuple[tuple[int, ...], ...]
     config: EvalConfig
+    rerank: tuple[tuple[int, ...], ...] = ()  # per example: the generator's top candidates, best first
 
 
 def make_context(data: RecData, config: EvalConfig) -> EvalContext:
@@ -114,7 +117,9 @@ def make_context(data: RecData, config: EvalConfig) -> EvalContext:
         examples = tuple(examples[i] for i in chosen)
     candidates = tuple(direct_candidates(e, data.sequences[e.user - 1], data.n_items, seed=config.negatives_seed,
                                          count=config.direct_negatives) for e in examples)
-    return EvalContext(data, tuple(examples), candidates, split.train, config)
+    generator = CoVisitCandidates(split.train, data.n_items)
+    rerank = tuple(tuple(generator.candidates(e.history, config.rerank_candidates)[0]) for e in examples)
+    return EvalContext(data, tuple(examples), candidates, split.train, config, rerank)
 
 
 def batches(items: Sequence, size: int):
@@ -133,18 +138,58 @@ def _mask_history(scores: np.ndarray, example: Example, columns_are_items: bool)
 # ----------------------------------------------------------------------------- baselines
 
 
+MISS = 10**9  # the rank of a target the candidates do not hold
+
+
 def baseline_ranks(scorer, context: EvalContext) -> dict[str, list[int]]:
-    """Sequential (whole catalogue) and direct (the same 100 candidates) ranks of one scorer."""
+    """Sequential (whole catalogue), direct (the same 100 sampled candidates) and rerank (the
+    generator's candidates; a target outside them is a miss) ranks of one scorer."""
     rng = np.random.default_rng(context.config.sample_seed)
-    sequential, direct = [], []
+    sequential, direct, rerank = [], [], []
     for chunk_start in range(0, len(context.examples), 256):
         chunk = context.examples[chunk_start: chunk_start + 256]
         scores = scorer.scores([e.history for e in chunk])  # (B, I+1)
-        for row, example, cands in zip(scores, chunk, context.candidates[chunk_start:], strict=False):
+        for offset, (row, example) in enumerate(zip(scores, chunk, strict=True)):
             full = _mask_history(row, example, True) if context.config.exclude_history else row
             sequential.append(rank_of_target(full, example.target, rng=rng))
-            direct.append(rank_of_target(row[list(cands)], 0, rng=rng))
-    return {"sequential": sequential, "direct": direct}
+            direct.append(rank_of_target(row[list(context.candidates[chunk_start + offset])], 0, rng=rng))
+            if context.rerank:
+                rerank.append(rerank_rank(row, context.rerank[chunk_start + offset], example.target, rng))
+    return {"sequential": sequential, "direct": direct, "rerank": rerank}
+
+
+def rerank_rank(scores: np.ndarray, candidates: Sequence[int], target: int, rng: np.random.Generator) -> int:
+    if target not in candidates:
+        return MISS
+    return rank_of_target(scores[list(candidates)], list(candidates).index(target), rng=rng)
+
+
+def candidate_order_ranks(context: EvalContext) -> list[int]:
+    """Ranks under the generator's own order."""
+    return [c.index(e.target) + 1 if e.target in c else MISS for e, c in zip(context.examples, context.rerank,
+                                                                             strict=True)]
+
+
+class ItemTokenScorer:
+    """An item-token VIP5 as a `Scorer`: histories -> (B, I+1) scores of every item as the next one
+    (one decoder pass over the last `max_len` history items)."""
+
+    name = "vip5"
+
+    def __init__(self, model, *, max_len: int = 50, batch_size: int = 256):
+        self.model, self.max_len, self.batch_size = model, max_len, batch_size
+
+    def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        self.model.eval()
+        out = []
+        for start in range(0, len(histories), self.batch_size):
+            chunk = [list(h)[-(self.max_len - 1):] for h in histories[start:start + self.batch_size]]
+            rows = np.zeros((len(chunk), max(1, max(len(h) for h in chunk))), dtype=np.int64)
+            for row, items in enumerate(chunk):
+                rows[row, :len(items)] = items
+            lengths = torch.tensor([len(h) for h in chunk])
+            out.append(self.model.next_item_scores(torch.from_numpy(rows), lengths).double().numpy())
+        return np.concatenate(out)
 
 
 def make_baseline(name: str, context: EvalContext):
@@ -163,7 +208,7 @@ def evaluate_baselines(context: EvalContext) -> dict:
         started = time.monotonic()
         scorer = make_baseline(name, context)
         ranks = baseline_ranks(scorer, context)
-        out[name] = {task: rank_metrics(r) for task, r in ranks.items()}
+        out[name] = {task: rank_metrics(r) for task, r in ranks.items() if r}
         if hasattr(scorer, "info"):
             out[name]["info"] = scorer.info()
         out[name]["time_s"] = round(time.monotonic() - started, 1)
@@ -269,6 +314,55 @@ def _for_template(context: EvalContext, template: str) -> EvalContext:
     return replace(context, examples=context.examples[:limit], candidates=context.candidates[:limit])
 
 
+def evaluate_item_tokens(model, context: EvalContext, *, max_len: int, cold: frozenset[int]) -> dict:
+    """Sequential, sampled direct and rerank metrics of an item-token model (one pass per batch of
+    histories scores the whole catalogue), and cold-start items with and without content."""
+    started = time.monotonic()
+    ranks = baseline_ranks(ItemTokenScorer(model, max_len=max_len), context)
+    out = {"sequential": {"n_users": len(ranks["sequential"]), **rank_metrics(ranks["sequential"])},
+           "direct": {"sampled": "1 target + 99 untouched negatives", **rank_metrics(ranks["direct"])},
+           "rerank": {"model": rank_metrics(ranks["rerank"]),
+                      "candidates": rank_metrics(candidate_order_ranks(context)),
+                      "n_candidates": context.config.rerank_candidates}}
+    if cold:
+        out["cold_start"] = cold_start_metrics(model, context, max_len=max_len, cold=cold)
+    out["explanation"] = {"skipped": "item-token runs train the sequential task; explanations need a digits run"}
+    out["timing_s"] = {"all": round(time.monotonic() - started, 1)}
+    return out
+
+
+def cold_start_metrics(model, context: EvalContext, *, max_len: int, cold: frozenset[int]) -> dict:
+    """Test users whose target was held out of training: the cold items are served as items that
+    arrive after training (no id embedding), with their content tokens and without them."""
+    examples = [e for e in context.examples if e.target in cold]
+    if not examples:
+        return {"n_users": 0}
+    tokens, rows = model.item_tokens, torch.tensor(sorted(cold))
+    saved = tokens.has_id.clone(), tokens.has_feature.clone()
+    sub = replace(context, examples=tuple(examples), rerank=())
+    out = {"n_users": len(examples), "n_items": len(cold)}
+    try:
+        tokens.has_id[rows] = False
+        for name, has_content in (("with_content", True), ("without_content", False)):
+            tokens.has_feature[rows] = saved[1][rows] & has_content
+            ranks = _sequential_only(ItemTokenScorer(model, max_len=max_len), sub)
+            out[name] = rank_metrics(ranks)
+    finally:
+        tokens.has_id.copy_(saved[0])
+        tokens.has_feature.copy_(saved[1])
+    return out
+
+
+def _sequential_only(scorer, context: EvalContext) -> list[int]:
+    rng, ranks = np.random.default_rng(context.config.sample_seed), []
+    for start in range(0, len(context.examples), 256):
+        chunk = context.examples[start:start + 256]
+        for row, example in zip(scorer.scores([e.history for e in chunk]), chunk, strict=True):
+            row = _mask_history(row, example, True) if context.config.exclude_history else row
+            ranks.append(rank_of_target(row, example.target, rng=rng))
+    return ranks
+
+
 def evaluate_model(model, context: EvalContext) -> dict:
     def sequential(template: str) -> dict:
         ranks = sequential_ranks(model, _for_template(context, template), template)
@@ -343,8 +437,15 @@ def evaluate(config: EvalConfig, *, model_dir: str | None = None, data_config: D
     if model is not None:
         result.update(stages=list(model.stages_run), model=model_summary(model),
                       training=_training_summary(record))
-        result.update(evaluate_model(model, context))
+        if model.item_tokens is not None:
+            train = record.get("train", {})
+            cold = cold_items(data.n_items, train.get("cold_items_share", 0.0), train.get("seed", 0))
+            result.update(evaluate_item_tokens(model, context, max_len=train.get("max_len", 50), cold=cold))
+        else:
+            result.update(evaluate_model(model, context))
     result["baselines"] = evaluate_baselines(context)
+    result.setdefault("rerank", {}).update(candidates=rank_metrics(candidate_order_ranks(context)),
+                                           n_candidates=config.rerank_candidates)
     protocol = asdict(config)
     protocol["sasrec"] = asdict(config.sasrec)
     result["protocol"] = protocol

@@ -132,3 +132,31 @@ def tokenizer_corpus(data: RecData, split: LeaveOneOut) -> list[str]:
     `build_template_tokenizer`); IDs need only digits, which are always in the vocabulary."""
     del split  # the corpus never includes held-out text
     return [e.text for e in data.explanations if e.split == "train"]
+
+
+class SequenceSampler:
+    """Item-token training batches: whole training sequences, every position a target.
+
+    `sample(batch_size, rng)` -> rows (B, L+1) long: [start, i_1, ..., i_L] per user (the last
+    `max_len` training items), right-padded with 0. Users are drawn from one length bucket at a
+    time (sorted chunks of 50 batches), so a batch carries little padding.
+    """
+
+    def __init__(self, split: LeaveOneOut, *, bos: int, max_len: int = 50):
+        self.sequences = [items[-max_len:] for items in split.train if len(items) >= 1]
+        if not self.sequences:
+            raise ValueError("no training samples: every user's training sequence is empty")
+        self.bos, self.max_len = bos, max_len
+        self.lengths = np.array([len(s) for s in self.sequences])
+
+    def sample(self, batch_size: int, rng: np.random.Generator):
+        import torch
+
+        pool = rng.choice(len(self.sequences), size=min(len(self.sequences), batch_size * 50), replace=False)
+        pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+        start = int(rng.integers(0, max(1, len(pool) - batch_size + 1)))
+        chosen = [self.sequences[i] for i in pool[start:start + batch_size]]
+        rows = np.zeros((len(chosen), max(len(s) for s in chosen) + 1), dtype=np.int64)
+        for row, items in enumerate(chosen):
+            rows[row, :len(items) + 1] = (self.bos, *items)
+        return torch.from_numpy(rows)

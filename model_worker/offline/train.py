@@ -27,7 +27,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,8 @@ import torch
 
 from model_worker.vip5.config import PRESETS, STAGES, VIP5Config
 
-from .data import DataConfig, LeaveOneOut, RecData, leave_one_out, load_data
-from .tasks import TaskConfig, TrainingSampler, image_lookup, tokenizer_corpus
+from .data import DataConfig, LeaveOneOut, RecData, cold_items, leave_one_out, load_data, without_items
+from .tasks import SequenceSampler, TaskConfig, TrainingSampler, image_lookup, tokenizer_corpus
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +50,49 @@ class TrainConfig:
     wall-clock limit of the whole run (None: steps only); checkpoint_every: steps between
     checkpoints; log_every: steps per recorded mean loss; dropout_rate: backbone dropout (0 by default: on a CPU its masks cost about a
     quarter of a step and short runs do not overfit); tokenizer_vocab: size of the built tokenizer;
-    threads: torch CPU threads; seed: model init and sampling."""
+    threads: torch CPU threads; seed: model init and sampling.
+    item_ids: "tokens" (the default recipe: one token per item plus its content vector, every
+    position of a training sequence a target, softmax over all items) or "digits" (the paper's
+    digit-piece ids with multitask prompts); content: "text" (item texts through the text encoder
+    where the data has no image features) or "none"; max_len: training items per sequence (tokens);
+    validate_every_s / validate_users: next-item HR@10 on a seeded sample of validation users every
+    so often, keeping the best model (tokens); cold_items_share: a seeded share of items removed from
+    every training sequence, to measure how items that arrive after training are served."""
 
     out_dir: str
-    preset: str = "tiny"
+    preset: str = "mini"
     stages: tuple[str, ...] = STAGES
-    pretrain_steps: int = 1000
-    adapt_steps: int = 500
-    batch_size: int = 32
-    lr: float = 1e-3
+    pretrain_steps: int = 12000
+    adapt_steps: int = 600
+    batch_size: int = 128
+    lr: float = 3e-3
     warmup_fraction: float = 0.05
-    weight_decay: float = 0.01
+    weight_decay: float = 0.1
     grad_clip: float = 1.0
     time_budget_s: float | None = None
     checkpoint_every: int = 200
     log_every: int = 25
-    dropout_rate: float = 0.0
+    dropout_rate: float = 0.1
     tokenizer_vocab: int = 4000
     threads: int = 2
     seed: int = 0
     model_overrides: dict = field(default_factory=dict)
+    item_ids: str = "tokens"
+    content: str = "text"
+    max_len: int = 50
+    validate_every_s: float = 300.0
+    validate_users: int = 2000
+    cold_items_share: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.item_ids not in ("tokens", "digits"):
+            raise ValueError(f"TrainConfig.item_ids must be 'tokens' or 'digits', got {self.item_ids!r}")
+        if self.content not in ("text", "none"):
+            raise ValueError(f"TrainConfig.content must be 'text' or 'none', got {self.content!r}")
+        if self.max_len < 2 or self.validate_users < 1 or self.validate_every_s <= 0:
+            raise ValueError("TrainConfig.max_len must be >= 2, validate_users >= 1, validate_every_s > 0")
+        if not 0 <= self.cold_items_share < 1:
+            raise ValueError(f"TrainConfig.cold_items_share must be in [0, 1), got {self.cold_items_share}")
         object.__setattr__(self, "stages", tuple(self.stages))
         if not self.stages or any(s not in STAGES for s in self.stages) or len(set(self.stages)) != len(self.stages):
             raise ValueError(f"TrainConfig.stages must be distinct names from {STAGES}, got {self.stages}")
@@ -127,8 +148,9 @@ def lr_factor(step: int, total_steps: int, elapsed_s: float, budget_s: float, wa
 
 def vip5_config(train: TrainConfig, data: RecData) -> VIP5Config:
     feature_dim = data.image_features.shape[1] if data.image_features is not None else 1280
+    items = {"item_ids": "tokens", "n_items": data.n_items} if train.item_ids == "tokens" else {}
     return VIP5Config(backbone=train.preset, image_feature_dim=feature_dim, dropout_rate=train.dropout_rate,
-                      **train.model_overrides)
+                      **items, **train.model_overrides)
 
 
 def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
@@ -136,9 +158,13 @@ def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
     from model_worker.vip5.tokenizer import build_template_tokenizer
 
     config = vip5_config(train, data)
-    tokenizer = build_template_tokenizer(tokenizer_corpus(data, split), vocab_size=train.tokenizer_vocab,
-                                         image_token=config.image_token)
-    return VIP5Model.build(config, tokenizer, seed=train.seed)
+    tokenizer = build_template_tokenizer([*tokenizer_corpus(data, split), config.sequence_prompt],
+                                         vocab_size=train.tokenizer_vocab, image_token=config.image_token)
+    model = VIP5Model.build(config, tokenizer, seed=train.seed)
+    if model.item_tokens is not None and data.image_features is not None:
+        rows = np.nonzero(data.has_image[1:])[0] + 1
+        model.item_tokens.set_features(rows, data.image_features[rows])
+    return model
 
 
 def write_run_config(out: Path, data_config: DataConfig, tasks: TaskConfig, train: TrainConfig) -> None:
@@ -205,14 +231,25 @@ def load_checkpoint(out: Path):
 
 
 def make_optimizer(model, train: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    """AdamW with weight decay on weight matrices only (nanoGPT's recipe): norms, biases, gains and
+    embeddings (item tokens, whole-word and modality embeddings, T5's shared vocabulary and
+    relative position buckets) are not pulled towards zero."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        embedding = "embedding" in name or "shared" in name or "relative_attention_bias" in name
+        (decay if param.dim() >= 2 and not embedding else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.lr, betas=(0.9, 0.98))
 
 
 def train_step(model, optimizer, batch, *, lr: float, grad_clip: float) -> float:
+    """One optimizer step on `batch` (a prompt Batch or item-token rows): the step every training
+    path shares (offline stages, online adapter rounds)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = model(batch)["loss"]
+    loss = model.loss(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
@@ -220,9 +257,49 @@ def train_step(model, optimizer, batch, *, lr: float, grad_clip: float) -> float
     return float(loss.detach())
 
 
-def run_stage(model, optimizer, state: StageState, sampler: TrainingSampler, images: dict,
-              train: TrainConfig, out: Path) -> StageState:
-    """Train one stage from `state.step` until its steps or time run out; checkpoints as it goes."""
+class Validator:
+    """Next-item HR@10 on a seeded sample of validation users; keeps the best weights seen."""
+
+    def __init__(self, split: LeaveOneOut, train: TrainConfig):
+        rng = np.random.default_rng(train.seed)
+        chosen = rng.choice(len(split.valid), size=min(train.validate_users, len(split.valid)), replace=False)
+        self.examples = [split.valid[i] for i in np.sort(chosen)]
+        self.max_len, self.every_s = train.max_len, train.validate_every_s
+        self.history: list[dict] = []
+        self.best: tuple[float, dict] | None = None
+
+    def __call__(self, model, *, step: int, elapsed_s: float) -> float:
+        from .evaluate import ItemTokenScorer
+        from .metrics import rank_metrics, rank_of_target
+
+        scorer, rng, ranks = ItemTokenScorer(model, max_len=self.max_len), np.random.default_rng(0), []
+        for start in range(0, len(self.examples), 256):
+            chunk = self.examples[start:start + 256]
+            for row, example in zip(scorer.scores([e.history for e in chunk]), chunk, strict=True):
+                row[list(set(example.history))] = -np.inf
+                ranks.append(rank_of_target(row, example.target, rng=rng))
+        hr10 = rank_metrics(ranks)["hr@10"]
+        self.history.append({"stage": model.stage, "step": step, "elapsed_s": round(elapsed_s, 1), "hr@10": hr10})
+        if self.best is None or hr10 > self.best[0]:
+            self.best = (hr10, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        model.train()
+        return hr10
+
+    def restore_best(self, model) -> None:
+        if self.best is not None:
+            model.load_state_dict(self.best[1])
+
+
+def next_batch(model, sampler, images: dict, train: TrainConfig, rng: np.random.Generator):
+    if isinstance(sampler, SequenceSampler):
+        return sampler.sample(train.batch_size, rng)
+    return model.encoder.encode(sampler.sample(train.batch_size, rng), images)
+
+
+def run_stage(model, optimizer, state: StageState, sampler, images: dict, train: TrainConfig, out: Path,
+              validator: Validator | None = None) -> StageState:
+    """Train one stage from `state.step` until its steps or time run out; checkpoints as it goes,
+    validates every `validate_every_s` (item tokens) and ends on the best weights it saw."""
     from tqdm import tqdm
 
     total, budget = train.steps(state.stage), train.stage_budget_s(state.stage)
@@ -230,10 +307,11 @@ def run_stage(model, optimizer, state: StageState, sampler: TrainingSampler, ima
     model.train()
     window: list[float] = []
     started = time.monotonic() - state.elapsed_s
+    last_validation = time.monotonic()
     bar = tqdm(total=total, initial=state.step, desc=state.stage, file=sys.stderr, dynamic_ncols=True)
     while state.step < total and state.elapsed_s < budget:
         rng = np.random.default_rng([train.seed, stage_index, state.step])
-        batch = model.encoder.encode(sampler.sample(train.batch_size, rng), images)
+        batch = next_batch(model, sampler, images, train, rng)
         lr = train.lr * lr_factor(state.step, total, state.elapsed_s, budget, train.warmup_fraction)
         window.append(train_step(model, optimizer, batch, lr=lr, grad_clip=train.grad_clip))
         state.step += 1
@@ -241,13 +319,21 @@ def run_stage(model, optimizer, state: StageState, sampler: TrainingSampler, ima
         bar.update(1)
         if len(window) == train.log_every or state.step == total:
             state.losses.append(float(np.mean(window)))
-            bar.set_postfix(loss=f"{state.losses[-1]:.3f}", lr=f"{lr:.1e}")
+            bar.set_postfix(loss=f"{state.losses[-1]:.3f}", lr=f"{lr:.1e}",
+                            ex_s=f"{train.batch_size * state.step / max(state.elapsed_s, 1e-9):.0f}")
             window = []
         if state.step % train.checkpoint_every == 0:
             save_checkpoint(model, optimizer, state, out)
+        if validator is not None and time.monotonic() - last_validation >= validator.every_s:
+            hr10 = validator(model, step=state.step, elapsed_s=state.elapsed_s)
+            bar.write(f"{state.stage} step {state.step}: validation hr@10 {hr10:.4f}")
+            last_validation = time.monotonic()
     bar.close()
     if window:
         state.losses.append(float(np.mean(window)))
+    if validator is not None:
+        validator(model, step=state.step, elapsed_s=state.elapsed_s)
+        validator.restore_best(model)
     state.done = True
     save_checkpoint(model, optimizer, state, out)
     return state
@@ -259,13 +345,44 @@ def stage_summary(state: StageState, train: TrainConfig) -> dict:
             "last_loss": state.losses[-1] if state.losses else None, "losses": state.losses}
 
 
-def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, resume: bool = False) -> dict:
-    """Run (or resume) the configured stages; returns a summary with per-stage losses and times."""
+def with_content(data: RecData, config: TrainConfig, out: Path, content_encoder) -> RecData:
+    """Items without image features get a text content vector in their feature slot (computed once,
+    cached in `<out>/content_vectors.npy` with the item keys it belongs to)."""
+    if config.item_ids != "tokens" or config.content != "text" or data.image_features is not None:
+        return data
+    if content_encoder is None:
+        raise ValueError("content='text' needs a content encoder (vip5 train passes the text encoder)")
+    cache, keys = out / "content_vectors.npy", out / "content_vectors_keys.json"
+    if cache.exists() and keys.exists() and json.loads(keys.read_text()) == list(data.item_keys):
+        vectors = np.load(cache)
+    else:
+        texts = [content_encoder.item_text(data.title(i), data.category(i)) for i in range(1, data.n_items + 1)]
+        started = time.monotonic()
+        vectors = np.concatenate([np.zeros((1, content_encoder.dim), np.float32), content_encoder.encode(texts)])
+        log.info("content vectors for %d items in %.0f s", data.n_items, time.monotonic() - started)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(cache, vectors)
+        keys.write_text(json.dumps(list(data.item_keys)))
+    has = np.ones(data.n_items + 1, dtype=bool)
+    has[0] = False
+    return replace(data, image_features=vectors, has_image=has)
+
+
+def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, resume: bool = False,
+          content_encoder=None) -> dict:
+    """Run (or resume) the configured stages; returns a summary with per-stage losses and times.
+    `content_encoder` (`encode(texts)`, `item_text(title, category)`, `dim`) makes the content
+    vectors of items that have no image features."""
     torch.set_num_threads(config.threads)
     out = Path(config.out_dir)
-    data = load_data(data_config)
+    data = with_content(load_data(data_config), config, out, content_encoder)
     split = leave_one_out(data.sequences)
-    sampler, images = TrainingSampler(data, split, tasks), image_lookup(data)
+    split = without_items(split, cold_items(data.n_items, config.cold_items_share, config.seed))
+    if config.item_ids == "tokens":
+        sampler, images = SequenceSampler(split, bos=data.n_items + 1, max_len=config.max_len), {}
+    else:
+        sampler, images = TrainingSampler(data, split, tasks), image_lookup(data)
+    validator = Validator(split, config) if config.item_ids == "tokens" and split.valid else None
     loaded = load_checkpoint(out) if resume else None
     if loaded is None:
         write_run_config(out, data_config, tasks, config)
@@ -287,7 +404,7 @@ def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, re
         optimizer = make_optimizer(model, config)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
-        state = run_stage(model, optimizer, state, sampler, images, config, out)
+        state = run_stage(model, optimizer, state, sampler, images, config, out, validator)
         summaries = [s for s in summaries if s["stage"] != stage] + [stage_summary(state, config)]
         _write_summaries(out, summaries)
         if stage == "pretrain":
@@ -297,7 +414,10 @@ def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, re
         model.save_adapter(out / "adapter")
     report = model.trainable_parameters()
     report.pop("groups")
+    if validator is not None:
+        (out / "validation.json").write_text(json.dumps(validator.history, indent=2))
     return {"out_dir": str(out), "stages": model.stages_run, "data": data.summary(),
+            "validation": validator.history if validator is not None else [],
             "model": {"preset": config.preset, **report}, "stage_runs": summaries,
             "train_s": round(sum(s["train_s"] for s in summaries), 1)}
 

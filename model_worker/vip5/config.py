@@ -13,11 +13,15 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 ADAPTER_KINDS = ("bottleneck", "lora")
+ITEM_ID_KINDS = ("digits", "tokens")
 STAGES = ("pretrain", "adapt")
 
 # Architectures only; no weights. "t5-small" and "t5-base" match the published checkpoints' shapes
 # (relu feed-forward, vocab 32128) so parameter counts compare with the paper.
 PRESETS: dict[str, dict] = {
+    # "mini": the default recipe for item tokens on a CPU (a shallow encoder reads the task prompt,
+    # the decoder reads the history; about 2.3M parameters with 12k items)
+    "mini": dict(d_model=128, d_ff=512, num_layers=1, num_decoder_layers=2, num_heads=4, d_kv=32),
     "tiny": dict(d_model=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16),
     "small": dict(d_model=256, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4, d_kv=64),
     "t5-small": dict(
@@ -61,6 +65,19 @@ class VIP5Config:
     """backbone dropout for preset backbones (pretrained backbones keep their own)"""
     image_token: str = "<image>"
     """special token used as the image placeholder"""
+    item_ids: str = "digits"
+    """how items are named: "digits" (the paper's digit pieces, one word per item, scored through
+    a trie) or "tokens" (one learned token per item plus its content feature through the image
+    mapping; the decoder reads the history and scores every item in one pass; see items.py)"""
+    n_items: int = 0
+    """item tokens ("tokens" only): size of the item vocabulary (rows 1..n_items)"""
+    item_id_dropout: float = 0.0
+    """item tokens: share of id embeddings dropped per training step (0.1 slowed learning 2x here)"""
+    content_loss_weight: float = 0.25
+    """item tokens: weight of the training loss in which items are named by their content part
+    alone; this is what lets an item that arrives after training be recommended from its content"""
+    sequence_prompt: str = "sequential recommendation : which item will the user interact with next ?"
+    """item tokens: the task prompt the encoder reads for next-item recommendation"""
 
     def __post_init__(self) -> None:
         # tuple() so a list read back from JSON still gives a hashable, frozen config
@@ -80,6 +97,11 @@ class VIP5Config:
         _check(self.vocab_size is None or self.vocab_size >= 8, "vocab_size", "must be None or >= 8")
         _check(0.0 <= self.dropout_rate < 1.0, "dropout_rate", "must be in [0, 1)")
         _check(bool(self.image_token.strip()), "image_token", "must be a non-empty token string")
+        _check(self.item_ids in ITEM_ID_KINDS, "item_ids", f"must be one of {ITEM_ID_KINDS}")
+        _check(self.n_items >= 0 and (self.item_ids != "tokens" or self.n_items >= 1), "n_items",
+               "must be >= 1 with item_ids='tokens'")
+        _check(0.0 <= self.item_id_dropout < 1.0, "item_id_dropout", "must be in [0, 1)")
+        _check(self.content_loss_weight >= 0.0, "content_loss_weight", "must be >= 0")
 
     @property
     def is_preset(self) -> bool:

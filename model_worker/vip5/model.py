@@ -30,9 +30,10 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm
 from .adapters import attach_adapters, is_adapter_param, pure_backbone_state_dict
 from .config import STAGES, VIP5Config, preset_t5_config
 from .encoding import Batch, PromptEncoder
+from .items import ItemTokens
 from .tokenizer import load_tokenizer
 
-GROUPS = ("backbone", "layer_norms", "adapters", "image_mapping", "id_embeddings")
+GROUPS = ("backbone", "layer_norms", "adapters", "image_mapping", "id_embeddings", "item_embeddings")
 
 
 class ImageMapping(nn.Module):
@@ -67,6 +68,9 @@ class VIP5Model(nn.Module):
         if config.whole_word_embedding:
             self.whole_word_embedding = nn.Embedding(config.whole_word_vocab, d_model)
             nn.init.normal_(self.whole_word_embedding.weight, std=0.1)
+        self.item_tokens = None
+        if config.item_ids == "tokens":
+            self.item_tokens = ItemTokens(config.n_items, d_model, config.image_feature_dim)
         self.adapters = attach_adapters(backbone, config)  # None for LoRA (lives inside the backbone)
         self.encoder = PromptEncoder(tokenizer, config)
         self.stage: str | None = None
@@ -162,6 +166,59 @@ class VIP5Model(nn.Module):
         ids = self.generate(batch, **generate_kwargs)
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
+    # ---- item tokens: next item over the whole catalogue ------------------------------------------
+
+    def task_prompt_states(self, batch_size: int) -> torch.Tensor:
+        """Encoder states of the sequential task prompt, (B, T, D): the prompt selects the task."""
+        ids = self.tokenizer(self.config.sequence_prompt, return_tensors="pt").input_ids.to(self.device)  # (1, T)
+        states = self.backbone.get_encoder()(input_ids=ids).last_hidden_state  # (1, T, D)
+        return states.expand(batch_size, -1, -1)
+
+    def sequence_states(self, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """rows (B, L): [start, item, item, ...] right-padded with 0 -> decoder states (B, L, D).
+        Position t's state scores the item that follows rows[:, t]."""
+        decoder = self.backbone.get_decoder()
+        return decoder(inputs_embeds=table[rows], attention_mask=(rows > 0).long(),
+                       encoder_hidden_states=self.task_prompt_states(rows.shape[0])).last_hidden_state
+
+    def item_table(self) -> torch.Tensor:
+        """(I+2, D): every item's token (id embedding + mapped content feature)."""
+        return self.item_tokens.table(self.image_mapping)
+
+    def sequence_loss(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (B, L+1): [start, i_1, ..., i_L] right-padded; softmax cross-entropy over all items
+        for every next item i_1..i_L (one forward pass, L targets per sequence), plus
+        `content_loss_weight` x the same loss with every item named by its content part alone."""
+        dropout = self.config.item_id_dropout if self.training else 0.0
+        ids, content = self.item_tokens.parts(self.image_mapping, id_dropout=dropout)
+        table = ids if content is None else ids + content
+        inputs, targets = rows[:, :-1], rows[:, 1:]  # (B, L)
+        states = self.sequence_states(inputs, table)[targets > 0]  # (N, D)
+        wanted = targets[targets > 0] - 1  # column j is item row j+1
+        items = slice(1, self.item_tokens.n_items + 1)
+        loss = F.cross_entropy(states @ table[items].T, wanted)  # logits (N, I)
+        if content is not None and self.config.content_loss_weight > 0:
+            loss = loss + self.config.content_loss_weight * F.cross_entropy(states @ content[items].T, wanted)
+        return loss
+
+    @torch.no_grad()
+    def next_item_scores(self, histories: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """histories (B, L) item rows right-padded, lengths (B,) -> scores (B, I+1) of every item as
+        the next one (column 0, padding, is -inf)."""
+        table = self.item_table()
+        start = torch.full((histories.shape[0], 1), self.item_tokens.bos, dtype=torch.long, device=histories.device)
+        states = self.sequence_states(torch.cat([start, histories], dim=1), table)  # (B, L+1, D)
+        last = states[torch.arange(len(lengths), device=states.device), lengths]  # (B, D)
+        scores = last @ table[:self.item_tokens.n_items + 1].T  # (B, I+1)
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def loss(self, batch) -> torch.Tensor:
+        """Training loss of a prompt `Batch` (digit ids and text targets) or of item-token rows."""
+        if isinstance(batch, torch.Tensor):
+            return self.sequence_loss(batch)
+        return self(batch)["loss"]
+
     # ---- stages and parameter groups ------------------------------------------------------------
 
     def param_group(self, name: str) -> str:
@@ -171,6 +228,8 @@ class VIP5Model(nn.Module):
             return "image_mapping"
         if name.startswith(("whole_word_embedding.", "modality_embedding.")):
             return "id_embeddings"
+        if name.startswith("item_tokens."):
+            return "item_embeddings"
         if name.startswith("backbone.") and "layer_norm" in name:
             return "layer_norms"
         return "backbone"

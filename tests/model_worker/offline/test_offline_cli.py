@@ -8,6 +8,7 @@ from vip5.cli import main
 def test_train_then_evaluate_from_the_command_line(reviews_file, tmp_path, capsys):
     out = tmp_path / "run"
     status = main(["train", "--data", str(reviews_file), "--core", "1", "--numbering", "original", "--out", str(out),
+                   "--item-ids", "digits", "--preset", "tiny",
                    "--pretrain-steps", "3", "--adapt-steps", "2", "--batch-size", "4", "--train-candidates", "4",
                    "--threads", "1", "--json"])
     trained = json.loads(capsys.readouterr().out)

@@ -19,7 +19,7 @@ def _reviews(reviews_file) -> DataConfig:
 
 
 def _config(out, **changes) -> TrainConfig:
-    base = dict(out_dir=str(out), preset="tiny", pretrain_steps=6, adapt_steps=4, batch_size=4,
+    base = dict(out_dir=str(out), preset="tiny", item_ids="digits", pretrain_steps=6, adapt_steps=4, batch_size=4,
                 checkpoint_every=3, log_every=3, tokenizer_vocab=300, threads=1)
     return TrainConfig(**{**base, **changes})
 

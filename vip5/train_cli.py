@@ -1,5 +1,6 @@
-"""`vip5 train` and `vip5 evaluate`: wiring only; the work lives in offline.train / offline.evaluate.
-Heavy imports happen inside the handlers."""
+"""`vip5 train` and `vip5 evaluate`: wiring only; the work lives in model_worker.offline.train /
+model_worker.offline.evaluate, and item content vectors come from index.text_encoder (this module
+sits above both packages). Heavy imports happen inside the handlers."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def train_command(args: argparse.Namespace) -> dict:
         out_dir=args.out, preset=args.preset, stages=stages, pretrain_steps=args.pretrain_steps,
         adapt_steps=args.adapt_steps, batch_size=args.batch_size, lr=args.lr, warmup_fraction=args.warmup,
         grad_clip=args.grad_clip, time_budget_s=args.time_budget_s, checkpoint_every=args.checkpoint_every,
-        threads=args.threads, seed=args.seed,
+        threads=args.threads, seed=args.seed, item_ids=args.item_ids, content=args.content,
+        max_len=args.max_len, validate_every_s=args.validate_every_s, cold_items_share=args.cold_items_share,
     )
     tasks = TaskConfig(history_len=args.history_len, train_candidates=args.train_candidates)
     if args.data is not None:
@@ -51,7 +53,21 @@ def train_command(args: argparse.Namespace) -> dict:
         data, tasks, _ = read_run_config(Path(args.out))
     else:
         raise SystemExit("vip5 train: --data is required unless --resume finds a run in --out")
-    return train(data, tasks, config, resume=args.resume)
+    encoder = ContentEncoder() if config.item_ids == "tokens" and config.content == "text" else None
+    return train(data, tasks, config, resume=args.resume, content_encoder=encoder)
+
+
+class ContentEncoder:
+    """The text encoder with the item-text recipe the live system uses (`index.text_encoder`)."""
+
+    def __init__(self):
+        from index.text_encoder import TextEncoder, item_text
+
+        self.encoder, self.item_text = TextEncoder(), item_text
+        self.dim = self.encoder.dim
+
+    def encode(self, texts):
+        return self.encoder.encode(texts)
 
 
 def evaluate_command(args: argparse.Namespace) -> dict:
@@ -67,6 +83,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         num_beams=args.beams, direct_negatives=args.direct_negatives, history_len=args.history_len, batch_size=args.batch_size,
         exclude_history=not args.keep_history_items, baselines=baselines,
         sasrec=SASRecConfig(max_epochs=args.sasrec_epochs, time_budget_s=args.sasrec_time_s),
+        rerank_candidates=args.rerank_candidates,
         max_explanations=args.max_explanations or None, threads=args.threads,
     )
     data = None
@@ -83,15 +100,24 @@ def evaluate_command(args: argparse.Namespace) -> dict:
 def register(commands, bench) -> None:
     del bench
     train = add_command(commands, "train", train_command,
-                        help="two-stage offline training (pretrain the small backbone, then adapters)")
+                        help="offline training: pretrain the small backbone from scratch, then adapters")
     _data_args(train, required=False)
     train.add_argument("--out", required=True, help="run directory (checkpoints, final model, configs)")
-    train.add_argument("--preset", default="tiny", help="backbone preset: tiny, small, t5-small")
+    train.add_argument("--preset", default="mini", help="backbone preset: mini, tiny, small, t5-small")
+    train.add_argument("--item-ids", choices=("tokens", "digits"), default="tokens",
+                       help="one token per item + content vector (default) or the paper's digit-piece ids")
+    train.add_argument("--content", choices=("text", "none"), default="text",
+                       help="item content vectors from the text encoder where the data has no image features")
+    train.add_argument("--max-len", type=int, default=50, help="training items per sequence (item tokens)")
+    train.add_argument("--validate-every-s", type=float, default=300.0,
+                       help="validation HR@10 this often; the best model is kept (item tokens)")
+    train.add_argument("--cold-items-share", type=float, default=0.0,
+                       help="seeded share of items held out of training (cold-start measurement)")
     train.add_argument("--stages", default="pretrain,adapt", help="comma-separated, in order")
-    train.add_argument("--pretrain-steps", type=int, default=1000)
-    train.add_argument("--adapt-steps", type=int, default=500)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--pretrain-steps", type=int, default=12000)
+    train.add_argument("--adapt-steps", type=int, default=600)
+    train.add_argument("--batch-size", type=int, default=128, help="sequences (tokens) or prompts (digits) per step")
+    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     train.add_argument("--warmup", type=float, default=0.05, help="warmup share of each stage's steps")
     train.add_argument("--grad-clip", type=float, default=1.0)
     train.add_argument("--time-budget-s", type=float, default=None,
@@ -125,5 +151,7 @@ def register(commands, bench) -> None:
     evaluate.add_argument("--baselines", default="popularity,markov,sasrec,next_id")
     evaluate.add_argument("--sasrec-epochs", type=int, default=200)
     evaluate.add_argument("--sasrec-time-s", type=float, default=300.0, help="SASRec training time limit")
+    evaluate.add_argument("--rerank-candidates", type=int, default=100,
+                          help="candidates per user from the co-visitation generator for the rerank metrics")
     evaluate.add_argument("--max-explanations", type=int, default=500, help="seeded sample; 0 = all")
     evaluate.add_argument("--threads", type=int, default=2)

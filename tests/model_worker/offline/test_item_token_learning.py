@@ -1,0 +1,41 @@
+"""Item-token VIP5 learns from scratch on real data: a short run beats popularity on validation.
+
+A regression in the model, the sampler, the loss or the optimizer recipe shows up here as a model
+that no longer beats the most popular items on held-out next items of real users.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from model_worker.offline.baselines import Popularity
+from model_worker.offline.data import DataConfig, leave_one_out, load_data
+from model_worker.offline.evaluate import ItemTokenScorer, load_run
+from model_worker.offline.metrics import rank_metrics, rank_of_target
+from model_worker.offline.tasks import TaskConfig
+from model_worker.offline.train import TrainConfig, train
+
+SLICE = Path(__file__).resolve().parents[2] / "data" / "beauty_slice"
+
+
+def _validation_hr10(scorer, data) -> float:
+    valid = leave_one_out(data.sequences).valid
+    rng, ranks = np.random.default_rng(0), []
+    for start in range(0, len(valid), 512):
+        chunk = valid[start:start + 512]
+        for row, example in zip(scorer.scores([e.history for e in chunk]), chunk, strict=True):
+            row[list(set(example.history))] = -np.inf
+            ranks.append(rank_of_target(row, example.target, rng=rng))
+    return rank_metrics(ranks)["hr@10"]
+
+
+def test_a_short_training_on_a_slice_of_beauty_beats_popularity(tmp_path):
+    data_config = DataConfig(str(SLICE))
+    config = TrainConfig(out_dir=str(tmp_path), content="none", stages=("pretrain",), pretrain_steps=300,
+                         time_budget_s=150, validate_every_s=1e9, threads=1)
+    train(data_config, TaskConfig(), config)
+    model, _, _ = load_run(tmp_path)
+    data = load_data(data_config)
+    popularity = Popularity(leave_one_out(data.sequences).train, data.n_items)
+    model_hr10, popularity_hr10 = _validation_hr10(ItemTokenScorer(model), data), _validation_hr10(popularity, data)
+    assert model_hr10 > popularity_hr10 * 1.5, (model_hr10, popularity_hr10)
