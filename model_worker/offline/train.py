@@ -161,6 +161,10 @@ def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
     tokenizer = build_template_tokenizer([*tokenizer_corpus(data, split), config.sequence_prompt],
                                          vocab_size=train.tokenizer_vocab, image_token=config.image_token)
     model = VIP5Model.build(config, tokenizer, seed=train.seed)
+    if model.item_vocabulary is not None:
+        from model_worker.vip5.items import ItemVocabulary
+
+        model.item_vocabulary = ItemVocabulary(data.item_keys)  # the live system names items by key
     if model.item_tokens is not None and data.image_features is not None:
         rows = np.nonzero(data.has_image[1:])[0] + 1
         model.item_tokens.set_features(rows, data.image_features[rows])

@@ -5,7 +5,9 @@ Model directory (`save_model_dir` / `load_model_dir`, also `VIP5Model.save_pretr
   backbone/               stock T5 checkpoint (config.json + model.safetensors), loadable by transformers
   tokenizer/              the tokenizer (built or pretrained, with the image token)
   vip5_parts.safetensors  everything else: image mapping, "no image", whole-word and modality
-                          embeddings, adapters (bottleneck modules or LoRA factors)
+                          embeddings, adapters (bottleneck modules or LoRA factors), item tokens
+                          and their content features (item_ids="tokens")
+  item_keys.json          item_ids="tokens": the item key of each row (row i = entry i-1)
 
 Adapter artifact (`save_adapter` / `read_adapter` + `apply_adapter`):
   adapter.safetensors     exactly the parameters stage "adapt" trains (adapters, image mapping,
@@ -142,6 +144,8 @@ def save_model_dir(model, path) -> Path:
     model.tokenizer.save_pretrained(path / "tokenizer")
     parts = {n: t.detach().contiguous().cpu() for n, t in model.state_dict().items() if _is_part_key(n)}
     save_file(parts, str(path / "vip5_parts.safetensors"))
+    if model.item_vocabulary is not None:
+        model.item_vocabulary.save(path / "item_keys.json")
     return path
 
 
@@ -163,6 +167,12 @@ def load_model_dir(path):
     expected = {n: list(t.shape) for n, t in model.state_dict().items() if _is_part_key(n)}
     _check_keys_and_shapes(expected, {n: list(t.shape) for n, t in parts.items()}, f"{path} vip5_parts")
     model.load_state_dict(parts, strict=False)
+    if (path / "item_keys.json").exists():
+        from .items import ItemVocabulary
+
+        model.item_vocabulary = ItemVocabulary.load(path / "item_keys.json")
+        if len(model.item_vocabulary) != config.n_items:
+            raise ValueError(f"{path}: item_keys.json names {len(model.item_vocabulary)} items, config {config.n_items}")
     model.stages_run = list(meta.get("stages_run", []))
     model.stage = model.stages_run[-1] if model.stages_run else None
     if model.stage:

@@ -30,7 +30,7 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm
 from .adapters import attach_adapters, is_adapter_param, pure_backbone_state_dict
 from .config import STAGES, VIP5Config, preset_t5_config
 from .encoding import Batch, PromptEncoder
-from .items import ItemTokens
+from .items import ItemTokens, ItemVocabulary
 from .tokenizer import load_tokenizer
 
 GROUPS = ("backbone", "layer_norms", "adapters", "image_mapping", "id_embeddings", "item_embeddings")
@@ -68,9 +68,11 @@ class VIP5Model(nn.Module):
         if config.whole_word_embedding:
             self.whole_word_embedding = nn.Embedding(config.whole_word_vocab, d_model)
             nn.init.normal_(self.whole_word_embedding.weight, std=0.1)
-        self.item_tokens = None
+        self.item_tokens, self.item_vocabulary = None, None
         if config.item_ids == "tokens":
             self.item_tokens = ItemTokens(config.n_items, d_model, config.image_feature_dim)
+            # row i <-> the i-th key; offline data numbers items 1..I, the live system names them
+            self.item_vocabulary = ItemVocabulary(str(i) for i in range(1, config.n_items + 1))
         self.adapters = attach_adapters(backbone, config)  # None for LoRA (lives inside the backbone)
         self.encoder = PromptEncoder(tokenizer, config)
         self.stage: str | None = None

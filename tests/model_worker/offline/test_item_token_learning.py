@@ -39,3 +39,20 @@ def test_a_short_training_on_a_slice_of_beauty_beats_popularity(tmp_path):
     popularity = Popularity(leave_one_out(data.sequences).train, data.n_items)
     model_hr10, popularity_hr10 = _validation_hr10(ItemTokenScorer(model), data), _validation_hr10(popularity, data)
     assert model_hr10 > popularity_hr10 * 1.5, (model_hr10, popularity_hr10)
+
+
+def test_an_item_token_run_saves_its_item_keys_and_scores_the_same_after_loading(tmp_path):
+    import torch
+
+    from model_worker.vip5.model import VIP5Model
+
+    config = TrainConfig(out_dir=str(tmp_path), content="none", stages=("pretrain",), pretrain_steps=2,
+                         batch_size=8, validate_every_s=1e9, threads=1)
+    train(DataConfig(str(SLICE)), TaskConfig(), config)
+    model, _, _ = load_run(tmp_path)
+    again = VIP5Model.from_pretrained(tmp_path / "model")
+    data = load_data(DataConfig(str(SLICE)))
+    assert model.item_vocabulary.keys == list(data.item_keys)
+    histories = [list(s[:4]) for s in data.sequences[:3]]
+    assert np.allclose(ItemTokenScorer(model).scores(histories), ItemTokenScorer(again).scores(histories))
+    assert torch.equal(model.item_tokens.id_embedding.weight, again.item_tokens.id_embedding.weight)
