@@ -298,7 +298,34 @@ def explanation_scores(model, context: EvalContext, template: str) -> dict:
                                          do_sample=False)
     result = {"template": template, "n": len(pool), **text_metrics(generated, [e.text for e in pool])}
     result["examples"] = [{"generated": g, "reference": e.text} for g, e in list(zip(generated, pool, strict=True))[:3]]
+    train = [e for e in context.data.explanations if e.split == "train"]
+    result["retrieval_baseline"] = text_metrics(retrieved_explanations(pool, train), [e.text for e in pool])
     return result
+
+
+def retrieved_explanations(pool, train) -> list[str]:
+    """The retrieval baseline: for each (user, item), the training explanation of the same item whose
+    words are closest (cosine of word counts) to the user's own training explanations; an item
+    without training explanations gets the user's closest one of any item, else an empty text."""
+    from collections import Counter, defaultdict
+
+    from .metrics import words
+
+    by_item, by_user = defaultdict(list), defaultdict(list)
+    for e in train:
+        by_item[e.item].append(e.text)
+        by_user[e.user].append(e.text)
+
+    def cosine(a: Counter, b: Counter) -> float:
+        dot = sum(v * b.get(k, 0) for k, v in a.items())
+        return dot / ((sum(v * v for v in a.values()) * sum(v * v for v in b.values())) ** 0.5 or 1.0)
+
+    out = []
+    for e in pool:
+        profile = Counter(w for text in by_user.get(e.user, []) for w in words(text))
+        options = by_item.get(e.item) or by_user.get(e.user, [])
+        out.append(max(options, key=lambda t: cosine(profile, Counter(words(t)))) if options else "")
+    return out
 
 
 def _seen_and_held_out(family: str, run: Callable[[str], dict]) -> dict:
