@@ -1,8 +1,9 @@
 """Benchmarks for the item index and the visual encoder; each returns a JSON-ready dict.
 
-- `bench_index_size(n, dim)`: N synthetic unit vectors (D) -> bulk load time, streaming upsert rate,
-  search p50/p99 at batch 1 and 64, recall@100 of the index against exact search on a query
-  sample, resident memory growth.
+- `bench_index_size(n, dim)`: N synthetic unit vectors (D), indexed twice, exact (flat) and
+  approximate (the config's IVF or HNSW) -> for each: bulk load time, streaming upsert rate, search
+  p50/p99 at batch 1 and 64, recall@100 against brute force on a query sample, resident memory
+  growth; the top level repeats the numbers of the kind the config's rule chooses at N items.
 - `bench_encoder(images)`: images/s of the offline encoder (decode + preprocess + model) per batch size.
 - `visual_neighbour_precision(data_dir)`: precision@k of "same label" among the visual neighbours
   of a labelled image folder (products.csv + images/), next to the random-neighbour rate.
@@ -20,11 +21,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from index.item_index import IndexConfig, ItemIndex
+from index.item_index import IndexConfig, ItemIndex, choose_kind
 
 log = logging.getLogger(__name__)
 RECALL_K = 100
@@ -66,29 +68,63 @@ def percentiles_ms(seconds: Sequence[float]) -> dict:
 
 def bench_index_size(n: int, dim: int, *, config: IndexConfig | None = None, distribution: str = "clustered",
                      queries: int = 200, batch64_rounds: int = 20, stream_items: int = 5000, seed: int = 0) -> dict:
-    """Every number for one catalogue size; the index is approximate from the first item unless `config` says otherwise."""
-    config = config or IndexConfig(dim=dim, kind="ivf", approx_min_items=1)
+    """Every number for one catalogue size, for an exact (flat) and an approximate index of the
+    same vectors; the top-level numbers are those of the kind `config` chooses at `n` items."""
+    config = config or IndexConfig(dim=dim)
+    approximate_kind = config.kind if config.kind != "flat" else "ivf"
     vectors = synthetic_vectors(n, dim, distribution=distribution, seed=seed)
     ids = [str(i) for i in range(n)]
+    query_rows = synthetic_vectors(queries + 64 * batch64_rounds, dim, distribution=distribution, seed=seed + 1)
+    truth = _exact_neighbours(vectors, query_rows[:queries])
+    measure = {"vectors": vectors, "ids": ids, "query_rows": query_rows, "queries": queries,
+               "stream_items": stream_items, "seed": seed, "truth": truth}
+    exact = _measure(replace(config, kind="flat"), **measure)
+    approximate = _measure(replace(config, kind=approximate_kind, approx_min_items=1), **measure)
+    chosen = choose_kind(config, n)
+    del vectors
+    gc.collect()
+    return {"items": n, "dim": dim, "distribution": distribution, "chosen_kind": chosen,
+            "approx_min_items": config.approx_min_items, "vector_mb": round(n * dim * 4 / 2**20, 1),
+            "exact_knn_ms_per_query": truth["ms_per_query"],
+            **(exact if chosen == "flat" else approximate), "exact": exact, "approximate": approximate}
+
+
+def _exact_neighbours(vectors: np.ndarray, queries: np.ndarray) -> dict:
+    """Brute-force top-100 rows (Q, 100) by inner product, and its batched cost per query."""
+    import faiss
+
+    start = time.perf_counter()
+    _, rows = faiss.knn(queries, vectors, RECALL_K, metric=faiss.METRIC_INNER_PRODUCT)
+    return {"rows": rows, "ms_per_query": round((time.perf_counter() - start) * 1000 / len(queries), 3)}
+
+
+def _measure(config: IndexConfig, *, vectors: np.ndarray, ids: list[str], query_rows: np.ndarray, queries: int,
+             stream_items: int, seed: int, truth: dict) -> dict:
+    """Build `config`'s index over `vectors` (N, D) and time loads, writes and searches."""
+    gc.collect()
     rss_before = rss_mb()
     index = ItemIndex(config)
     start = time.perf_counter()
     index.replace_all(ids, vectors)
     build_s = time.perf_counter() - start
     rss_after = rss_mb()
-    query_rows = synthetic_vectors(queries + 64 * batch64_rounds, dim, distribution=distribution, seed=seed + 1)
+    found = index.search(query_rows[:queries], RECALL_K)
+    overlap = [len({ids[j] for j in row} & {h.item_id for h in hits}) / RECALL_K
+               for row, hits in zip(truth["rows"], found, strict=True)]
     result = {
-        "items": n, "dim": dim, "kind": index.stats()["kind"], "distribution": distribution,
-        "bulk_load_s": round(build_s, 3), "bulk_add_per_s": round(n / build_s),
-        "stream_add_per_s": _stream_add_rate(index, dim, stream_items, seed),
+        "kind": index.stats()["kind"],
+        "bulk_load_s": round(build_s, 3), "bulk_add_per_s": round(len(ids) / build_s),
+        "stream_add_per_s": _stream_add_rate(index, config.dim, stream_items, seed),
         "search_batch1": _latency(index, query_rows[:queries], batch=1),
         "search_batch64": _latency(index, query_rows[queries:], batch=64),
-        **_recall(index, vectors, ids, query_rows[:queries]),
+        "recall_at_100": round(float(np.mean(overlap)), 4), "recall_queries": queries,
         "rss_growth_mb": round(rss_after - rss_before, 1),
-        "vector_mb": round(n * dim * 4 / 2**20, 1),
     }
-    del index, vectors
-    gc.collect()
+    if result["kind"] == "ivf":
+        result["ivf_nprobe"] = config.ivf_nprobe
+    elif result["kind"] == "hnsw":
+        result["hnsw_ef_search"] = max(config.hnsw_ef_search, RECALL_K)
+    del index
     return result
 
 
@@ -112,28 +148,25 @@ def _latency(index: ItemIndex, queries: np.ndarray, *, batch: int) -> dict:
     return {"batch": batch, "calls": len(times), **percentiles_ms(times)}
 
 
-def _recall(index: ItemIndex, vectors: np.ndarray, ids: list[str], queries: np.ndarray) -> dict:
-    """recall@100 of `index` against brute-force inner product over `vectors`."""
-    import faiss
-
-    start = time.perf_counter()
-    _, exact = faiss.knn(queries, vectors, RECALL_K, metric=faiss.METRIC_INNER_PRODUCT)  # (Q, 100) rows
-    exact_ms = (time.perf_counter() - start) * 1000 / len(queries)
-    found = index.search(queries, RECALL_K)
-    overlap = [len({ids[j] for j in row} & {h.item_id for h in hits}) / RECALL_K for row, hits in zip(exact, found, strict=True)]
-    return {"recall_at_100": round(float(np.mean(overlap)), 4), "exact_ms_per_query": round(exact_ms, 3),
-            "recall_queries": len(queries)}
-
-
-def bench_index(sizes: Sequence[int], dim: int, *, distribution: str = "clustered") -> dict:
+def bench_index(sizes: Sequence[int], dim: int, *, distribution: str = "clustered",
+                config: IndexConfig | None = None) -> dict:
+    """`bench_index_size` per size; top level: the chosen index at the largest size, and per size
+    the exact and approximate p99 and recall side by side."""
+    config = config or IndexConfig(dim=dim)
     runs = []
     for n in sizes:
         log.info("index bench: %d x %d (%s)", n, dim, distribution)
-        runs.append(bench_index_size(n, dim, distribution=distribution))
+        runs.append(bench_index_size(n, dim, config=config, distribution=distribution))
         log.info("index bench: %s", runs[-1])
     largest = runs[-1]
+    summary = [{"items": r["items"], "chosen_kind": r["chosen_kind"],
+                **{f"{side}_{key}": r[side][key] for side in ("exact", "approximate")
+                   for key in ("kind", "recall_at_100")},
+                **{f"{side}_p99_ms": r[side]["search_batch1"]["p99_ms"] for side in ("exact", "approximate")}}
+               for r in runs]
     return {"recall_at_100": largest["recall_at_100"], "search_p99_ms": largest["search_batch1"]["p99_ms"],
-            "largest_items": largest["items"], "runs": runs}
+            "largest_items": largest["items"], "chosen_kind": largest["chosen_kind"],
+            "approx_min_items": config.approx_min_items, "summary": summary, "runs": runs}
 
 
 def bench_encoder(images: Sequence[bytes | str | Path], batch_sizes: Sequence[int] = (1, 64), *,

@@ -18,15 +18,25 @@ def test_index_commands_are_registered_with_the_shared_flags():
     assert parser.parse_args(["index-info", "somewhere"]).snapshot == "somewhere"
 
 
-def test_index_bench_reports_the_largest_runs_recall_and_p99_at_top_level():
-    result = bench_index([500, 2000], 16)
+def test_index_bench_reports_exact_and_approximate_per_size_and_the_chosen_kind_at_top_level():
+    from index.item_index import IndexConfig
+
+    result = bench_index([500, 2000], 16, config=IndexConfig(dim=16, approx_min_items=1000))
     assert [r["items"] for r in result["runs"]] == [500, 2000]
-    largest = result["runs"][-1]
+    assert [r["chosen_kind"] for r in result["runs"]] == ["flat", "ivf"]
+    small, largest = result["runs"]
+    for run in result["runs"]:
+        assert run["exact"]["kind"] == "flat" and run["approximate"]["kind"] == "ivf"
+        assert run["exact"]["recall_at_100"] == 1.0
+        for key in ("bulk_add_per_s", "stream_add_per_s", "search_batch1", "search_batch64", "rss_growth_mb"):
+            assert key in run["exact"] and key in run["approximate"]
+    assert small["recall_at_100"] == 1.0 and small["search_batch1"] == small["exact"]["search_batch1"]
+    assert largest["search_batch1"] == largest["approximate"]["search_batch1"]
     assert result["recall_at_100"] == largest["recall_at_100"] and 0 < result["recall_at_100"] <= 1
     assert result["search_p99_ms"] == largest["search_batch1"]["p99_ms"]
-    for key in ("bulk_add_per_s", "stream_add_per_s", "search_batch64", "rss_growth_mb"):
-        assert key in largest
     assert largest["search_batch64"]["batch"] == 64
+    assert [s["chosen_kind"] for s in result["summary"]] == ["flat", "ivf"]
+    assert result["summary"][1]["approximate_recall_at_100"] == largest["approximate"]["recall_at_100"]
 
 
 def test_synthetic_vectors_are_unit_rows_and_reproducible():
