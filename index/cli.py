@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from vip5.cli import add_command
+from runtime.cli import add_command
 
 log = logging.getLogger(__name__)
 FULL_SIZES = (10_000, 100_000, 1_000_000)

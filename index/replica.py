@@ -26,10 +26,10 @@ from index.candidates import (
     generate_candidates,
 )
 from index.item_index import IndexConfig, ItemIndex
+from runtime.tail import TopicTail
 from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.records import ItemEmbedding
-from vip5.tail import TopicTail
 
 log = logging.getLogger(__name__)
 

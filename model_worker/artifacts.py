@@ -1,6 +1,6 @@
 """Adapter artifacts: versioned, checksummed, signed directories in a store (a local or shared directory).
 
-    <root>/<version>/adapter.safetensors   the weights stage "adapt" trains (model_worker.vip5.checkpoint)
+    <root>/<version>/adapter.safetensors   the weights stage "adapt" trains (model_worker.vip5model.checkpoint)
     <root>/<version>/adapter.json          their config, backbone digest, tensor shapes
     <root>/<version>/manifest.json         version, parent_version, sha256, metrics, created_time_ms, backbone_id
     <root>/<version>/manifest.sig          hex HMAC-SHA256 of manifest.json's bytes under the signing key
@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
-from model_worker.vip5.checkpoint import AdapterArtifact, read_adapter, save_adapter
+from model_worker.vip5model.checkpoint import AdapterArtifact, read_adapter, save_adapter
 from schemas.errors import shorten
 from schemas.records import AdapterUpdate
 

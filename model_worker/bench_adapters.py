@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from vip5.cli import add_command
+from runtime.cli import add_command
 
 KINDS = ("full", "bottleneck", "lora")
 
@@ -40,9 +40,9 @@ def _model_and_batch(kind: str, preset: str, batch_size: int, device: str):
     import numpy as np
 
     from model_worker.tuning import ExampleConfig, position_prompts
-    from model_worker.vip5.config import VIP5Config
-    from model_worker.vip5.model import VIP5Model
-    from model_worker.vip5.tokenizer import build_template_tokenizer
+    from model_worker.vip5model.config import VIP5Config
+    from model_worker.vip5model.model import VIP5Model
+    from model_worker.vip5model.tokenizer import build_template_tokenizer
 
     adapter_kind = "lora" if kind == "lora" else "bottleneck"
     model = VIP5Model.build(VIP5Config(backbone=preset, adapter_kind=adapter_kind), build_template_tokenizer(),
@@ -93,7 +93,7 @@ def measure_swap(*, preset: str, device: str, repeats: int = 3) -> float:
 
     from model_worker.artifacts import ArtifactStore, load_verified
     from model_worker.ranker import RankerConfig, VIP5Ranker
-    from model_worker.vip5.checkpoint import backbone_sha256
+    from model_worker.vip5model.checkpoint import backbone_sha256
 
     model, _ = _model_and_batch("bottleneck", preset, 1, device)
     backbone_id = backbone_sha256(model)

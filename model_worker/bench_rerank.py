@@ -61,8 +61,8 @@ def _median_ms(fn, requests) -> float:
 
 def run_bench(config, settings: BenchSettings) -> dict:
     from model_worker.rerank import RerankConfig, Reranker
-    from model_worker.vip5.model import VIP5Model
-    from model_worker.vip5.tokenizer import build_template_tokenizer
+    from model_worker.vip5model.model import VIP5Model
+    from model_worker.vip5model.tokenizer import build_template_tokenizer
 
     torch.set_num_threads(settings.threads)
     if config.is_preset and settings.vocab_size and config.backbone in ("tiny", "small"):

@@ -1,11 +1,11 @@
-"""`vip5 model ...` and `vip5 bench rerank`: wiring only; the work lives in model_worker.vip5 and
+"""`vip5 model ...` and `vip5 bench rerank`: wiring only; the work lives in model_worker.vip5model and
 model_worker.bench_rerank. Heavy imports happen inside the handlers."""
 
 from __future__ import annotations
 
 import argparse
 
-from vip5.cli import add_command
+from runtime.cli import add_command
 
 
 def _model_args(parser: argparse.ArgumentParser, *, preset: str) -> None:
@@ -20,7 +20,7 @@ def _model_args(parser: argparse.ArgumentParser, *, preset: str) -> None:
 
 
 def _config(args):
-    from model_worker.vip5.config import VIP5Config
+    from model_worker.vip5model.config import VIP5Config
 
     return VIP5Config(
         backbone=args.preset, adapter_kind=args.adapter_kind, image_feature_dim=args.image_feature_dim,
@@ -29,8 +29,8 @@ def _config(args):
 
 
 def model_info(args: argparse.Namespace) -> dict:
-    from model_worker.vip5.model import VIP5Model
-    from model_worker.vip5.tokenizer import build_template_tokenizer
+    from model_worker.vip5model.model import VIP5Model
+    from model_worker.vip5model.tokenizer import build_template_tokenizer
 
     if args.model_dir:
         model = VIP5Model.from_pretrained(args.model_dir)

@@ -22,8 +22,8 @@ import torch
 
 from model_worker.rerank import RerankConfig, Reranker
 from model_worker.rerank import RerankRequest as ModelRequest
-from model_worker.vip5.model import VIP5Model
-from model_worker.vip5.prompts import TEMPLATES, explanation_prompt
+from model_worker.vip5model.model import VIP5Model
+from model_worker.vip5model.prompts import TEMPLATES, explanation_prompt
 from schemas.records import RerankRequest
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class VIP5Ranker:
         if not Path(config.model_dir).is_dir():
             raise FileNotFoundError(f"model_dir: no model directory at {config.model_dir} "
                                     "(create one with `vip5 train` or VIP5Model.save_pretrained)")
-        from model_worker.vip5.checkpoint import backbone_sha256
+        from model_worker.vip5model.checkpoint import backbone_sha256
 
         model = VIP5Model.from_pretrained(config.model_dir).to(resolve_device(config.device))
         ranker = cls(model, config, backbone_id=backbone_sha256(model))
@@ -77,7 +77,7 @@ class VIP5Ranker:
 
     def with_adapter(self, artifact, version: str) -> VIP5Ranker:
         """A standby copy with `artifact` applied (checks backbone identity, keys and shapes)."""
-        from model_worker.vip5.checkpoint import apply_adapter
+        from model_worker.vip5model.checkpoint import apply_adapter
 
         standby = copy.deepcopy(self.model)
         apply_adapter(standby, artifact)

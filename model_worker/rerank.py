@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from model_worker.vip5.encoding import ImageLookup
-from model_worker.vip5.prompts import TEMPLATES, direct_prompt
-from model_worker.vip5.scoring import constrained_beam, score_candidates, score_naive
-from model_worker.vip5.trie import ItemTrie
+from model_worker.vip5model.encoding import ImageLookup
+from model_worker.vip5model.prompts import TEMPLATES, direct_prompt
+from model_worker.vip5model.scoring import constrained_beam, score_candidates, score_naive
+from model_worker.vip5model.trie import ItemTrie
 
 
 @dataclass(frozen=True)

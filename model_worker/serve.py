@@ -29,7 +29,7 @@ Lost partitions (the member was evicted) are dropped without a commit. A new ass
 unpaused; the next turn pauses it again if the buffer is still full. On stop, the batch in flight
 finishes and is committed, buffered records are left to the next owner, the clients close.
 
-The image features come from the worker's own catalogue replica (index.replica), fed by the
+The image features come from the worker's own item-feature replica (runtime.features), fed by the
 compacted item-embeddings topic.
 """
 
@@ -49,12 +49,12 @@ from kafka import AsyncConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from runtime.kafka import KafkaConfig
+from runtime.metrics import WorkerMetrics
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError, shorten
 from schemas.records import DeadLetter, RankedItem, Recommendation, RerankRequest
 from schemas.topics import DEAD_LETTER, RECOMMENDATIONS, RERANK_REQUESTS, TopicConfig
-from vip5.kafka import KafkaConfig
-from vip5.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

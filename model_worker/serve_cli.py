@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from vip5.cli import add_command
-from vip5.commands import add_kafka_args, kafka_config, topic_config
+from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
 
 
 def run_serve(args: argparse.Namespace) -> dict:

@@ -26,11 +26,11 @@ from model_worker.artifacts import ArtifactStore
 from model_worker.rerank import RerankConfig, Reranker
 from model_worker.rerank import RerankRequest as ModelRequest
 from model_worker.tuning import ExampleConfig, TuneConfig, position_prompts, tune
+from runtime.kafka import KafkaConfig
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
 from schemas.records import AdapterUpdate, Interaction
 from schemas.topics import ADAPTER_UPDATES, INTERACTIONS, ITEM_EMBEDDINGS, TopicConfig
-from vip5.kafka import KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class AdapterTrainer:
         corrupt files) is skipped with a log line and counted in `rejected_updates`; the trainer
         keeps building on its current version. Returns whether the update was adopted."""
         from model_worker.artifacts import ArtifactError, load_verified
-        from model_worker.vip5.checkpoint import apply_adapter
+        from model_worker.vip5model.checkpoint import apply_adapter
 
         if update.version == self.version:
             return True
@@ -182,7 +182,7 @@ class AdapterTrainer:
 
 def latest_update(kafka: KafkaConfig, topics: TopicConfig) -> AdapterUpdate | None:
     """The newest valid record on the adapter-updates topic (its single partition is ordered)."""
-    from vip5.kafka import read_topic
+    from runtime.kafka import read_topic
 
     latest = None
     for message in read_topic(kafka, topics.name(ADAPTER_UPDATES), timeout_s=10, idle_s=1.0):
@@ -201,12 +201,11 @@ def announce(out, cfg: TrainerConfig, update: AdapterUpdate) -> None:
 
 def run_trainer(cfg: TrainerConfig, stop) -> dict:
     """The trainer process: consume interactions, run rounds, publish accepted versions."""
-    from index.item_index import IndexConfig
-    from index.replica import CatalogReplica, embedding_follower
     from model_worker.ranker import BASE_VERSION
-    from model_worker.vip5.checkpoint import backbone_sha256
-    from model_worker.vip5.model import VIP5Model
-    from vip5.kafka import consumer, create_topics, producer
+    from model_worker.vip5model.checkpoint import backbone_sha256
+    from model_worker.vip5model.model import VIP5Model
+    from runtime.features import ItemFeatures, feature_follower
+    from runtime.kafka import consumer, create_topics, producer
 
     create_topics(cfg.kafka, cfg.topics)
     model = VIP5Model.from_pretrained(cfg.model_dir)
@@ -224,8 +223,8 @@ def run_trainer(cfg: TrainerConfig, stop) -> dict:
     current = latest_update(cfg.kafka, cfg.topics)
     if current is not None:
         trainer.adopt(current)
-    replica = CatalogReplica(IndexConfig(dim=model.config.image_feature_dim, kind="flat"))
-    follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    replica = ItemFeatures(model.config.image_feature_dim)
+    follower = feature_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     follower.start()
     events = consumer(cfg.kafka, cfg.group_id, [cfg.topics.name(INTERACTIONS)])
     log.info("%s: building on adapter %s", READY_LINE, trainer.version)
@@ -243,7 +242,7 @@ def run_trainer(cfg: TrainerConfig, stop) -> dict:
             latest = latest_update(cfg.kafka, cfg.topics)
             if latest is not None and latest.version != trainer.version:
                 trainer.adopt(latest)  # e.g. an operator rolled back
-            catalogue = replica.index.ids()
+            catalogue = replica.ids()
             update = trainer.round(replica.features(catalogue), catalogue) if len(catalogue) >= 2 else None
             if update is not None:
                 announce(out, cfg, update)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from vip5.cli import add_command
-from vip5.commands import add_kafka_args, kafka_config, topic_config
+from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
 
 
 def _artifacts_dir(args: argparse.Namespace) -> str:
@@ -53,9 +52,9 @@ def run_adapters_list(args: argparse.Namespace) -> dict:
 def run_adapters_rollback(args: argparse.Namespace) -> dict:
     from model_worker.artifacts import ArtifactStore
     from model_worker.trainer import latest_update
+    from runtime.kafka import producer
     from schemas.codec import encode
     from schemas.topics import ADAPTER_UPDATES
-    from vip5.kafka import producer
 
     kafka, topics = kafka_config(args), topic_config(args)
     latest = latest_update(kafka, topics)

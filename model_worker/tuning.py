@@ -19,8 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model_worker.vip5.model import VIP5Model
-from model_worker.vip5.prompts import Prompt, direct_prompt, explanation_prompt, sequential_prompt, templates
+from model_worker.vip5model.model import VIP5Model
+from model_worker.vip5model.prompts import (
+    Prompt,
+    direct_prompt,
+    explanation_prompt,
+    sequential_prompt,
+    templates,
+)
 
 log = logging.getLogger(__name__)
 

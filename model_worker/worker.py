@@ -1,4 +1,4 @@
-"""Runs one model worker process: catalogue replica, VIP5 ranker, serving loop.
+"""Runs one model worker process: item-feature replica, VIP5 ranker, serving loop.
 
     run_model_worker(ServeConfig, RankerConfig) blocks until SIGINT/SIGTERM; the batch in flight
     finishes, its offsets are committed, buffered records are left to the next owner, the clients
@@ -12,14 +12,13 @@ import signal
 import threading
 import time
 
-from index.item_index import IndexConfig
-from index.replica import CatalogReplica, embedding_follower
 from model_worker.ranker import RankerConfig, VIP5Ranker
 from model_worker.serve import ModelServer, ServeConfig
+from runtime.features import ItemFeatures, feature_follower
+from runtime.kafka import consumer, create_topics, producer
+from runtime.metrics import serve_metrics
+from runtime.tail import TopicTail
 from schemas.topics import ADAPTER_UPDATES, ITEM_EMBEDDINGS
-from vip5.kafka import consumer, create_topics, producer
-from vip5.metrics import serve_metrics
-from vip5.tail import TopicTail
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,8 @@ READY_LINE = "model worker ready"
 
 def build_server(cfg: ServeConfig, ranker: VIP5Ranker) -> tuple[ModelServer, TopicTail]:
     feature_dim = ranker.model.config.image_feature_dim
-    replica = CatalogReplica(IndexConfig(dim=feature_dim, kind="flat"))
-    follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    replica = ItemFeatures(feature_dim)
+    follower = feature_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     requests = consumer(cfg.kafka, cfg.group_id)  # the server subscribes it, with its rebalance listener
     server = ModelServer(cfg, ranker, replica, consumer=requests, producer=producer(cfg.kafka))
     return server, follower

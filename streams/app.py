@@ -26,6 +26,8 @@ from faust.types import TP
 from index.candidates import PopularityTracker
 from index.encoders import VisualEncoder
 from index.replica import CatalogReplica
+from runtime.kafka import faust_credentials
+from runtime.metrics import WorkerMetrics
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
 from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert
@@ -33,7 +35,6 @@ from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RE
 from streams.config import StreamsConfig
 from streams.gaps import GapFiller
 from streams.logic import apply_interactions, build_request
-from vip5.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
     app = faust.App(
         cfg.app_id,
         broker=cfg.kafka.faust_broker_url(),
-        broker_credentials=_faust_credentials(cfg),
+        broker_credentials=faust_credentials(cfg.kafka),
         store="memory://",
         datadir=cfg.data_dir,
         topic_partitions=cfg.topics.partitions,
@@ -197,25 +198,3 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
 
     app.history_table = history
     return app
-
-
-def _faust_credentials(cfg: StreamsConfig):
-    k = cfg.kafka
-    if k.security_protocol == "PLAINTEXT":
-        return None
-    ssl_context = None
-    if k.security_protocol.endswith("SSL"):
-        ssl_context = _ssl_context(k)
-    if k.security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password,
-                                     mechanism=k.sasl_mechanism, ssl_context=ssl_context)
-    return ssl_context
-
-
-def _ssl_context(k):
-    import ssl
-
-    context = ssl.create_default_context(cafile=k.ssl_cafile)
-    if k.ssl_certfile:
-        context.load_cert_chain(k.ssl_certfile, k.ssl_keyfile)
-    return context

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vip5.cli import add_command
-from vip5.commands import add_kafka_args, kafka_config, topic_config
+from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
 
 
 def streams_config(args: argparse.Namespace):

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from index.candidates import CandidateConfig
 from index.encoders import EncoderConfig
+from runtime.kafka import KafkaConfig
 from schemas.topics import TopicConfig
-from vip5.kafka import KafkaConfig
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from vip5.kafka import KafkaConfig, consumer
+from runtime.kafka import KafkaConfig, consumer
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ from index.candidates import PopularityTracker
 from index.encoders import build_encoder
 from index.item_index import IndexConfig
 from index.replica import CatalogReplica, embedding_follower
+from runtime.kafka import consumer, create_topics
+from runtime.logs import logging_config
+from runtime.metrics import WorkerMetrics, serve_metrics
+from runtime.tail import TopicTail
 from schemas.topics import ITEM_EMBEDDINGS
 from streams.app import StreamsContext, build_app
 from streams.config import StreamsConfig
-from vip5.kafka import consumer, create_topics
-from vip5.logs import logging_config
-from vip5.metrics import WorkerMetrics, serve_metrics
-from vip5.tail import TopicTail
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
+from runtime.kafka import KafkaConfig
 from schemas.topics import TopicConfig
 from vip5.broker import BrokerConfig, EmbeddedBroker
-from vip5.kafka import KafkaConfig
 
 
 @pytest.fixture(scope="session")

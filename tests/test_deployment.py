@@ -61,7 +61,7 @@ def _with_compose_defaults(value) -> str:
 
 
 def test_compose_environment_with_nothing_set_is_a_valid_worker_configuration():
-    from vip5.kafka import KafkaConfig
+    from runtime.kafka import KafkaConfig
 
     env = {k: _with_compose_defaults(v) for k, v in _compose()["services"]["streams"]["environment"].items()}
     cfg = KafkaConfig.from_env(env)

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from vip5.cli import add_command
+from runtime.cli import add_command
 
 
 def _load(stack, catalogue, *, rate: float, duration_s: float, users: int, sent: list, stop: threading.Event) -> None:
@@ -40,8 +40,8 @@ def _load(stack, catalogue, *, rate: float, duration_s: float, users: int, sent:
 
 def _events_in(stack, spec, record) -> set[str]:
     """Every interaction id the records of one topic reflect."""
+    from runtime.kafka import read_topic
     from schemas.codec import decode
-    from vip5.kafka import read_topic
 
     messages = read_topic(stack.kafka, stack.topics.name(spec), timeout_s=60, idle_s=3)
     return {e for m in messages for e in decode(m.value, record).event_ids}
@@ -50,10 +50,10 @@ def _events_in(stack, spec, record) -> set[str]:
 def _where_lost(stack, lost: list[str]) -> dict:
     """Which stage dropped each lost interaction: never became a re-rank request (streams worker),
     a request never answered (model worker), or answered but not seen by the subscriber."""
+    from runtime.kafka import read_topic
     from schemas.codec import decode
     from schemas.records import Interaction, Recommendation, RerankRequest
     from schemas.topics import INTERACTIONS, RECOMMENDATIONS, RERANK_REQUESTS
-    from vip5.kafka import read_topic
 
     if not lost:
         return {}

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vip5.cli import add_command
+from runtime.cli import add_command
 
 
 def build_bench_model(path: Path, *, preset: str, item_ids: list[str], user_ids: list[str], feature_dim: int) -> Path:
-    from model_worker.vip5.config import VIP5Config
-    from model_worker.vip5.model import VIP5Model
-    from model_worker.vip5.tokenizer import build_template_tokenizer
+    from model_worker.vip5model.config import VIP5Config
+    from model_worker.vip5model.model import VIP5Model
+    from model_worker.vip5model.tokenizer import build_template_tokenizer
 
     tokenizer = build_template_tokenizer(item_ids + user_ids)
     VIP5Model.build(VIP5Config(backbone=preset, image_feature_dim=feature_dim), tokenizer, seed=0).save_pretrained(path)

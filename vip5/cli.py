@@ -1,8 +1,8 @@
 """The `vip5` command: one CLI, subcommands contributed by each package.
 
 Each package that offers commands has a `cli.py` with `register(commands, bench)`; it adds its
-subcommands to `commands` and its benchmarks to `bench` (`vip5 bench <name>`). Handlers import
-heavy modules lazily so `vip5 --help` stays fast.
+subcommands to `commands` and its benchmarks to `bench` (`vip5 bench <name>`) with
+`runtime.cli.add_command`. Handlers import heavy modules lazily so `vip5 --help` stays fast.
 
 Convention for every subcommand: `--json` prints exactly one JSON object on stdout; logs and
 progress go to stderr. A handler returns a dict (the result) and an exit status.
@@ -15,9 +15,8 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
 
-from vip5 import logs
+from runtime import logs
 
 # Packages that contribute commands, in --help order. A module missing here is skipped.
 COMMAND_MODULES = (
@@ -27,20 +26,6 @@ COMMAND_MODULES = (
     "model_worker.cli", "model_worker.serve_cli", "model_worker.trainer_cli", "model_worker.bench_adapters",
     "vip5.train_cli",
 )
-
-Handler = Callable[[argparse.Namespace], dict]
-
-
-def add_command(commands, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-    """Add a subcommand whose handler returns a result dict; gives it the shared flags."""
-    parser = commands.add_parser(name, help=help, description=help)
-    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    parser.add_argument("--log-format", choices=logs.LOG_FORMATS, default=os.environ.get("VIP5_LOG_FORMAT", "text"),
-                        help="stderr log lines as text or one JSON object each (env VIP5_LOG_FORMAT)")
-    parser.set_defaults(handler=handler)
-    return parser
-
 
 def emit(result: dict, *, as_json: bool) -> None:
     """Print a command's result: one JSON object with --json, else `key: value` lines."""

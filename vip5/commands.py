@@ -8,30 +8,7 @@ import signal
 import sys
 import threading
 
-from vip5.cli import add_command
-
-
-def add_kafka_args(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that talks to Kafka (env: VIP5_KAFKA_*, VIP5_TOPIC_PREFIX)."""
-    parser.add_argument("--bootstrap", default=None, help="host:port[,host:port] (env VIP5_KAFKA_BOOTSTRAP_SERVERS)")
-    parser.add_argument("--topic-prefix", default=None, help="topic name prefix (env VIP5_TOPIC_PREFIX, default vip5.)")
-    parser.add_argument("--partitions", type=int, default=None, help="partitions per topic (env VIP5_PARTITIONS)")
-
-
-def kafka_config(args: argparse.Namespace):
-    from vip5.kafka import KafkaConfig
-
-    return KafkaConfig.from_env(bootstrap_servers=args.bootstrap)
-
-
-def topic_config(args: argparse.Namespace):
-    import os
-
-    from schemas.topics import TopicConfig
-
-    prefix = args.topic_prefix if args.topic_prefix is not None else os.environ.get("VIP5_TOPIC_PREFIX", "vip5.")
-    partitions = args.partitions or int(os.environ.get("VIP5_PARTITIONS", "6"))
-    return TopicConfig(prefix=prefix, partitions=partitions)
+from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
 
 
 def run_broker(args: argparse.Namespace) -> dict:
@@ -52,7 +29,7 @@ def run_broker(args: argparse.Namespace) -> dict:
 
 
 def run_topics_create(args: argparse.Namespace) -> dict:
-    from vip5.kafka import create_topics
+    from runtime.kafka import create_topics
 
     return {"topics": create_topics(kafka_config(args), topic_config(args))}
 

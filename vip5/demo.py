@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vip5.cli import add_command
+from runtime.cli import add_command
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def prepare_model(cfg: DemoConfig, world) -> Path:
     """A trained tiny VIP5 for the demo's catalogue; reused when already prepared with this config."""
     from index.encoders import EncoderConfig, build_encoder
     from model_worker.tuning import ExampleConfig, TuneConfig, explanation_prompts, history_prompts, tune
-    from model_worker.vip5.config import VIP5Config
-    from model_worker.vip5.model import VIP5Model
-    from model_worker.vip5.tokenizer import build_template_tokenizer
+    from model_worker.vip5model.config import VIP5Config
+    from model_worker.vip5model.model import VIP5Model
+    from model_worker.vip5model.tokenizer import build_template_tokenizer
 
     model_dir = cfg.work_dir / "model"
     stamp = model_dir / "demo.json"
@@ -130,8 +130,8 @@ class Tally:
 
 
 def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
+    from runtime.kafka import read_topic
     from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEMS
-    from vip5.kafka import read_topic
     from vip5.stack import LocalStack, StackConfig
     from vip5.subscribe import recommendations
 

@@ -15,9 +15,9 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.kafka import KafkaConfig, create_topics, producer
 from schemas.topics import TopicConfig, TopicSpec
 from vip5.broker import BrokerConfig, EmbeddedBroker
-from vip5.kafka import KafkaConfig, create_topics, producer
 from vip5.object_store import LocalObjectStore
 from vip5.processes import WorkerProcess
 
@@ -130,9 +130,9 @@ class LocalStack:
         has published their embeddings. Returns how many embeddings were seen."""
         import time
 
+        from runtime.kafka import read_topic
         from schemas.codec import encode
         from schemas.topics import ITEM_EMBEDDINGS, ITEMS
-        from vip5.kafka import read_topic
 
         now = int(time.time() * 1000)
         for product in products:

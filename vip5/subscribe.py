@@ -13,13 +13,12 @@ import argparse
 import threading
 from collections.abc import Callable, Iterator
 
+from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
+from runtime.kafka import KafkaConfig, consumer
 from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.records import Recommendation
 from schemas.topics import RECOMMENDATIONS, TopicConfig
-from vip5.cli import add_command
-from vip5.commands import add_kafka_args, kafka_config, topic_config
-from vip5.kafka import KafkaConfig, consumer
 
 
 def recommendations(cfg: KafkaConfig, topics: TopicConfig, *, group_id: str, stop: threading.Event,

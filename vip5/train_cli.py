@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from vip5.cli import add_command
+from runtime.cli import add_command
 
 
 def _data_args(parser: argparse.ArgumentParser, *, required: bool) -> None:

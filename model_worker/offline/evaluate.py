@@ -229,9 +229,9 @@ def _progress(iterable, total: int, desc: str):
 
 
 def sequential_ranks(model, context: EvalContext, template: str) -> list[int]:
-    from model_worker.vip5.prompts import sequential_prompt
-    from model_worker.vip5.scoring import CatalogueScorer, constrained_beam, top_k_items
-    from model_worker.vip5.trie import ItemTrie
+    from model_worker.vip5model.prompts import sequential_prompt
+    from model_worker.vip5model.scoring import CatalogueScorer, constrained_beam, top_k_items
+    from model_worker.vip5model.trie import ItemTrie
 
     config, images = context.config, image_lookup(context.data)
     item_ids = [str(i) for i in range(1, context.data.n_items + 1)]
@@ -260,9 +260,9 @@ def sequential_ranks(model, context: EvalContext, template: str) -> list[int]:
 
 
 def direct_ranks(model, context: EvalContext, template: str) -> list[int]:
-    from model_worker.vip5.prompts import direct_prompt
-    from model_worker.vip5.scoring import score_candidates
-    from model_worker.vip5.trie import ItemTrie
+    from model_worker.vip5model.prompts import direct_prompt
+    from model_worker.vip5model.scoring import score_candidates
+    from model_worker.vip5model.trie import ItemTrie
 
     config, images = context.config, image_lookup(context.data)
     rng, ranks = np.random.default_rng(config.sample_seed), []
@@ -280,7 +280,7 @@ def direct_ranks(model, context: EvalContext, template: str) -> list[int]:
 
 
 def explanation_scores(model, context: EvalContext, template: str) -> dict:
-    from model_worker.vip5.prompts import TEMPLATES
+    from model_worker.vip5model.prompts import TEMPLATES
 
     config, images = context.config, image_lookup(context.data)
     wanted = "test" if config.split == "test" else "valid"
@@ -437,7 +437,7 @@ def trained_data_config(model_dir: Path) -> DataConfig:
 
 def load_run(model_dir: Path) -> tuple[object, DataConfig, dict]:
     """A trained model and the data config it was trained with (`<run>/train_config.json`)."""
-    from model_worker.vip5.model import VIP5Model
+    from model_worker.vip5model.model import VIP5Model
 
     run_dir = _run_dir(model_dir)
     record = json.loads((run_dir / "train_config.json").read_text())

@@ -1,7 +1,7 @@
 """Training and evaluation prompts for the three task families, drawn from a leave-one-out split.
 
 In:  `RecData` + its `LeaveOneOut` split, a `TaskConfig`, a numpy Generator.
-Out: `Prompt`s (model_worker.vip5.prompts) with their targets, and the image lookup the prompt
+Out: `Prompt`s (model_worker.vip5model.prompts) with their targets, and the image lookup the prompt
      encoder reads (item id string -> feature vector; items without an image are absent).
 
 Training samples (one family per sample, drawn by `family_weights` among the families the data
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_worker.vip5.prompts import (
+from model_worker.vip5model.prompts import (
     FAMILIES,
     Prompt,
     direct_prompt,

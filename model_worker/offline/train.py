@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_worker.vip5.config import PRESETS, STAGES, VIP5Config
+from model_worker.vip5model.config import PRESETS, STAGES, VIP5Config
 
 from .data import DataConfig, LeaveOneOut, RecData, cold_items, leave_one_out, load_data, without_items
 from .tasks import SequenceSampler, TaskConfig, TrainingSampler, image_lookup, tokenizer_corpus
@@ -154,15 +154,15 @@ def vip5_config(train: TrainConfig, data: RecData) -> VIP5Config:
 
 
 def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
-    from model_worker.vip5.model import VIP5Model
-    from model_worker.vip5.tokenizer import build_template_tokenizer
+    from model_worker.vip5model.model import VIP5Model
+    from model_worker.vip5model.tokenizer import build_template_tokenizer
 
     config = vip5_config(train, data)
     tokenizer = build_template_tokenizer([*tokenizer_corpus(data, split), config.sequence_prompt],
                                          vocab_size=train.tokenizer_vocab, image_token=config.image_token)
     model = VIP5Model.build(config, tokenizer, seed=train.seed)
     if model.item_vocabulary is not None:
-        from model_worker.vip5.items import ItemVocabulary
+        from model_worker.vip5model.items import ItemVocabulary
 
         model.item_vocabulary = ItemVocabulary(data.item_keys)  # the live system names items by key
     if model.item_tokens is not None and data.image_features is not None:
@@ -212,7 +212,7 @@ def _remove_tree(path: Path) -> None:
 
 def load_checkpoint(out: Path):
     """(model, state, optimizer state dict) from `out/checkpoint`, or None when there is none."""
-    from model_worker.vip5.model import VIP5Model
+    from model_worker.vip5model.model import VIP5Model
 
     checkpoint = out / "checkpoint"
     if not (checkpoint / "state.json").exists():

@@ -6,11 +6,11 @@ import csv
 import time
 from pathlib import Path
 
+from runtime.kafka import KafkaConfig, producer, read_topic
 from schemas.codec import decode_any, encode
 from schemas.errors import SchemaError
 from schemas.records import Interaction, ItemUpsert
 from schemas.topics import INTERACTIONS, ITEMS, TopicConfig
-from vip5.kafka import KafkaConfig, producer, read_topic
 
 FASHION = Path(__file__).resolve().parents[1] / "data" / "fashion"
 

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from model_worker.artifacts import ArtifactStore
-from model_worker.vip5.config import VIP5Config
-from model_worker.vip5.model import VIP5Model
-from model_worker.vip5.tokenizer import build_template_tokenizer
+from model_worker.vip5model.config import VIP5Config
+from model_worker.vip5model.model import VIP5Model
+from model_worker.vip5model.tokenizer import build_template_tokenizer
 from schemas.codec import encode
 from schemas.records import AdapterUpdate, Recommendation
 from schemas.topics import ADAPTER_UPDATES, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RECOMMENDATIONS

@@ -12,10 +12,10 @@ import pytest
 from kafka.structs import TopicPartition
 
 from model_worker.serve import ModelServer, ServeConfig
+from runtime.kafka import consumer, create_topics, producer, read_topic
 from schemas.codec import decode, encode
 from schemas.records import Candidate, Recommendation, RerankRequest
 from schemas.topics import RECOMMENDATIONS, RERANK_REQUESTS
-from vip5.kafka import consumer, create_topics, producer, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ import time
 import pytest
 from kafka import OffsetAndMetadata
 
+from runtime.kafka import KafkaConfig, consumer, create_topics, producer, read_topic
 from schemas.topics import INTERACTIONS, TopicConfig
 from vip5.broker import BrokerConfig, EmbeddedBroker
-from vip5.kafka import KafkaConfig, consumer, create_topics, producer, read_topic
 from vip5.object_store import LocalObjectStore
 
 pytestmark = pytest.mark.integration

@@ -4,10 +4,10 @@ import time
 
 import pytest
 
+from runtime.kafka import admin, consumer, create_topics, producer
 from schemas.codec import decode, encode
 from schemas.records import Interaction
 from schemas.topics import ADAPTER_UPDATES, ALL_TOPICS, INTERACTIONS, ITEM_EMBEDDINGS
-from vip5.kafka import admin, consumer, create_topics, producer
 
 pytestmark = pytest.mark.integration
 

@@ -212,9 +212,9 @@ def test_hostile_adapter_updates_are_rejected_by_model_worker_and_trainer_which_
     import time
 
     from model_worker.artifacts import ArtifactStore
-    from model_worker.vip5.config import VIP5Config
-    from model_worker.vip5.model import VIP5Model
-    from model_worker.vip5.tokenizer import build_template_tokenizer
+    from model_worker.vip5model.config import VIP5Config
+    from model_worker.vip5model.model import VIP5Model
+    from model_worker.vip5model.tokenizer import build_template_tokenizer
     from schemas.records import AdapterUpdate
     from schemas.topics import ADAPTER_UPDATES
 
@@ -285,11 +285,11 @@ def test_degenerate_embeddings_on_the_compacted_topic_leave_followers_running_an
 
     from index.item_index import IndexConfig
     from index.replica import CatalogReplica, embedding_follower
+    from runtime.kafka import consumer, create_topics, producer
+    from runtime.metrics import WorkerMetrics, serve_metrics
+    from runtime.tail import TopicTail
     from tests.vip5.test_metrics import get
     from vip5.broker import free_port
-    from vip5.kafka import consumer, create_topics, producer
-    from vip5.metrics import WorkerMetrics, serve_metrics
-    from vip5.tail import TopicTail
 
     create_topics(kafka_cfg, topics)
     name = topics.name(ITEM_EMBEDDINGS)

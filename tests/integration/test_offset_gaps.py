@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 from kafka import OffsetAndMetadata, TopicPartition
 
+from runtime.kafka import consumer, create_topics, producer
 from schemas.topics import INTERACTIONS
 from streams.gaps import GapFiller, read_range
-from vip5.kafka import consumer, create_topics, producer
 
 pytestmark = pytest.mark.integration
 

@@ -5,16 +5,16 @@ import urllib.request
 
 import pytest
 
-from model_worker.vip5.config import VIP5Config
-from model_worker.vip5.model import VIP5Model
-from model_worker.vip5.tokenizer import build_template_tokenizer
+from model_worker.vip5model.config import VIP5Config
+from model_worker.vip5model.model import VIP5Model
+from model_worker.vip5model.tokenizer import build_template_tokenizer
 from model_worker.worker import READY_LINE as MODEL_READY
+from runtime.kafka import create_topics
 from schemas.records import Recommendation
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RECOMMENDATIONS, RERANK_REQUESTS
 from streams.worker import READY_LINE as STREAMS_READY
 from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
 from vip5.broker import free_port
-from vip5.kafka import create_topics
 from vip5.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration

@@ -3,11 +3,11 @@ re-rank requests, bad input becomes dead letters, and user histories survive a r
 
 import pytest
 
+from runtime.kafka import create_topics
 from schemas.records import DeadLetter, ItemEmbedding, ItemUpsert, RerankRequest
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RERANK_REQUESTS
 from streams.worker import READY_LINE
 from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
-from vip5.kafka import create_topics
 from vip5.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from model_worker.vip5.config import VIP5Config
-from model_worker.vip5.model import VIP5Model
-from model_worker.vip5.tokenizer import build_template_tokenizer
+from model_worker.vip5model.config import VIP5Config
+from model_worker.vip5model.model import VIP5Model
+from model_worker.vip5model.tokenizer import build_template_tokenizer
 
 FEATURE_DIM = 8
 ADAPTER_KINDS = ("bottleneck", "lora")

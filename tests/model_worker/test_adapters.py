@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from model_worker.vip5.checkpoint import read_adapter
-from model_worker.vip5.prompts import direct_prompt, sequential_prompt
-from model_worker.vip5.scoring import score_candidates
-from model_worker.vip5.trie import ItemTrie
+from model_worker.vip5model.checkpoint import read_adapter
+from model_worker.vip5model.prompts import direct_prompt, sequential_prompt
+from model_worker.vip5model.scoring import score_candidates
+from model_worker.vip5model.trie import ItemTrie
 
 from .conftest import ADAPTER_KINDS
 

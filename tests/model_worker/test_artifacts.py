@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from model_worker.artifacts import ArtifactError, ArtifactStore, load_verified, signing_key_from_env
-from model_worker.vip5.checkpoint import backbone_sha256
+from model_worker.vip5model.checkpoint import backbone_sha256
 
 KEY = b"trainer-key-0123456789abcdef"
 

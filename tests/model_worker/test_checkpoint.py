@@ -4,12 +4,12 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from model_worker.vip5.config import VIP5Config
-from model_worker.vip5.model import VIP5Model
-from model_worker.vip5.prompts import direct_prompt, template_corpus
-from model_worker.vip5.scoring import score_candidates
-from model_worker.vip5.tokenizer import build_tokenizer
-from model_worker.vip5.trie import ItemTrie
+from model_worker.vip5model.config import VIP5Config
+from model_worker.vip5model.model import VIP5Model
+from model_worker.vip5model.prompts import direct_prompt, template_corpus
+from model_worker.vip5model.scoring import score_candidates
+from model_worker.vip5model.tokenizer import build_tokenizer
+from model_worker.vip5model.trie import ItemTrie
 
 from .conftest import ADAPTER_KINDS, FEATURE_DIM
 

@@ -1,6 +1,6 @@
 import pytest
 
-from model_worker.vip5.config import PRESETS, VIP5Config, preset_t5_config
+from model_worker.vip5model.config import PRESETS, VIP5Config, preset_t5_config
 
 
 @pytest.mark.parametrize(("field", "value"), [

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from model_worker.vip5.items import ItemTokens, ItemVocabulary
-from model_worker.vip5.model import ImageMapping
+from model_worker.vip5model.items import ItemTokens, ItemVocabulary
+from model_worker.vip5model.model import ImageMapping
 
 
 def _tokens(n_items=5, d_model=8, feature_dim=4):

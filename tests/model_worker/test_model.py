@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from model_worker.vip5.prompts import explanation_prompt, sequential_prompt
+from model_worker.vip5model.prompts import explanation_prompt, sequential_prompt
 
 
 def _batch(model, features):

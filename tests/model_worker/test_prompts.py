@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from model_worker.vip5.config import VIP5Config
-from model_worker.vip5.encoding import PromptEncoder
-from model_worker.vip5.prompts import (
+from model_worker.vip5model.config import VIP5Config
+from model_worker.vip5model.encoding import PromptEncoder
+from model_worker.vip5model.prompts import (
     FAMILIES,
     Prompt,
     direct_prompt,

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_worker.vip5.prompts import direct_prompt, sequential_prompt
-from model_worker.vip5.scoring import score_candidates, score_naive
-from model_worker.vip5.trie import ItemTrie
+from model_worker.vip5model.prompts import direct_prompt, sequential_prompt
+from model_worker.vip5model.scoring import score_candidates, score_naive
+from model_worker.vip5model.trie import ItemTrie
 
 DATA = Path(__file__).parents[1] / "data" / "beauty_small" / "sequential_data.txt"
 

@@ -2,15 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from model_worker.vip5.prompts import direct_prompt, sequential_prompt
-from model_worker.vip5.scoring import (
+from model_worker.vip5model.prompts import direct_prompt, sequential_prompt
+from model_worker.vip5model.scoring import (
     CatalogueScorer,
     constrained_beam,
     score_candidates,
     score_naive,
     top_k_items,
 )
-from model_worker.vip5.trie import ItemTrie
+from model_worker.vip5model.trie import ItemTrie
 
 from .conftest import ADAPTER_KINDS
 

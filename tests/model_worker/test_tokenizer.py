@@ -1,5 +1,5 @@
-from model_worker.vip5.prompts import template_corpus
-from model_worker.vip5.tokenizer import build_tokenizer, image_token_id, load_tokenizer
+from model_worker.vip5model.prompts import template_corpus
+from model_worker.vip5model.tokenizer import build_tokenizer, image_token_id, load_tokenizer
 
 
 def test_building_twice_from_the_same_corpus_gives_the_same_tokenizer():

@@ -7,7 +7,7 @@ import pytest
 from model_worker.artifacts import ArtifactError, ArtifactStore, load_verified
 from model_worker.trainer import AdapterTrainer, TrainerConfig, next_version
 from model_worker.tuning import TuneConfig
-from model_worker.vip5.checkpoint import backbone_sha256
+from model_worker.vip5model.checkpoint import backbone_sha256
 from schemas.records import Interaction
 
 

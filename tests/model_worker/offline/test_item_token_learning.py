@@ -44,7 +44,7 @@ def test_a_short_training_on_a_slice_of_beauty_beats_popularity(tmp_path):
 def test_an_item_token_run_saves_its_item_keys_and_scores_the_same_after_loading(tmp_path):
     import torch
 
-    from model_worker.vip5.model import VIP5Model
+    from model_worker.vip5model.model import VIP5Model
 
     config = TrainConfig(out_dir=str(tmp_path), content="none", stages=("pretrain",), pretrain_steps=2,
                          batch_size=8, validate_every_s=1e9, threads=1)

@@ -5,7 +5,7 @@ import pytest
 
 from model_worker.offline.data import leave_one_out, load_amazon_reviews, load_p5_folder
 from model_worker.offline.tasks import TaskConfig, TrainingSampler
-from model_worker.vip5.prompts import TEMPLATES
+from model_worker.vip5model.prompts import TEMPLATES
 
 
 def test_training_prompts_never_show_held_out_items_or_templates(beauty_dir):

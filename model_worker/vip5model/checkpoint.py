@@ -149,10 +149,12 @@ def save_model_dir(model, path) -> Path:
     return path
 
 
-def load_model_dir(path):
+def load_model_dir(path, model_cls):
+    """A model of class `model_cls` (called as model_cls(config, backbone, tokenizer)) from `path`.
+
+    The class is passed in so that this module never imports model.py (which imports this one)."""
     from transformers import T5ForConditionalGeneration
 
-    from .model import VIP5Model
     from .tokenizer import load_tokenizer
 
     path = Path(path)
@@ -162,7 +164,7 @@ def load_model_dir(path):
     config = VIP5Config.from_dict(meta["config"])
     tokenizer = load_tokenizer(str(path / "tokenizer"), image_token=config.image_token)
     backbone = T5ForConditionalGeneration.from_pretrained(path / "backbone")
-    model = VIP5Model(config, backbone, tokenizer)
+    model = model_cls(config, backbone, tokenizer)
     parts = load_file(str(path / "vip5_parts.safetensors"))
     expected = {n: list(t.shape) for n, t in model.state_dict().items() if _is_part_key(n)}
     _check_keys_and_shapes(expected, {n: list(t.shape) for n, t in parts.items()}, f"{path} vip5_parts")

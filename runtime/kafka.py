@@ -1,4 +1,5 @@
-"""Kafka clients for every component, from one `KafkaConfig`: producer, consumer, admin.
+"""Kafka clients for every component, from one `KafkaConfig`: producer, consumer, admin, and the
+broker credentials (SASL, TLS context) of the faust app.
 
 Security settings (TLS, SASL) are passed to every client unchanged. Defaults target a broker on
 127.0.0.1; `KafkaConfig.from_env()` reads `VIP5_KAFKA_*` (only CLI code calls it).
@@ -114,6 +115,29 @@ def _parse(raw: str, type_name: str, name: str):
             raise ValueError(f"VIP5_KAFKA_{name.upper()}: expected true/false, got {raw!r}")
         return raw.lower() in ("1", "true", "yes")
     return raw
+
+
+def faust_credentials(cfg: KafkaConfig):
+    """faust's `broker_credentials` for `cfg`: None (PLAINTEXT), an SSL context, or SASL credentials."""
+    if cfg.security_protocol == "PLAINTEXT":
+        return None
+    context = ssl_context(cfg) if cfg.security_protocol.endswith("SSL") else None
+    if cfg.security_protocol.startswith("SASL"):
+        import faust
+
+        return faust.SASLCredentials(username=cfg.sasl_username, password=cfg.sasl_password,
+                                     mechanism=cfg.sasl_mechanism, ssl_context=context)
+    return context
+
+
+def ssl_context(cfg: KafkaConfig):
+    """A TLS client context trusting `ssl_cafile` (system CAs when None), with the client certificate if set."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=cfg.ssl_cafile)
+    if cfg.ssl_certfile:
+        context.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+    return context
 
 
 def producer(cfg: KafkaConfig, **overrides):

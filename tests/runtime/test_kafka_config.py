@@ -2,7 +2,7 @@
 
 import pytest
 
-from vip5.kafka import KafkaConfig
+from runtime.kafka import KafkaConfig
 
 
 def test_security_settings_pass_through_to_every_client():

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from vip5 import logs
+from runtime import logs
 
 
 @pytest.fixture()

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from .adapters import attach_adapters, is_adapter_param, pure_backbone_state_dict
+from .checkpoint import apply_adapter, load_model_dir, read_adapter, save_adapter, save_model_dir
 from .config import STAGES, VIP5Config, preset_t5_config
 from .encoding import Batch, PromptEncoder
 from .items import ItemTokens, ItemVocabulary
@@ -103,13 +104,9 @@ class VIP5Model(nn.Module):
     @classmethod
     def from_pretrained(cls, path) -> VIP5Model:
         """Load a directory written by `save_pretrained` (see checkpoint.py)."""
-        from .checkpoint import load_model_dir
-
-        return load_model_dir(path)
+        return load_model_dir(path, cls)
 
     def save_pretrained(self, path) -> None:
-        from .checkpoint import save_model_dir
-
         save_model_dir(self, path)
 
     @property
@@ -276,12 +273,8 @@ class VIP5Model(nn.Module):
     # ---- adapters -------------------------------------------------------------------------------
 
     def save_adapter(self, path) -> None:
-        from .checkpoint import save_adapter
-
         save_adapter(self, path)
 
     def load_adapter(self, path, *, check_backbone: bool = True) -> None:
         """Swap in adapter weights saved by `save_adapter` (validated before anything is copied)."""
-        from .checkpoint import apply_adapter, read_adapter
-
         apply_adapter(self, read_adapter(path), check_backbone=check_backbone)

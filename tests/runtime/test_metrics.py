@@ -6,8 +6,8 @@ import urllib.request
 
 import pytest
 
+from runtime.metrics import WorkerMetrics, serve_metrics
 from vip5.broker import free_port
-from vip5.metrics import WorkerMetrics, serve_metrics
 
 
 def get(url: str) -> tuple[int, bytes]:
