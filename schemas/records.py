@@ -28,7 +28,7 @@ ID = F.Id(max_len=LIMITS.max_id_len)
 TIME_MS = F.Int(lo=LIMITS.min_time_ms, hi=LIMITS.max_time_ms)
 SCORE = F.Float()
 INTERACTION_KINDS = ("view", "click", "add_to_cart", "purchase", "rating", "review")
-CANDIDATE_SOURCES = ("visual", "popular", "fresh", "history", "other")
+CANDIDATE_SOURCES = ("covisit", "visual", "popular", "fresh", "history", "other")
 
 REGISTRY: dict[str, type[Record]] = {}
 
