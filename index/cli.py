@@ -4,6 +4,7 @@
     vip5 index-info SNAPSHOT_DIR                                 what a snapshot holds
     vip5 bench index [--quick] [--dim D] [--sizes N,...]          index and encoder numbers (D = 256 default)
     vip5 bench visual-neighbours --data DIR [--k 10] [--limit N]  precision@k of same label among neighbours
+    vip5 bench candidates --data DIR [--users N] [--seed S]      recall@20/50/100 per candidate source, replayed log
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def register(commands, bench) -> None:
     neighbours.add_argument("--k", type=int, default=10)
     neighbours.add_argument("--limit", type=int, default=None, help="first N products only")
     _encoder_args(neighbours)
+
+    candidates = add_command(bench, "candidates", candidates_command,
+                             "candidate recall@20/50/100 per source and merged, on a replayed P5-layout log")
+    candidates.add_argument("--data", type=Path, required=True, help="folder with sequential_data.txt")
+    candidates.add_argument("--users", type=int, default=5000, help="seeded sample of test users")
+    candidates.add_argument("--seed", type=int, default=0, help="user interleaving and test-user sample")
 
 
 def _encoder_args(parser: argparse.ArgumentParser) -> None:
@@ -120,3 +127,10 @@ def neighbours_command(args: argparse.Namespace) -> dict:
     from index.bench import visual_neighbour_precision
 
     return visual_neighbour_precision(args.data, k=args.k, limit=args.limit, encoder=_encoder(args))
+
+
+def candidates_command(args: argparse.Namespace) -> dict:
+    from index.candidate_recall import RecallBenchConfig, candidate_recall, read_sequences
+
+    result = candidate_recall(read_sequences(args.data), RecallBenchConfig(users=args.users, seed=args.seed))
+    return {"data": str(args.data), **result}

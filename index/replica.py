@@ -25,6 +25,7 @@ from index.candidates import (
     PopularityTracker,
     generate_candidates,
 )
+from index.covisitation import Covisitation
 from index.item_index import IndexConfig, ItemIndex
 from runtime.tail import TopicTail
 from schemas.codec import decode
@@ -86,9 +87,10 @@ class CatalogReplica:
         return self.index.get_vectors(item_ids)
 
     def candidates(self, history: Sequence[str], popularity: PopularityTracker, config: CandidateConfig,
-                   *, now_s: float) -> list[Candidate]:
+                   *, now_s: float, covisitation: Covisitation | None = None) -> list[Candidate]:
         with self._lock:
-            return generate_candidates(history, self.index, popularity, self.freshness, config, now_s=now_s)
+            return generate_candidates(history, self.index, popularity, self.freshness, config, now_s=now_s,
+                                       covisitation=covisitation)
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self.index

@@ -78,3 +78,14 @@ def test_index_embed_reports_per_image_errors_and_exit_status(tmp_path, capsys, 
     out = json.loads(capsys.readouterr().out)
     assert status == 1 and out["dim"] == 1280
     assert [i["ok"] for i in out["images"]] == [True, False] and out["images"][1]["error"].startswith("empty")
+
+
+def test_candidates_bench_prints_recall_per_source_and_merged(tmp_path, capsys):
+    rows = [f"{u} " + " ".join(str(1 + (u + i) % 12) for i in range(6)) for u in range(1, 41)]
+    (tmp_path / "sequential_data.txt").write_text("\n".join(rows) + "\n")
+    assert main(["bench", "candidates", "--data", str(tmp_path), "--users", "10", "--json"]) in (0, None)
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["recall"]) == {"covisit", "visual", "popular", "fresh", "all"}
+    assert set(result["recall"]["all"]) == {"recall@20", "recall@50", "recall@100"}
+    assert result["users"] == 10 and result["events"] == 40 * 4
+    assert result["recall"]["covisit"]["recall@20"] == 1.0  # every user walks the same cycle of 12 items
