@@ -17,13 +17,14 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import faust
 from faust.types import TP
 
 from index.candidates import PopularityTracker
+from index.covisitation import Covisitation
 from index.encoders import VisualEncoder
 from index.replica import CatalogReplica
 from runtime.kafka import faust_credentials
@@ -34,7 +35,7 @@ from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert
 from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RERANK_REQUESTS
 from streams.config import StreamsConfig
 from streams.gaps import GapFiller
-from streams.logic import apply_interactions, build_request
+from streams.logic import apply_interactions, build_request, record_covisitation
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class StreamsContext:
     popularity: PopularityTracker
     stats: dict
     metrics: WorkerMetrics
+    # Learned from the interactions this worker handles (its partitions' users), in memory only:
+    # after a restart it starts empty and rebuilds from the interactions that follow.
+    covisitation: Covisitation = field(default_factory=Covisitation)
 
 
 def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
@@ -178,10 +182,12 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
         ctx.stats["duplicates"] += len(interactions) - len(fresh)
         for interaction in fresh:
             ctx.popularity.record(interaction.item_id, interaction.event_time_ms / 1000.0)
+        record_covisitation(ctx.covisitation, state, fresh)  # before the candidates: they see this event
         # All duplicates: publish again under the same request id. The first attempt may have been
         # lost in a crash between the table update and the send; consumers drop repeated ids.
         reflected = fresh or interactions
-        candidates = ctx.replica.candidates(state["items"], ctx.popularity, cfg.candidates, now_s=time.time())
+        candidates = ctx.replica.candidates(state["items"], ctx.popularity, cfg.candidates, now_s=time.time(),
+                                            covisitation=ctx.covisitation)
         if not candidates:
             ctx.stats["requests_without_candidates"] += 1
             log.warning("no candidates for user %s yet (empty catalogue?)", user_id)

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from index.candidates import CandidateConfig
+from index.covisitation import CovisitationConfig
 from index.encoders import EncoderConfig
 from runtime.kafka import KafkaConfig
 from schemas.topics import TopicConfig
@@ -17,6 +18,7 @@ class StreamsConfig:
     topics: TopicConfig = field(default_factory=TopicConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    covisitation: CovisitationConfig = field(default_factory=CovisitationConfig)
     app_id: str = "vip5-streams"
     data_dir: str = "runs/streams"  # faust's working directory
     history_len: int = 50  # items kept per user

@@ -1,6 +1,7 @@
 """The streams worker's logic as plain functions: no Kafka, no faust.
 
     Interaction(s) of one user + UserState  ──► new UserState, the events not seen before
+    UserState + the new interactions        ──► co-visitation pairs (index.covisitation)
     UserState + Candidates                  ──► RerankRequest (request_id derived from the events)
 
 A user's state is a small dict so faust's table can store it as JSON:
@@ -13,6 +14,7 @@ import hashlib
 from collections.abc import Sequence
 
 from index.candidates import Candidate as Retrieved
+from index.covisitation import Covisitation
 from schemas.records import Candidate, Interaction, RerankRequest
 
 
@@ -35,6 +37,14 @@ def apply_interactions(state: dict | None, interactions: Sequence[Interaction], 
         items.append(interaction.item_id)
         fresh.append(interaction)
     return {"items": items[-history_len:], "events": events[-dedupe_window:]}, fresh
+
+
+def record_covisitation(covisitation: Covisitation, state: dict, fresh: Sequence[Interaction]) -> None:
+    """Pair each new interaction's item with the user's items before it; `state` is the one
+    `apply_interactions` returned with `fresh` (the new items are the last of its history)."""
+    items = state["items"]
+    new = [i.item_id for i in fresh][-len(items):] if items else []
+    covisitation.record_many(items[: len(items) - len(new)], new)
 
 
 def request_id_for(user_id: str, event_ids: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ import logging
 from collections import Counter
 
 from index.candidates import PopularityTracker
+from index.covisitation import Covisitation
 from index.encoders import build_encoder
 from index.item_index import IndexConfig
 from index.replica import CatalogReplica, embedding_follower
@@ -31,6 +32,7 @@ def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, TopicTail]:
     follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     popularity = PopularityTracker(half_life_s=cfg.popularity_half_life_s)
     context = StreamsContext(encoder=encoder, replica=replica, popularity=popularity, stats=Counter(),
+                             covisitation=Covisitation(cfg.covisitation),
                              metrics=WorkerMetrics("streams"))
     return context, follower
 
