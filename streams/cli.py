@@ -23,9 +23,10 @@ def streams_config(args: argparse.Namespace):
         encoder=EncoderConfig(kind=args.encoder, model=args.encoder_model, image_size=args.image_size,
                               device=args.device,
                               limits=ImageLimits(base_dir=os.path.abspath(image_dir) if image_dir else None)),
-        # a fifth of the slots each for popular and fresh items (new users, new products), the rest visual
-        candidates=CandidateConfig(k=args.candidates, popular_k=min(10, args.candidates // 5),
-                                   fresh_k=min(10, args.candidates // 5)),
+        # half the slots for co-visited items, a fifth each for popular and fresh items (new users,
+        # new products), the rest visual; slots a source cannot fill go to the others
+        candidates=CandidateConfig(k=args.candidates, covisit_k=min(50, args.candidates // 2),
+                                   popular_k=min(10, args.candidates // 5), fresh_k=min(10, args.candidates // 5)),
         app_id=args.app_id or f"{topic_config(args).prefix}streams",
         data_dir=args.data_dir,
         history_len=args.history_len,
