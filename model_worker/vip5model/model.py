@@ -201,16 +201,29 @@ class VIP5Model(nn.Module):
         return loss
 
     @torch.no_grad()
+    def history_states(self, histories: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """histories (B, L) item rows right-padded, lengths (B,) -> (B, D): the decoder state after
+        each history's last item (the query every next-item score is a dot product with)."""
+        table = self.item_table() if table is None else table
+        start = torch.full((histories.shape[0], 1), self.item_tokens.bos, dtype=torch.long, device=histories.device)
+        states = self.sequence_states(torch.cat([start, histories], dim=1), table)  # (B, L+1, D)
+        return states[torch.arange(len(lengths), device=states.device), lengths]  # (B, D)
+
+    @torch.no_grad()
     def next_item_scores(self, histories: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """histories (B, L) item rows right-padded, lengths (B,) -> scores (B, I+1) of every item as
         the next one (column 0, padding, is -inf)."""
         table = self.item_table()
-        start = torch.full((histories.shape[0], 1), self.item_tokens.bos, dtype=torch.long, device=histories.device)
-        states = self.sequence_states(torch.cat([start, histories], dim=1), table)  # (B, L+1, D)
-        last = states[torch.arange(len(lengths), device=states.device), lengths]  # (B, D)
-        scores = last @ table[:self.item_tokens.n_items + 1].T  # (B, I+1)
+        scores = self.history_states(histories, lengths, table) @ table[:self.item_tokens.n_items + 1].T  # (B, I+1)
         scores[:, 0] = float("-inf")
         return scores
+
+    @torch.no_grad()
+    def content_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """features (N, F) -> (N, D): the token of an item known only by its content (an item that
+        arrived after training), as `items.ItemTokens` builds the content part."""
+        return self.image_mapping(features).mean(dim=-2) * self.item_tokens.content_scale
 
     def loss(self, batch) -> torch.Tensor:
         """Training loss of a prompt `Batch` (digit ids and text targets) or of item-token rows."""
