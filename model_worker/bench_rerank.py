@@ -38,14 +38,14 @@ class BenchSettings:
 
 
 def _requests(settings: BenchSettings):
-    from model_worker.rerank import RerankRequest
+    from model_worker.rerank import ScoringRequest
 
     rng = np.random.default_rng(settings.seed)
     out = []
     for user in range(settings.requests):
         items = rng.choice(np.arange(1, settings.catalogue_size + 1), settings.candidates + settings.history_len,
                            replace=False).astype(str)
-        out.append(RerankRequest(str(user + 1), tuple(items[: settings.history_len]),
+        out.append(ScoringRequest(str(user + 1), tuple(items[: settings.history_len]),
                                  tuple(items[settings.history_len:])))
     return out
 

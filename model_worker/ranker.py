@@ -1,18 +1,20 @@
-"""VIP5 behind the serving loop's `Ranker` protocol (model_worker.serve).
+"""VIP5 behind the serving loop's `Ranker` protocol (model_worker.serve): wire records in, ranked lists out.
 
-    RerankRequest records + image features ──► VIP5 direct-prompt log-likelihood per candidate
-                                           ──► [(item_id, score)] best first
+    RerankRequest records (wire) ──► ScoringRequest (model view) ──► Reranker: direct-prompt
+    log-likelihood per candidate ──► [(item_id, score)] best first
 
 `VIP5Ranker.load(RankerConfig)` reads a model directory (VIP5Model.save_pretrained), moves it to
 the device (CUDA when present and asked for) and names the versions every Recommendation carries:
-`model_version` (backbone identity) and `adapter_version` (BASE_VERSION until another is applied).
-`with_adapter` returns a standby copy with an adapter artifact applied, for a swap between batches.
+`model_version` (backbone identity) and `adapter_version` (the active adapter slot, BASE_VERSION
+until another is activated). One VIP5Ranker and one Reranker live as long as the model: a new
+adapter version is staged into a named slot (`stage`, verified tensors only) and switched in
+between batches (`activate`, a pointer change; see vip5model/slots.py). The model is never copied.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_worker.rerank import RerankConfig, Reranker
-from model_worker.rerank import RerankRequest as ModelRequest
+from model_worker.rerank import RerankConfig, Reranker, ScoringRequest
 from model_worker.vip5model.model import VIP5Model
 from model_worker.vip5model.prompts import TEMPLATES, explanation_prompt
+from model_worker.vip5model.slots import AdapterSlots
 from schemas.records import RerankRequest
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,15 @@ def resolve_device(device: str) -> str:
 class VIP5Ranker:
     def __init__(self, model: VIP5Model, config: RankerConfig, *, backbone_id: str, adapter_version: str = BASE_VERSION):
         self.model, self.config = model.eval(), config
-        self.backbone_id, self.adapter_version = backbone_id, adapter_version
+        self.backbone_id = backbone_id
         self.model_version = f"vip5-{model.config.backbone}-{backbone_id[:12]}"
+        self.slots = AdapterSlots(model, adapter_version)
+        self._slots_lock = threading.Lock()  # stage runs on the adapter-updates thread, activate on the main one
+        self.reranker = Reranker(model, config=config.rerank)
+
+    @property
+    def adapter_version(self) -> str:
+        return self.slots.active
 
     @classmethod
     def load(cls, config: RankerConfig) -> VIP5Ranker:
@@ -75,23 +84,36 @@ class VIP5Ranker:
         log.info("loaded %s from %s on %s", ranker.model_version, config.model_dir, next(model.parameters()).device)
         return ranker
 
-    def with_adapter(self, artifact, version: str) -> VIP5Ranker:
-        """A standby copy with `artifact` applied (checks backbone identity, keys and shapes)."""
-        from model_worker.vip5model.checkpoint import apply_adapter
+    def stage(self, artifact, version: str) -> None:
+        """Keep `artifact` as the standby slot `version` (checks config, backbone, keys and shapes);
+        the active version keeps serving until `activate(version)`. A standby staged earlier and not
+        activated is superseded (freed), so at most one adapter set waits beside the active one."""
+        with self._slots_lock:
+            for name in self.slots.names():
+                if name != self.slots.active:
+                    self.slots.drop(name)
+            self.slots.stage(version, artifact)
 
-        standby = copy.deepcopy(self.model)
-        apply_adapter(standby, artifact)
-        return VIP5Ranker(standby, self.config, backbone_id=self.backbone_id, adapter_version=version)
+    def activate(self, version: str) -> None:
+        """Serve `version` from the next call on (call between batches); the previous set is freed."""
+        with self._slots_lock:
+            if version not in self.slots:
+                log.warning("adapter %s was superseded before it could be activated", version)
+                return
+            previous = self.slots.active
+            self.slots.activate(version)
+            if previous != version:
+                self.slots.drop(previous)
 
     @torch.inference_mode()
     def rank(self, requests: Sequence[RerankRequest],
              features: Mapping[str, np.ndarray]) -> list[list[tuple[str, float]]]:
-        model_requests = [ModelRequest(user_id=r.user_id, history=r.history,
-                                       candidates=tuple(c.item_id for c in r.candidates),
-                                       retrieval_scores=tuple(c.score for c in r.candidates)) for r in requests]
-        scores = Reranker(self.model, features, self.config.rerank).score(model_requests)
+        scoring = [ScoringRequest(user_id=r.user_id, history=r.history,
+                                  candidates=tuple(c.item_id for c in r.candidates),
+                                  retrieval_scores=tuple(c.score for c in r.candidates)) for r in requests]
+        scores = self.reranker.score(scoring, features)
         return [sorted(zip(r.candidates, s, strict=True), key=lambda pair: -pair[1])
-                for r, s in zip(model_requests, scores, strict=True)]
+                for r, s in zip(scoring, scores, strict=True)]
 
     @torch.inference_mode()
     def explain(self, pairs: Sequence[tuple[str, str]], features: Mapping[str, np.ndarray]) -> list[str]:

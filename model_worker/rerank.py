@@ -1,13 +1,15 @@
-"""Re-ranking for the serving worker: VIP5 scores a request's candidates under the direct prompt.
+"""Candidate scoring, the model side of re-ranking: VIP5 scores each candidate under the direct prompt.
 
-In: `RerankRequest`s (user id, history item ids, candidate item ids, optional retrieval scores) and
-an image-feature lookup (item id -> (F,) vector; missing items use the "no image" tokens).
+In: `ScoringRequest`s (user id, history item ids, candidate item ids, optional retrieval scores: the
+model's view of a wire `schemas.records.RerankRequest`, built by ranker.py or the trainer) and an
+image-feature lookup (item id -> (F,) vector; missing items use the "no image" tokens).
 Out: per request, one score per candidate in the request's order:
   score = log p(candidate id tokens | direct prompt) + retrieval_weight * retrieval score.
 
 Cost: one encoder pass per request (requests batched), then one decoder pass over each request's
 candidate trie (see vip5/scoring.py). `score_naive` and `beam` are the slower reference forms the
-benchmark compares against. Adapters can be swapped between calls with `model.load_adapter(path)`.
+benchmark compares against. One `Reranker` serves a model for its lifetime; the features may be
+given per call. Adapters are switched between calls (vip5model.slots).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from model_worker.vip5model.trie import ItemTrie
 
 
 @dataclass(frozen=True)
-class RerankRequest:
+class ScoringRequest:
     user_id: str
     history: tuple[str, ...]
     candidates: tuple[str, ...]
@@ -32,9 +34,9 @@ class RerankRequest:
 
     def __post_init__(self) -> None:
         if not self.candidates:
-            raise ValueError("RerankRequest.candidates must not be empty")
+            raise ValueError("ScoringRequest.candidates must not be empty")
         if self.retrieval_scores is not None and len(self.retrieval_scores) != len(self.candidates):
-            raise ValueError("RerankRequest.retrieval_scores must have one score per candidate")
+            raise ValueError("ScoringRequest.retrieval_scores must have one score per candidate")
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,10 @@ class Reranker:
     def __init__(self, model, image_lookup: ImageLookup | None = None, config: RerankConfig = RerankConfig()):
         self.model, self.image_lookup, self.config = model, image_lookup, config
 
-    def encode_requests(self, requests: Sequence[RerankRequest]):
-        """Yield (requests, Batch) in groups of `max_batch_requests`, each as a direct prompt."""
+    def encode_requests(self, requests: Sequence[ScoringRequest], features: ImageLookup | None = None):
+        """Yield (requests, EncodedBatch) in groups of `max_batch_requests`, each as a direct prompt;
+        `features` (default: the lookup given at construction) supplies the image features."""
+        lookup = self.image_lookup if features is None else features
         size = self.config.max_batch_requests
         for lo in range(0, len(requests), size):
             chunk = requests[lo: lo + size]
@@ -72,27 +76,27 @@ class Reranker:
                               history=list(r.history)[-self.config.history_len:] if self.config.history_len else [])
                 for r in chunk
             ]
-            yield chunk, self.model.encoder.encode(prompts, self.image_lookup, with_labels=False)
+            yield chunk, self.model.encoder.encode(prompts, lookup, with_labels=False)
 
-    def score(self, requests: Sequence[RerankRequest]) -> list[list[float]]:
+    def score(self, requests: Sequence[ScoringRequest], features: ImageLookup | None = None) -> list[list[float]]:
         """Exact scores, one list per request, aligned with its candidates."""
         results = []
-        for chunk, batch in self.encode_requests(requests):
+        for chunk, batch in self.encode_requests(requests, features):
             tries = [ItemTrie.from_items(self.model.encoder, r.candidates) for r in chunk]
             for request, llh in zip(chunk, score_candidates(self.model, batch, tries), strict=True):
                 results.append(self._combine(request, llh))
         return results
 
-    def score_naive(self, requests: Sequence[RerankRequest]) -> list[list[float]]:
+    def score_naive(self, requests: Sequence[ScoringRequest], features: ImageLookup | None = None) -> list[list[float]]:
         """Same scores as `score`, computed with the encoder output repeated per candidate."""
         results = []
-        for chunk, batch in self.encode_requests(requests):
+        for chunk, batch in self.encode_requests(requests, features):
             tokens = [self.model.encoder.target_token_ids(r.candidates) for r in chunk]
             for request, llh in zip(chunk, score_naive(self.model, batch, tokens), strict=True):
                 results.append(self._combine(request, llh))
         return results
 
-    def beam(self, requests: Sequence[RerankRequest], *, num_beams: int = 20) -> list[list[str]]:
+    def beam(self, requests: Sequence[ScoringRequest], *, num_beams: int = 20) -> list[list[str]]:
         """Top candidates by beam search constrained to each request's candidate ids."""
         results = []
         for chunk, batch in self.encode_requests(requests):
@@ -101,7 +105,7 @@ class Reranker:
             results.extend([[item for item, _ in r] for r in ranked])
         return results
 
-    def _combine(self, request: RerankRequest, llh: torch.Tensor) -> list[float]:
+    def _combine(self, request: ScoringRequest, llh: torch.Tensor) -> list[float]:
         scores = llh.double()
         if request.retrieval_scores is not None and self.config.retrieval_weight:
             scores = scores + self.config.retrieval_weight * torch.tensor(request.retrieval_scores, dtype=torch.float64)

@@ -67,7 +67,10 @@ class Ranker(Protocol):
     """What the serving loop needs from a model (model_worker.ranker.VIP5Ranker implements it)."""
 
     model_version: str
-    adapter_version: str
+    adapter_version: str  # the adapter set serving now
+
+    def activate(self, version: str) -> None:
+        """Serve adapter `version` (staged before) from the next batch on; called between batches."""
 
     def rank(self, requests: Sequence[RerankRequest],
              features: Mapping[str, np.ndarray]) -> list[list[tuple[str, float]]]:
@@ -195,8 +198,9 @@ class Backlog:
 
 
 @dataclass
-class Batch:
-    """A micro-batch handed to the scoring thread; `future` resolves to the offsets it covers."""
+class RequestBatch:
+    """A micro-batch of polled request records handed to the scoring thread; `future` resolves to
+    the offsets it covers."""
 
     messages: list
     future: Future
@@ -231,25 +235,25 @@ class Handover(AsyncConsumerRebalanceListener):
 
 
 class ModelServer:
-    """One serving loop; `ranker` may be swapped between batches with `swap_ranker`.
+    """One serving loop; the ranker's adapter version may be switched between batches with `swap_adapter`.
 
     Subscribes `consumer` to the request topic with its `Handover` listener.
     """
 
-    def __init__(self, cfg: ServeConfig, ranker: Ranker, replica, *, consumer, producer,
+    def __init__(self, cfg: ServeConfig, ranker: Ranker, item_features, *, consumer, producer,
                  metrics: WorkerMetrics | None = None):
-        self.cfg, self.replica = cfg, replica
+        self.cfg, self.item_features = cfg, item_features  # item_features: runtime.features.ItemFeatures
         self.metrics = metrics or WorkerMetrics("model-worker")
         self.metrics.set_adapter(ranker.adapter_version)
         self._ranker = ranker
-        self._pending_ranker: Ranker | None = None
+        self._pending_version: str | None = None
         self._swap_lock = threading.Lock()
         self.consumer, self.producer = consumer, producer
         self.stats: Counter = Counter()
         self._served: OrderedDict[str, None] = OrderedDict()  # touched by the scoring thread only
         self._sends: list = []  # the batch's producer futures (scoring thread only)
         self._backlog = Backlog()
-        self._in_flight: Batch | None = None
+        self._in_flight: RequestBatch | None = None
         self._rewind: dict[TopicPartition, int] = {}  # first dropped offset per released partition
         self._state_lock = threading.Lock()  # backlog and in-flight batch: the rebalance hooks run on another thread
         self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vip5-scorer")
@@ -265,10 +269,11 @@ class ModelServer:
         in_flight = self._in_flight
         return len(self._backlog) + (len(in_flight.messages) if in_flight is not None else 0)
 
-    def swap_ranker(self, ranker: Ranker) -> None:
-        """Install `ranker` before the next batch; the batch in flight finishes on the old one."""
+    def swap_adapter(self, version: str) -> None:
+        """Activate the staged adapter `version` before the next batch; the batch in flight finishes
+        on the current one."""
         with self._swap_lock:
-            self._pending_ranker = ranker
+            self._pending_version = version
 
     def run(self, stop: threading.Event) -> None:
         self.metrics.alive.set()
@@ -280,10 +285,11 @@ class ModelServer:
             self.close()
 
     def step_swap(self) -> None:
-        """Install a pending ranker (called between batches)."""
+        """Activate a pending adapter version (called between batches, no batch in flight)."""
         with self._swap_lock:
-            if self._pending_ranker is not None:
-                self._ranker, self._pending_ranker = self._pending_ranker, None
+            if self._pending_version is not None:
+                self._ranker.activate(self._pending_version)
+                self._pending_version = None
                 self.stats["swaps"] += 1
                 self.metrics.adapter_swaps.inc()
                 self.metrics.set_adapter(self._ranker.adapter_version)
@@ -319,7 +325,7 @@ class ModelServer:
                                        max_wait_s=self.cfg.max_wait_ms / 1000):
                 return
             messages = self._backlog.take(self.cfg.max_batch)
-            self._in_flight = Batch(messages, self._scorer.submit(self._handle, messages))
+            self._in_flight = RequestBatch(messages, self._scorer.submit(self._handle, messages))
 
     def _apply_backpressure(self) -> None:
         """Pause every assigned partition at max_buffered records held; resume at resume_at."""
@@ -452,7 +458,7 @@ class ModelServer:
         """Rank and send; returns the request ids it sent a recommendation for."""
         ranker = self._ranker
         requests = [request for _, request in pairs]
-        features = self.replica.features(items_of(requests))
+        features = self.item_features.features(items_of(requests))
         try:
             ranked_lists = ranker.rank(requests, features)
         except Exception:  # one bad request must not fail the batch: retry one by one

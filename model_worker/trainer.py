@@ -3,8 +3,9 @@
     interactions (own consumer group) ──► per-user histories + a buffer of fresh events
     item-embeddings (replica)         ──► image features for the prompts
     every N events or T seconds:  fresh events ─► train slice (older) + held-out slice (newest)
-        copy of the current model ─► tune the adapters (backbone frozen) on the train slice
-        evaluate current and candidate on the held-out slice (direct task, MRR)
+        a named copy of the current adapter set (one model, vip5model.slots) ─► tune it (backbone
+        frozen) on the train slice; evaluate current and candidate on the held-out slice (direct
+        task, MRR, ties ranked pessimistically: a candidate that scores everything alike gets 1/N)
         accepted (not worse by more than max_regression) ─► artifact store ─► adapter-updates
 
 Offsets are committed after each round, so a restart re-learns at most one round of events.
@@ -12,7 +13,6 @@ Offsets are committed after each round, so a restart re-learns at most one round
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import re
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model_worker.artifacts import ArtifactStore
-from model_worker.rerank import RerankConfig, Reranker
-from model_worker.rerank import RerankRequest as ModelRequest
+from model_worker.rerank import RerankConfig, Reranker, ScoringRequest
 from model_worker.tuning import ExampleConfig, TuneConfig, position_prompts, tune
+from model_worker.vip5model.slots import AdapterSlots
 from runtime.kafka import KafkaConfig
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
@@ -35,6 +35,7 @@ from schemas.topics import ADAPTER_UPDATES, INTERACTIONS, ITEM_EMBEDDINGS, Topic
 log = logging.getLogger(__name__)
 
 READY_LINE = "adapter trainer ready"
+CANDIDATE_SLOT = "candidate"  # the adapter set a round trains, next to the current version's
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
-class Example:
+class FreshEvent:
+    """An interaction seen by the trainer with the user's history before it: one training example."""
+
     user_id: str
     before: tuple[str, ...]  # the user's items before this event, oldest first
     target: str
@@ -86,18 +89,22 @@ def next_version(store: ArtifactStore) -> str:
     return f"v{max(numbers, default=1) + 1}"
 
 
-def direct_mrr(model, examples: list[Example], features, catalogue: list[str], *, candidates: int, seed: int) -> float:
-    """Mean reciprocal rank of the true item among `candidates` (true + sampled negatives), direct prompt."""
+def direct_mrr(model, examples: list[FreshEvent], features, catalogue: list[str], *, candidates: int,
+               seed: int) -> float:
+    """Mean reciprocal rank of the true item among `candidates` (true + sampled negatives), direct prompt.
+
+    Ties count against the model: the true item ranks below every candidate scored the same, so a
+    model that scores every candidate alike gets 1/candidates, not 1.0."""
     rng = random.Random(seed)
     requests, truth = [], []
     for ex in examples:
         pool = [i for i in catalogue if i != ex.target and i not in ex.before]
         items = [ex.target, *rng.sample(pool, min(len(pool), candidates - 1))]
         rng.shuffle(items)
-        requests.append(ModelRequest(user_id=ex.user_id, history=ex.before, candidates=tuple(items)))
+        requests.append(ScoringRequest(user_id=ex.user_id, history=ex.before, candidates=tuple(items)))
         truth.append(items.index(ex.target))
     scores = Reranker(model, features, RerankConfig(history_len=5)).score(requests)
-    ranks = [1 + sum(s > row[t] for s in row) for row, t in zip(scores, truth, strict=True)]
+    ranks = [sum(s >= row[t] for s in row) for row, t in zip(scores, truth, strict=True)]  # row[t] counts itself
     return float(np.mean([1.0 / r for r in ranks]))
 
 
@@ -107,16 +114,18 @@ class AdapterTrainer:
     def __init__(self, cfg: TrainerConfig, model, *, backbone_id: str, version: str, store: ArtifactStore):
         self.cfg, self.model, self.backbone_id, self.version, self.store = cfg, model, backbone_id, version, store
         self.histories: OrderedDict[str, list[str]] = OrderedDict()  # least recently active first
-        self.fresh: deque[Example] = deque(maxlen=cfg.max_fresh_examples)
+        self.fresh: deque[FreshEvent] = deque(maxlen=cfg.max_fresh_examples)
         self.forgotten_users = 0
         self.last_round_s = time.monotonic()
         self.rounds = 0
+        self.rejected_rounds = 0  # candidates that did not pass the acceptance check
         self.rejected_updates = 0
+        self.slots = AdapterSlots(model, version)  # the current set, plus the candidate during a round
 
     def observe(self, interaction: Interaction) -> None:
         history = self.histories.pop(interaction.user_id, None) or []
         if history:
-            self.fresh.append(Example(interaction.user_id, tuple(history[-self.cfg.history_len:]), interaction.item_id))
+            self.fresh.append(FreshEvent(interaction.user_id, tuple(history[-self.cfg.history_len:]), interaction.item_id))
         history.append(interaction.item_id)
         del history[: -self.cfg.history_len]
         self.histories[interaction.user_id] = history  # now the most recently active
@@ -138,20 +147,30 @@ class AdapterTrainer:
         rng = random.Random(self.cfg.seed + self.rounds)
         prompts = [p for ex in train for p in position_prompts(ex.user_id, ex.before, ex.target, catalogue, rng,
                                                                 self.cfg.examples)]
-        candidate = copy.deepcopy(self.model)
-        fit = tune(candidate, prompts, features, self.cfg.tune, stage="adapt")
+        slots = self.slots
+        slots.copy(self.version, CANDIDATE_SLOT)
+        slots.activate(CANDIDATE_SLOT)
+        fit = tune(self.model, prompts, features, self.cfg.tune, stage="adapt")
+        self.model.eval()
         evaluate = dict(features=features, catalogue=catalogue, candidates=self.cfg.examples.direct_candidates,
                         seed=self.cfg.seed)
-        before, after = direct_mrr(self.model, holdout, **evaluate), direct_mrr(candidate, holdout, **evaluate)
+        after = direct_mrr(self.model, holdout, **evaluate)
+        slots.activate(self.version)
+        before = direct_mrr(self.model, holdout, **evaluate)
         metrics = {"holdout_mrr_before": before, "holdout_mrr_after": after, "train_events": float(len(train)),
                    "holdout_events": float(len(holdout)), "loss_first": fit["loss_first"], "loss_last": fit["loss_last"]}
         if after < before - self.cfg.max_regression:
+            slots.drop(CANDIDATE_SLOT)
+            self.rejected_rounds += 1
             log.info("round %d: candidate rejected (MRR %.4f -> %.4f)", self.rounds, before, after)
             return None
         version = next_version(self.store)
-        update = self.store.publish(candidate, version=version, parent_version=self.version, metrics=metrics,
+        slots.activate(CANDIDATE_SLOT)
+        update = self.store.publish(self.model, version=version, parent_version=self.version, metrics=metrics,
                                     backbone_id=self.backbone_id)
-        self.model, self.version = candidate, version
+        slots.rename(CANDIDATE_SLOT, version)
+        slots.drop(self.version)
+        self.version = version
         log.info("round %d: published %s (MRR %.4f -> %.4f, %d train events)", self.rounds, version, before, after,
                  len(train))
         return update
@@ -163,18 +182,19 @@ class AdapterTrainer:
         corrupt files) is skipped with a log line and counted in `rejected_updates`; the trainer
         keeps building on its current version. Returns whether the update was adopted."""
         from model_worker.artifacts import ArtifactError, load_verified
-        from model_worker.vip5model.checkpoint import apply_adapter
 
         if update.version == self.version:
             return True
         try:
-            # apply_adapter checks config, keys, shapes and backbone before it copies anything
-            apply_adapter(self.model, load_verified(update, backbone_id=self.backbone_id, store=self.store))
+            # stage checks config, keys, shapes and backbone before it keeps anything
+            self.slots.stage(update.version, load_verified(update, backbone_id=self.backbone_id, store=self.store))
         except (ArtifactError, ValueError) as err:
             self.rejected_updates += 1
             log.error("rejected adapter %s (%s): %s; still building on %s", update.version,
                       getattr(err, "kind", "invalid"), err, self.version)
             return False
+        self.slots.activate(update.version)
+        self.slots.drop(self.version)
         self.version = update.version
         log.info("trainer now builds on adapter %s", update.version)
         return True

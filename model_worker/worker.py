@@ -27,10 +27,10 @@ READY_LINE = "model worker ready"
 
 def build_server(cfg: ServeConfig, ranker: VIP5Ranker) -> tuple[ModelServer, TopicTail]:
     feature_dim = ranker.model.config.image_feature_dim
-    replica = ItemFeatures(feature_dim)
-    follower = feature_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    item_features = ItemFeatures(feature_dim)
+    follower = feature_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), item_features)
     requests = consumer(cfg.kafka, cfg.group_id)  # the server subscribes it, with its rebalance listener
-    server = ModelServer(cfg, ranker, replica, consumer=requests, producer=producer(cfg.kafka))
+    server = ModelServer(cfg, ranker, item_features, consumer=requests, producer=producer(cfg.kafka))
     return server, follower
 
 
@@ -54,7 +54,7 @@ def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait
     http = serve_metrics(server.metrics, host=metrics_host, port=metrics_port) if metrics_port else None
     server.metrics.ready.set()
     log.info("%s: %s, adapter %s, %d item features", READY_LINE, ranker.model_version, server.ranker.adapter_version,
-             len(server.replica))
+             len(server.item_features))
     try:
         server.run(stop)
     finally:
@@ -95,7 +95,7 @@ def adapter_handler(server: ModelServer):
         update, started = updates[-1], time.perf_counter()
         try:
             artifact = load_verified(update, backbone_id=server.ranker.backbone_id, store=store)
-            standby = server.ranker.with_adapter(artifact, update.version)
+            server.ranker.stage(artifact, update.version)  # a standby slot; the active one keeps serving
         except Exception as err:  # any bad artifact: keep serving the current one
             kind = err.kind if isinstance(err, ArtifactError) else "unreadable"
             server.stats["adapter_rejections"] += 1
@@ -103,7 +103,7 @@ def adapter_handler(server: ModelServer):
             server.metrics.adapter_rejections.inc()
             log.error("rejected adapter %s: %s; still serving %s", update.version, err, server.ranker.adapter_version)
             return
-        server.swap_ranker(standby)
+        server.swap_adapter(update.version)
         server.stats["last_swap_prepare_ms"] = round((time.perf_counter() - started) * 1000, 1)
         log.info("adapter %s ready (prepared in %.1f ms); swapping before the next batch", update.version,
                  server.stats["last_swap_prepare_ms"])

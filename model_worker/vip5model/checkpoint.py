@@ -94,8 +94,9 @@ def read_adapter(path) -> AdapterArtifact:
     return AdapterArtifact(manifest, tensors)
 
 
-def apply_adapter(model, artifact: AdapterArtifact, *, check_backbone: bool = True) -> None:
-    """Copy an artifact's weights into `model` after checking config, keys, shapes and backbone."""
+def check_adapter(model, artifact: AdapterArtifact, *, check_backbone: bool = True) -> dict[str, torch.Tensor]:
+    """Check an artifact against `model` (config, keys, shapes, backbone); returns the model's
+    adapt-stage tensors the artifact's keys name. Raises ValueError naming what differs."""
     theirs = VIP5Config.from_dict(artifact.manifest["config"]).to_dict()
     ours = model.config.to_dict()
     differing = [f for f in ADAPTER_SHAPING_FIELDS if theirs[f] != ours[f]]
@@ -106,6 +107,12 @@ def apply_adapter(model, artifact: AdapterArtifact, *, check_backbone: bool = Tr
                            {n: list(t.shape) for n, t in artifact.tensors.items()}, "adapter")
     if check_backbone and artifact.manifest["backbone_sha256"] != backbone_sha256(model):
         raise ValueError("adapter was trained on a different backbone (backbone_sha256 mismatch)")
+    return targets
+
+
+def apply_adapter(model, artifact: AdapterArtifact, *, check_backbone: bool = True) -> None:
+    """Copy an artifact's weights into `model` after checking config, keys, shapes and backbone."""
+    targets = check_adapter(model, artifact, check_backbone=check_backbone)
     with torch.no_grad():
         for name, target in targets.items():
             target.copy_(artifact.tensors[name].to(target.device, target.dtype))

@@ -1,5 +1,6 @@
 """Incremental adapter updates against the embedded broker: the trainer learns from a shifting
-stream and publishes version 2; the model worker swaps it in while requests flow, rejects a
+stream and publishes version 2 because it ranks the held-out clicks better (a round that cannot is
+rejected: tests/model_worker/test_trainer.py); the model worker swaps it in while requests flow, rejects a
 corrupted artifact, and follows a rollback; no request is lost along the way."""
 
 import random
@@ -40,7 +41,7 @@ def test_trainer_publishes_v2_worker_swaps_rejects_corruption_and_rolls_back(tmp
     VIP5Model.build(VIP5Config(backbone="tiny"), build_template_tokenizer(), seed=0).save_pretrained(model_dir)
     artifacts = tmp_path / "artifacts"
     trainer_args = ("--artifacts-dir", str(artifacts), "--every-events", "30", "--min-events", "10",
-                    "--steps", "4", "--max-regression", "1.0")
+                    "--steps", "30")  # default --max-regression 0: a round must not lose held-out MRR
     cfg = StackConfig(work_dir=tmp_path, model_dir=model_dir, topic_prefix="adapt.", partitions=2,
                       image_size=96, candidates=10, trainer_args=trainer_args)
     rng = random.Random(0)
@@ -70,6 +71,8 @@ def test_trainer_publishes_v2_worker_swaps_rejects_corruption_and_rolls_back(tmp
         stream(stack, shoes, 30)  # ... shifts to shoes
         v2 = wait_for(lambda: next((u for u in updates(stack) if u.version == "v2"), None), 240, "version 2")
         assert v2.parent_version == "v1" and {"holdout_mrr_before", "holdout_mrr_after"} <= set(v2.metrics)
+        # the stream shifted to shoes: tuning on it ranks the held-out (newest) clicks better
+        assert v2.metrics["holdout_mrr_after"] > v2.metrics["holdout_mrr_before"], v2.metrics
         assert [m["version"] for m in ArtifactStore(artifacts).manifests()] == ["v1", "v2"]
 
         stream(stack, shoes, 10)  # requests keep flowing through the swap

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from model_worker.rerank import RerankConfig, Reranker, RerankRequest, rank
+from model_worker.rerank import RerankConfig, Reranker, ScoringRequest, rank
 
 
 def _requests():
     rng = np.random.default_rng(0)
-    return [RerankRequest(str(u), tuple(str(i) for i in range(1, 6)),
+    return [ScoringRequest(str(u), tuple(str(i) for i in range(1, 6)),
                           tuple(str(i) for i in rng.choice(np.arange(10, 5000), 30, replace=False)))
             for u in range(3)]
 
@@ -24,7 +24,7 @@ def test_exact_and_naive_rerank_agree_per_candidate(make_model, features):
 def test_retrieval_scores_are_blended_by_weight(make_model, features):
     model = make_model()
     request = _requests()[0]
-    with_retrieval = RerankRequest(request.user_id, request.history, request.candidates,
+    with_retrieval = ScoringRequest(request.user_id, request.history, request.candidates,
                                    tuple(float(i) for i in range(30)))
     base = Reranker(model, features).score([with_retrieval])[0]
     blended = Reranker(model, features, RerankConfig(retrieval_weight=0.5)).score([with_retrieval])[0]
@@ -39,8 +39,14 @@ def test_beam_returns_candidates_only(make_model, features):
 
 def test_bad_requests_and_configs_are_refused():
     with pytest.raises(ValueError, match="candidates"):
-        RerankRequest("1", (), ())
+        ScoringRequest("1", (), ())
     with pytest.raises(ValueError, match="retrieval_scores"):
-        RerankRequest("1", (), ("2", "3"), (1.0,))
+        ScoringRequest("1", (), ("2", "3"), (1.0,))
     with pytest.raises(ValueError, match="template_id"):
         RerankConfig(template_id="A-1")
+
+
+def test_one_reranker_scores_with_the_features_given_per_call(make_model, features):
+    reranker = Reranker(make_model())
+    request = _requests()[0]
+    assert np.allclose(reranker.score([request], features)[0], Reranker(reranker.model, features).score([request])[0])

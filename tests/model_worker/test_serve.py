@@ -157,6 +157,9 @@ class ByRetrievalScore:
     def __init__(self, *, fail_user=None, fail_explain=False):
         self.fail_user, self.fail_explain, self.calls = fail_user, fail_explain, 0
 
+    def activate(self, version):
+        self.adapter_version = version
+
     def rank(self, requests, features):
         self.calls += 1
         if any(r.user_id == self.fail_user for r in requests):
@@ -274,12 +277,10 @@ def test_explanations_go_on_the_top_item_and_their_failure_costs_nothing():
     assert producer.sent[0][1].items[0].explanation is None
 
 
-def test_a_swapped_ranker_serves_from_the_next_batch():
+def test_a_swapped_adapter_serves_from_the_next_batch():
     server, consumer, producer = server_for([encode(request(1))], ByRetrievalScore())
     serve_all(server, consumer)
-    newer = ByRetrievalScore()
-    newer.adapter_version = "v2"
-    server.swap_ranker(newer)
+    server.swap_adapter("v2")
     consumer.append(P0, encode(request(2)))
     serve_all(server, consumer)
     assert [r.adapter_version for _, r in producer.sent] == ["v1", "v2"]

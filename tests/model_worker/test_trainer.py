@@ -133,3 +133,46 @@ def test_trainer_state_is_bounded_however_many_users_producers_invent(make_model
     trainer.observe(clicks("user-2400", ["x"])[0])  # the oldest user, active again ...
     trainer.observe(clicks("newcomer", ["y"])[0])  # ... so the next oldest makes room
     assert "user-2400" in trainer.histories and "user-2401" not in trainer.histories
+
+
+def test_ties_count_against_the_model_so_constant_scores_get_one_over_n(make_model, features, monkeypatch):
+    from model_worker import trainer as trainer_module
+    from model_worker.trainer import FreshEvent, direct_mrr
+
+    monkeypatch.setattr(trainer_module.Reranker, "score",
+                        lambda self, requests, features=None: [[0.0] * len(r.candidates) for r in requests])
+    examples = [FreshEvent("u1", ("1", "2"), "3"), FreshEvent("u2", ("4",), "5")]
+    assert direct_mrr(make_model(), examples, features, sorted(features), candidates=20, seed=0) == pytest.approx(1 / 20)
+
+
+def test_a_round_that_cannot_rank_is_rejected_even_at_zero_margin(make_model, store, features, monkeypatch):
+    """The candidate scores every item alike (as if tuning destroyed it); the current model does not."""
+    from model_worker import trainer as trainer_module
+
+    trainer = trainer_for(make_model(), store, max_regression=0.0)
+    real_score = trainer_module.Reranker.score
+
+    def score(self, requests, features=None):
+        if trainer.slots.active == trainer_module.CANDIDATE_SLOT:
+            return [[0.0] * len(r.candidates) for r in requests]
+        return real_score(self, requests, features)
+
+    monkeypatch.setattr(trainer_module.Reranker, "score", score)
+    for user in ("u1", "u2"):
+        for event in clicks(user, [str(i) for i in range(1, 8)]):
+            trainer.observe(event)
+    assert trainer.round(features, sorted(features)) is None
+    assert store.manifests() == [] and trainer.version == "v1" and trainer.rejected_rounds == 1
+    assert trainer.slots.names() == ["v1"]
+
+
+def test_a_round_trains_a_named_copy_of_the_adapters_not_a_copy_of_the_model(make_model, store, features):
+    trainer = trainer_for(make_model(), store, max_regression=10.0)
+    backbone = {n: p.data_ptr() for n, p in trainer.model.named_parameters()
+                if not trainer.model.trainable_in("adapt", n)}
+    model = trainer.model
+    for event in clicks("u1", [str(i) for i in range(1, 9)]):
+        trainer.observe(event)
+    update = trainer.round(features, sorted(features))
+    assert update is not None and trainer.model is model and trainer.slots.names() == ["v2"]
+    assert backbone == {n: p.data_ptr() for n, p in model.named_parameters() if not model.trainable_in("adapt", n)}
