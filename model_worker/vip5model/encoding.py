@@ -33,7 +33,7 @@ ImageLookup = Mapping  # item id (str) -> np.ndarray | torch.Tensor of shape (F,
 
 
 @dataclass
-class Batch:
+class EncodedBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     whole_word_ids: torch.Tensor
@@ -42,16 +42,16 @@ class Batch:
     image_mask: torch.Tensor
     labels: torch.Tensor | None = None
 
-    def to(self, device) -> Batch:
+    def to(self, device) -> EncodedBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: (v.to(device) if v is not None else None) for k, v in moved.items()})
+        return EncodedBatch(**{k: (v.to(device) if v is not None else None) for k, v in moved.items()})
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
 
 class PromptEncoder:
-    """Turns prompts into a `Batch`; use `encode` directly as a DataLoader `collate_fn` via partial."""
+    """Turns prompts into a `EncodedBatch`; use `encode` directly as a DataLoader `collate_fn` via partial."""
 
     def __init__(self, tokenizer, config: VIP5Config):
         self.tokenizer = tokenizer
@@ -59,13 +59,13 @@ class PromptEncoder:
         self.image_id = image_token_id(tokenizer, config.image_token)
 
     def encode(self, prompts: Sequence[Prompt], image_lookup: ImageLookup | None = None,
-               *, with_labels: bool = True) -> Batch:
+               *, with_labels: bool = True) -> EncodedBatch:
         if not prompts:
             raise ValueError("encode needs at least one prompt")
         source = self._encode_sources(prompts)
         features, mask = self._image_features(prompts, image_lookup)
         labels = self.encode_targets([p.target for p in prompts]) if with_labels else None
-        return Batch(**source, image_features=features, image_mask=mask, labels=labels)
+        return EncodedBatch(**source, image_features=features, image_mask=mask, labels=labels)
 
     def _encode_sources(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
         k, placeholder = self.config.image_tokens, self.config.image_token

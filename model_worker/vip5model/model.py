@@ -1,6 +1,6 @@
 """VIP5: a T5 encoder-decoder fed with multimodal personalized prompts, tuned through adapters.
 
-In: a `Batch` (see encoding.py). Out: loss (training), encoder states (scoring), generated ids.
+In: an `EncodedBatch` (see encoding.py). Out: loss (training), encoder states (scoring), generated ids.
 Letters: B batch, T source tokens, M image slots, F image feature size, k image tokens per item,
 D d_model, L target tokens, V vocabulary.
 
@@ -30,7 +30,7 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm
 from .adapters import attach_adapters, is_adapter_param, pure_backbone_state_dict
 from .checkpoint import apply_adapter, load_model_dir, read_adapter, save_adapter, save_model_dir
 from .config import STAGES, VIP5Config, preset_t5_config
-from .encoding import Batch, PromptEncoder
+from .encoding import EncodedBatch, PromptEncoder
 from .items import ItemTokens, ItemVocabulary
 from .tokenizer import load_tokenizer
 
@@ -115,7 +115,7 @@ class VIP5Model(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
 
-    def embed(self, batch: Batch) -> torch.Tensor:
+    def embed(self, batch: EncodedBatch) -> torch.Tensor:
         """Encoder input embeddings (B, T, D)."""
         x = self.backbone.get_input_embeddings()(batch.input_ids)  # (B, T, D)
         is_image = batch.modality_ids == 1  # (B, T)
@@ -126,7 +126,7 @@ class VIP5Model(nn.Module):
             x = x + self.whole_word_embedding(batch.whole_word_ids)
         return x
 
-    def _image_tokens_at(self, batch: Batch, is_image: torch.Tensor) -> torch.Tensor:
+    def _image_tokens_at(self, batch: EncodedBatch, is_image: torch.Tensor) -> torch.Tensor:
         """(B, T, D): the image token for every placeholder position (garbage elsewhere)."""
         vis = self.image_mapping(batch.image_features)  # (B, M, k, D)
         vis = torch.where(batch.image_mask[..., None, None], vis, self.no_image.to(vis.dtype))
@@ -136,11 +136,11 @@ class VIP5Model(nn.Module):
         index = rank.clamp(min=0)[..., None].expand(-1, -1, vis.shape[-1])  # (B, T, D)
         return vis.gather(1, index)
 
-    def encode(self, batch: Batch) -> BaseModelOutput:
+    def encode(self, batch: EncodedBatch) -> BaseModelOutput:
         """Encoder states (B, T, D) wrapped for `generate`/decoder calls."""
         return self.backbone.get_encoder()(inputs_embeds=self.embed(batch), attention_mask=batch.attention_mask)
 
-    def forward(self, batch: Batch) -> dict:
+    def forward(self, batch: EncodedBatch) -> dict:
         """Returns loss (mean over prompts of each prompt's mean target-token NLL), per_prompt_loss
         (B,) and logits (B, L, V). Averaging per prompt first keeps long explanation targets from
         outweighing 5-token item ids."""
@@ -155,13 +155,13 @@ class VIP5Model(nn.Module):
         return {"loss": per_prompt.mean(), "per_prompt_loss": per_prompt, "logits": logits}
 
     @torch.no_grad()
-    def generate(self, batch: Batch, **generate_kwargs) -> torch.Tensor:
+    def generate(self, batch: EncodedBatch, **generate_kwargs) -> torch.Tensor:
         """Token ids (B * num_return_sequences, L'); e.g. explanations with greedy decoding."""
         generate_kwargs.setdefault("max_new_tokens", self.config.max_target_length)
         return self.backbone.generate(encoder_outputs=self.encode(batch), attention_mask=batch.attention_mask,
                                       **generate_kwargs)
 
-    def generate_text(self, batch: Batch, **generate_kwargs) -> list[str]:
+    def generate_text(self, batch: EncodedBatch, **generate_kwargs) -> list[str]:
         ids = self.generate(batch, **generate_kwargs)
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
@@ -226,7 +226,7 @@ class VIP5Model(nn.Module):
         return self.image_mapping(features).mean(dim=-2) * self.item_tokens.content_scale
 
     def loss(self, batch) -> torch.Tensor:
-        """Training loss of a prompt `Batch` (digit ids and text targets) or of item-token rows."""
+        """Training loss of a prompt `EncodedBatch` (digit ids and text targets) or of item-token rows."""
         if isinstance(batch, torch.Tensor):
             return self.sequence_loss(batch)
         return self(batch)["loss"]

@@ -1,6 +1,6 @@
 """Scoring item ids under a prompt: exact trie scoring, the naive form, constrained beam search.
 
-In: a model, encoded prompts (`Batch`), and per prompt the candidate items (as an `ItemTrie`).
+In: a model, encoded prompts (`EncodedBatch`), and per prompt the candidate items (as an `ItemTrie`).
 Out: log p(item id tokens | prompt) per candidate, or the beam's top items.
 Letters: B prompts, T source tokens, D d_model, H heads, N trie input nodes, E trie edges,
 I items, V vocabulary, C candidates.
@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from .encoding import Batch
+from .encoding import EncodedBatch
 from .trie import ItemTrie, PackedTrie
 
 
@@ -118,7 +118,7 @@ def _tree_decoder(backbone, tokens, depth, ancestors, encoder_states, encoder_ma
     return x
 
 
-def score_candidates(model, batch: Batch, tries: Sequence[ItemTrie]) -> list[torch.Tensor]:
+def score_candidates(model, batch: EncodedBatch, tries: Sequence[ItemTrie]) -> list[torch.Tensor]:
     """Exact log-likelihood of every candidate, prompt b's candidates given as `tries[b]` (CPU tensors)."""
     batch = batch.to(model.device)
     with evaluating(model):
@@ -145,7 +145,7 @@ class CatalogueScorer:
             trie = ItemTrie([self.item_ids[i] for i in index], [seqs[i] for i in index], start_token=start)
             self.chunks.append((torch.tensor(index), trie.pack()))
 
-    def score(self, model, batch: Batch) -> torch.Tensor:
+    def score(self, model, batch: EncodedBatch) -> torch.Tensor:
         """(B, I) log-likelihoods (CPU), columns in `item_ids` order."""
         batch = batch.to(model.device)
         with evaluating(model):
@@ -196,7 +196,7 @@ class _BestFirst:
                 heapq.heappush(self.frontier, (-(score + float(row[token])), next(self.counter), child))
 
 
-def top_k_items(model, batch: Batch, tries: Sequence[ItemTrie], k: int, *,
+def top_k_items(model, batch: EncodedBatch, tries: Sequence[ItemTrie], k: int, *,
                 nodes_per_step: int = 32) -> list[list[tuple[str, float]]]:
     """Exactly the k most likely items of `tries[b]` for prompt b, best first, with their
     log-likelihoods; expands only the prefixes that can still reach the top k (a trained model
@@ -227,7 +227,7 @@ def top_k_items(model, batch: Batch, tries: Sequence[ItemTrie], k: int, *,
 # ---- the naive form ---------------------------------------------------------------------------
 
 
-def score_naive(model, batch: Batch, candidate_tokens: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
+def score_naive(model, batch: EncodedBatch, candidate_tokens: Sequence[Sequence[Sequence[int]]]) -> list[torch.Tensor]:
     """Same numbers as `score_candidates`, computed the expensive way: prompt b's encoder output
     repeated per candidate, full decoder and full-vocabulary log-softmax at every target position."""
     batch = batch.to(model.device)
@@ -259,7 +259,7 @@ def _pad_labels(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
 # ---- constrained beam search ------------------------------------------------------------------
 
 
-def constrained_beam(model, batch: Batch, tries: Sequence[ItemTrie], *, num_beams: int = 20,
+def constrained_beam(model, batch: EncodedBatch, tries: Sequence[ItemTrie], *, num_beams: int = 20,
                      num_return: int | None = None) -> list[list[tuple[str, float]]]:
     """Beam search that can only spell item ids of `tries[b]`: per prompt, (item id, beam score)
     best first (HF's length-normalised sequence score)."""
