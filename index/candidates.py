@@ -3,7 +3,8 @@
 In:  the user's history (item ids, oldest first), the `ItemIndex`, a `PopularityTracker` and a
      `FreshnessTracker` fed from the interactions and items streams, optionally a `Covisitation`
      fed from the interactions stream.
-Out: up to `CandidateConfig.k` `Candidate(item_id, score, source)`, no duplicates, no seen items,
+Out: up to `CandidateConfig.k` `RetrievedItem(item_id, score, source)` (the index-side view; the
+     wire record built from it is `schemas.records.Candidate`), no duplicates, no seen items,
      grouped by source in `MERGE_ORDER` (co-visited, then visual, popular, fresh), each group in its
      source's own order. Scores: co-visitation weight; cosine to the query; decayed count; seconds
      since added, negated. They are comparable within a source only.
@@ -66,7 +67,7 @@ class CandidateConfig:
             raise ValueError(f"CandidateConfig.recency_half_life must be > 0, got {self.recency_half_life}")
 
 
-class Candidate(NamedTuple):
+class RetrievedItem(NamedTuple):
     item_id: str
     score: float
     source: str  # one of MERGE_ORDER
@@ -186,7 +187,7 @@ def slots(config: CandidateConfig) -> dict[str, int]:
 
 def generate_candidates(history: Sequence[str], index: ItemIndex, popularity: PopularityTracker,
                         freshness: FreshnessTracker, config: CandidateConfig, *, now_s: float,
-                        exclude: Collection[str] = (), covisitation: Covisitation | None = None) -> list[Candidate]:
+                        exclude: Collection[str] = (), covisitation: Covisitation | None = None) -> list[RetrievedItem]:
     """Up to k candidates for a user with `history`; never an item of the history or `exclude`."""
     seen = set(history) | set(exclude)
     ranked = {  # each source's own list, best first, up to k, none seen
@@ -208,7 +209,7 @@ def visual_neighbours(history: Sequence[str], index: ItemIndex, config: Candidat
 
 
 def merge_sources(ranked: Mapping[str, Sequence[tuple[str, float]]], reserved: Mapping[str, int],
-                  k: int) -> list[Candidate]:
+                  k: int) -> list[RetrievedItem]:
     """At most k distinct items: each source's reserved slots first, then what is left of k is filled
     from the sources in MERGE_ORDER; grouped by source in MERGE_ORDER, each in its own order."""
     picked: dict[str, list[tuple[str, float]]] = {source: [] for source in MERGE_ORDER}
@@ -229,4 +230,4 @@ def merge_sources(ranked: Mapping[str, Sequence[tuple[str, float]]], reserved: M
         take(source, reserved.get(source, 0))
     for source in MERGE_ORDER:
         take(source, k - len(taken))
-    return [Candidate(item, score, source) for source in MERGE_ORDER for item, score in picked[source]]
+    return [RetrievedItem(item, score, source) for source in MERGE_ORDER for item, score in picked[source]]

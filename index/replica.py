@@ -19,10 +19,10 @@ from collections.abc import Callable, Collection, Sequence
 import numpy as np
 
 from index.candidates import (
-    Candidate,
     CandidateConfig,
     FreshnessTracker,
     PopularityTracker,
+    RetrievedItem,
     generate_candidates,
 )
 from index.covisitation import Covisitation
@@ -87,7 +87,7 @@ class CatalogReplica:
         return self.index.get_vectors(item_ids)
 
     def candidates(self, history: Sequence[str], popularity: PopularityTracker, config: CandidateConfig,
-                   *, now_s: float, covisitation: Covisitation | None = None) -> list[Candidate]:
+                   *, now_s: float, covisitation: Covisitation | None = None) -> list[RetrievedItem]:
         with self._lock:
             return generate_candidates(history, self.index, popularity, self.freshness, config, now_s=now_s,
                                        covisitation=covisitation)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from index.candidates import Candidate as Retrieved
+from index.candidates import RetrievedItem
 from index.covisitation import Covisitation
 from schemas.records import Candidate, Interaction, RerankRequest
 
@@ -54,7 +54,7 @@ def request_id_for(user_id: str, event_ids: Sequence[str]) -> str:
 
 
 def build_request(user_id: str, state: dict, interactions: Sequence[Interaction],
-                  candidates: Sequence[Retrieved], *, now_ms: int) -> RerankRequest:
+                  candidates: Sequence[RetrievedItem], *, now_ms: int) -> RerankRequest:
     """The re-rank request reflecting `interactions` (the ones that triggered it)."""
     event_ids = [i.event_id for i in interactions]
     return RerankRequest(

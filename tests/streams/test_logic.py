@@ -2,7 +2,7 @@
 
 import pytest
 
-from index.candidates import Candidate as Retrieved
+from index.candidates import RetrievedItem
 from schemas.records import Interaction
 from streams.logic import apply_interactions, build_request, request_id_for
 
@@ -40,7 +40,7 @@ def test_request_id_is_the_same_for_a_redelivered_event_and_differs_otherwise():
 def test_request_carries_history_candidates_events_and_latest_event_time():
     events = [click("e1", "a", 10), click("e2", "b", 20)]
     state, fresh = apply_interactions(None, events, history_len=5, dedupe_window=10)
-    request = build_request("u1", state, fresh, [Retrieved("x", 0.5, "visual"), Retrieved("y", 0.1, "fresh")],
+    request = build_request("u1", state, fresh, [RetrievedItem("x", 0.5, "visual"), RetrievedItem("y", 0.1, "fresh")],
                             now_ms=30)
     assert request.history == ("a", "b") and request.event_ids == ("e1", "e2")
     assert [(c.item_id, c.source) for c in request.candidates] == [("x", "visual"), ("y", "fresh")]
