@@ -80,12 +80,54 @@ class Reranker:
 
     def score(self, requests: Sequence[ScoringRequest], features: ImageLookup | None = None) -> list[list[float]]:
         """Exact scores, one list per request, aligned with its candidates."""
+        if getattr(self.model, "item_tokens", None) is not None:
+            return self.score_item_tokens(requests, features)
         results = []
         for chunk, batch in self.encode_requests(requests, features):
             tries = [ItemTrie.from_items(self.model.encoder, r.candidates) for r in chunk]
             for request, llh in zip(chunk, score_candidates(self.model, batch, tries), strict=True):
                 results.append(self._combine(request, llh))
         return results
+
+    def score_item_tokens(self, requests: Sequence[ScoringRequest], features: ImageLookup | None = None
+                          ) -> list[list[float]]:
+        """Item-token scores: one decoder pass per batch of histories, a dot product per candidate."""
+        model, vocab = self.model, self.model.item_vocabulary
+        lookup = self.image_lookup if features is None else features
+        max_items, results = max(1, self.config.history_len), []
+        with torch.no_grad():
+            table = model.item_table()  # (I+2, D)
+            for lo in range(0, len(requests), self.config.max_batch_requests):
+                chunk = requests[lo: lo + self.config.max_batch_requests]
+                rows = [[r for r in (vocab.row(i) for i in req.history) if r is not None][-max_items:] for req in chunk]
+                padded = torch.zeros((len(chunk), max(1, max(len(r) for r in rows))), dtype=torch.long)
+                for b, items in enumerate(rows):
+                    padded[b, :len(items)] = torch.tensor(items, dtype=torch.long)
+                lengths = torch.tensor([len(r) for r in rows])
+                states = model.history_states(padded.to(model.device), lengths.to(model.device), table)  # (B, D)
+                for request, state in zip(chunk, states, strict=True):
+                    results.append(self._combine(request, state @ self._candidate_tokens(request, table, lookup).T))
+        return results
+
+    def _candidate_tokens(self, request: ScoringRequest, table: torch.Tensor, lookup: ImageLookup | None
+                          ) -> torch.Tensor:
+        """(C, D): the model's token per candidate; content-only for unseen items, NaN rows (scored
+        -inf) for unseen items without a usable feature."""
+        vocab, dim = self.model.item_vocabulary, self.model.config.image_feature_dim
+        tokens = torch.full((len(request.candidates), table.shape[1]), float("nan"), device=table.device)
+        unseen, found = [], []
+        for c, item in enumerate(request.candidates):
+            row = vocab.row(item)
+            if row is not None:
+                tokens[c] = table[row]
+                continue
+            feature = lookup.get(item) if lookup is not None else None
+            if feature is not None and len(feature) == dim:
+                unseen.append(c)
+                found.append(torch.as_tensor(feature, dtype=torch.float32))
+        if unseen:
+            tokens[unseen] = self.model.content_tokens(torch.stack(found).to(table.device))
+        return tokens
 
     def score_naive(self, requests: Sequence[ScoringRequest], features: ImageLookup | None = None) -> list[list[float]]:
         """Same scores as `score`, computed with the encoder output repeated per candidate."""
@@ -106,7 +148,7 @@ class Reranker:
         return results
 
     def _combine(self, request: ScoringRequest, llh: torch.Tensor) -> list[float]:
-        scores = llh.double()
+        scores = torch.nan_to_num(llh.double().cpu(), nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
         if request.retrieval_scores is not None and self.config.retrieval_weight:
             scores = scores + self.config.retrieval_weight * torch.tensor(request.retrieval_scores, dtype=torch.float64)
         return scores.tolist()

@@ -1,0 +1,43 @@
+"""Re-ranking with an item-token model: the same scores as full-catalogue scoring, and items the
+model has never seen scored through their content."""
+
+import numpy as np
+import torch
+
+from model_worker.rerank import Reranker, ScoringRequest
+from model_worker.vip5model.config import VIP5Config
+from model_worker.vip5model.items import ItemVocabulary
+from model_worker.vip5model.model import VIP5Model
+from model_worker.vip5model.tokenizer import build_template_tokenizer
+
+
+def _model(n_items=30, feature_dim=6):
+    config = VIP5Config(backbone="tiny", item_ids="tokens", n_items=n_items, image_feature_dim=feature_dim,
+                        dropout_rate=0.0)
+    tokenizer = build_template_tokenizer([config.sequence_prompt], vocab_size=300)
+    model = VIP5Model.build(config, tokenizer, seed=0).eval()
+    model.item_vocabulary = ItemVocabulary(f"sku-{i}" for i in range(1, n_items + 1))
+    rng = np.random.default_rng(0)
+    model.item_tokens.set_features(range(1, n_items + 1), rng.standard_normal((n_items, feature_dim)))
+    return model
+
+
+def test_candidate_scores_equal_the_full_catalogue_scores_of_the_same_items():
+    model = _model()
+    request = ScoringRequest(user_id="u", history=("sku-3", "sku-7", "sku-1"), candidates=("sku-9", "sku-2", "sku-20"))
+    scores = Reranker(model).score([request])[0]
+    full = model.next_item_scores(torch.tensor([[3, 7, 1]]), torch.tensor([3]))[0]
+    assert np.allclose(scores, full[[9, 2, 20]].double().numpy(), atol=1e-5)
+
+
+def test_an_unseen_item_is_scored_by_its_content_and_one_without_content_last():
+    model = _model()
+    feature = np.ones(6, np.float32)
+    reranker = Reranker(model, image_lookup={"new-item": feature})
+    request = ScoringRequest(user_id="u", history=("sku-3", "unknown-history-item"),
+                            candidates=("new-item", "no-content", "sku-4"))
+    scores = reranker.score([request])[0]
+    state = model.history_states(torch.tensor([[3]]), torch.tensor([1]))[0]
+    expected = float(state @ model.content_tokens(torch.tensor(feature)[None])[0])
+    assert np.isclose(scores[0], expected, atol=1e-5)
+    assert scores[1] == float("-inf") and np.isfinite(scores[2])
