@@ -18,8 +18,9 @@ from runtime.logs import logging_config
 from runtime.metrics import WorkerMetrics, serve_metrics
 from runtime.tail import TopicTail
 from schemas.topics import ITEM_EMBEDDINGS
-from streams.app import StreamsContext, build_app
+from streams.app import build_app
 from streams.config import StreamsConfig
+from streams.handlers import StreamsContext
 
 log = logging.getLogger(__name__)
 

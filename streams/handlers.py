@@ -1,0 +1,175 @@
+"""The streams worker's handlers: what each faust agent does with a batch of events, without faust.
+
+    ItemsHandler         ItemUpsert events        ──► embed images (off the loop) ──► item-embeddings
+    InteractionsHandler  Interaction events        ──► history table, candidates   ──► rerank-requests
+    Intake               raw events of any topic   ──► (event, record) pairs; undecodable ──► dead-letter
+
+An event is anything with `.message` (topic, partition, offset), `.key` and `.value` (raw bytes):
+faust's events in the app, plain namespaces in tests. Outputs go through `send(spec, key, value)`,
+an async callable the app binds to its faust topics; the history table is any mutable mapping
+(faust's Table in the app, a dict in tests). So a unit test drives a handler in process:
+
+    handler = InteractionsHandler(cfg, ctx, Intake(ctx, send), send, history={})
+    await handler.handle(events)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from index.candidates import PopularityTracker
+from index.covisitation import Covisitation
+from index.encoders import VisualEncoder
+from index.replica import CatalogReplica
+from runtime.metrics import WorkerMetrics
+from schemas.codec import decode, encode
+from schemas.errors import SchemaError
+from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert
+from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, ITEMS, RERANK_REQUESTS, TopicSpec
+from streams.config import StreamsConfig
+from streams.logic import apply_interactions, build_request, record_covisitation
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[TopicSpec, bytes, bytes], Awaitable[None]]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class StreamsContext:
+    """What the handlers share: built once per worker process and passed in explicitly."""
+
+    encoder: VisualEncoder
+    replica: CatalogReplica
+    popularity: PopularityTracker
+    stats: dict
+    metrics: WorkerMetrics
+    # Learned from the interactions this worker handles (its partitions' users), in memory only:
+    # after a restart it starts empty and rebuilds from the interactions that follow.
+    covisitation: Covisitation = field(default_factory=Covisitation)
+
+
+class Intake:
+    """Decoding and dead-lettering for every agent; with `gaps` (streams.gaps.GapFiller), each event
+    is preceded by the records faust skipped before it on its partition."""
+
+    def __init__(self, ctx: StreamsContext, send: Send, *, gaps=None):
+        self.ctx, self.send, self.gaps = ctx, send, gaps
+
+    async def dead_letter(self, event, reason: str, stage: str) -> None:
+        message = event.message
+        letter = DeadLetter.of(source_topic=message.topic, partition=message.partition, offset=message.offset,
+                               raw=event.value, raw_key=event.key, reason=reason, stage=stage, now_ms=now_ms())
+        self.ctx.stats["dead_letters"] += 1
+        self.ctx.metrics.dead_letters.labels(stage=stage).inc()
+        log.warning("dead letter from %s[%d]@%d (%s): %s", message.topic, message.partition, message.offset,
+                    stage, reason)
+        await self.send(DEAD_LETTER, message.topic.encode(), encode(letter))
+
+    async def with_skipped(self, events) -> list:
+        if self.gaps is None:
+            return list(events)
+        out = []
+        for event in events:
+            for record in await self.gaps.missing_before(event.message):
+                out.append(SimpleNamespace(message=record, value=record.value, key=record.key))
+                self.ctx.stats["offset_gap_records"] += 1
+            out.append(event)
+        return out
+
+    async def decoded(self, events, record_type) -> list[tuple[object, object]]:
+        good = []
+        for event in await self.with_skipped(events):
+            try:
+                good.append((event, decode(event.value, record_type)))
+            except SchemaError as err:
+                await self.dead_letter(event, str(err), "decode")
+        return good
+
+
+class ItemsHandler:
+    """A batch of item events: embed the images in one encoder call, publish one ItemEmbedding each."""
+
+    def __init__(self, cfg: StreamsConfig, ctx: StreamsContext, intake: Intake, send: Send):
+        self.cfg, self.ctx, self.intake, self.send = cfg, ctx, intake, send
+
+    async def handle(self, events) -> None:
+        metrics = self.ctx.metrics
+        metrics.records_in.labels(topic=self.cfg.topics.name(ITEMS)).inc(len(events))
+        metrics.batch_size.labels(stage="embed").observe(len(events))
+        with metrics.stage_seconds.labels(stage="embed").time():
+            await self.embed(await self.intake.decoded(events, ItemUpsert))
+
+    async def embed(self, upserts: list[tuple[object, ItemUpsert]]) -> None:
+        ctx = self.ctx
+        with_image = [(e, u) for e, u in upserts if u.image_bytes is not None or u.image_uri is not None]
+        ctx.stats["items_without_image"] += len(upserts) - len(with_image)
+        if not with_image:
+            return
+        sources = [u.image_bytes if u.image_bytes is not None else u.image_uri for _, u in with_image]
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, ctx.encoder.embed, sources)  # CPU/GPU work off the loop
+        for (event, upsert), vector, error in zip(with_image, result.vectors, result.errors, strict=True):
+            if error is not None:
+                await self.intake.dead_letter(event, f"image: {error}", "embed")
+                continue
+            record = ItemEmbedding(item_id=upsert.item_id, vector=vector, encoder_id=ctx.encoder.encoder_id,
+                                   event_time_ms=upsert.event_time_ms, embedded_time_ms=now_ms())
+            await self.send(ITEM_EMBEDDINGS, upsert.item_id.encode(), encode(record))
+            ctx.stats["items_embedded"] += 1
+            ctx.metrics.records_out.labels(topic=self.cfg.topics.name(ITEM_EMBEDDINGS)).inc()
+
+
+class InteractionsHandler:
+    """A batch of interaction events: per user, update the history, then publish one RerankRequest."""
+
+    def __init__(self, cfg: StreamsConfig, ctx: StreamsContext, intake: Intake, send: Send,
+                 history: MutableMapping[bytes, dict]):
+        self.cfg, self.ctx, self.intake, self.send, self.history = cfg, ctx, intake, send, history
+
+    async def handle(self, events) -> None:
+        by_user = defaultdict(list)
+        for event, interaction in await self.intake.decoded(events, Interaction):
+            by_user[interaction.user_id].append((event, interaction))
+        for user_id, user_pairs in by_user.items():
+            await self.handle_user(user_id, user_pairs)
+
+    async def handle_user(self, user_id: str, pairs: list[tuple[object, Interaction]]) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        interactions = [i for _, i in pairs]
+        key = user_id.encode()
+        state, fresh = apply_interactions(self.history.get(key), interactions, history_len=cfg.history_len,
+                                          dedupe_window=cfg.dedupe_window)
+        self.history[key] = state
+        ctx.stats["interactions"] += len(interactions)
+        ctx.stats["duplicates"] += len(interactions) - len(fresh)
+        for interaction in fresh:
+            ctx.popularity.record(interaction.item_id, interaction.event_time_ms / 1000.0)
+        record_covisitation(ctx.covisitation, state, fresh)  # before the candidates: they see this event
+        # All duplicates: publish again under the same request id. The first attempt may have been
+        # lost in a crash between the table update and the send; consumers drop repeated ids.
+        reflected = fresh or interactions
+        candidates = ctx.replica.candidates(state["items"], ctx.popularity, cfg.candidates, now_s=time.time(),
+                                            covisitation=ctx.covisitation)
+        if not candidates:
+            ctx.stats["requests_without_candidates"] += 1
+            log.warning("no candidates for user %s yet (empty catalogue?)", user_id)
+            return
+        try:
+            request = build_request(user_id, state, reflected, candidates, now_ms=now_ms())
+        except SchemaError as err:
+            for event, _ in pairs:
+                await self.intake.dead_letter(event, f"request: {err}", "request")
+            return
+        await self.send(RERANK_REQUESTS, key, encode(request))
+        ctx.stats["requests"] += 1
+        ctx.metrics.records_out.labels(topic=cfg.topics.name(RERANK_REQUESTS)).inc()
