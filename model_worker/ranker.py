@@ -111,6 +111,7 @@ class VIP5Ranker:
         scoring = [ScoringRequest(user_id=r.user_id, history=r.history,
                                   candidates=tuple(c.item_id for c in r.candidates),
                                   retrieval_scores=tuple(c.score for c in r.candidates)) for r in requests]
+        scoring = self.reranker.with_catalogue_candidates(scoring)  # item-token models retrieve too
         scores = self.reranker.score(scoring, features)
         return [sorted(zip(r.candidates, s, strict=True), key=lambda pair: -pair[1])
                 for r, s in zip(scoring, scores, strict=True)]

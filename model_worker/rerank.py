@@ -49,6 +49,9 @@ class RerankConfig:
     """weight of the retrieval score added to the log-likelihood"""
     max_batch_requests: int = 16
     """requests encoded and decoded together"""
+    catalogue_k: int = 100
+    """item-token models also retrieve: their best `catalogue_k` items over the whole catalogue
+    (history and candidates excluded) join each request's candidates (0: re-rank only)"""
 
     def __post_init__(self) -> None:
         template = TEMPLATES.get(self.template_id)
@@ -58,6 +61,8 @@ class RerankConfig:
             raise ValueError("RerankConfig.history_len must be >= 0")
         if self.max_batch_requests < 1:
             raise ValueError("RerankConfig.max_batch_requests must be >= 1")
+        if self.catalogue_k < 0:
+            raise ValueError("RerankConfig.catalogue_k must be >= 0")
 
 
 class Reranker:
@@ -92,22 +97,49 @@ class Reranker:
     def score_item_tokens(self, requests: Sequence[ScoringRequest], features: ImageLookup | None = None
                           ) -> list[list[float]]:
         """Item-token scores: one decoder pass per batch of histories, a dot product per candidate."""
-        model, vocab = self.model, self.model.item_vocabulary
         lookup = self.image_lookup if features is None else features
-        max_items, results = max(1, self.config.history_len), []
-        with torch.no_grad():
-            table = model.item_table()  # (I+2, D)
-            for lo in range(0, len(requests), self.config.max_batch_requests):
-                chunk = requests[lo: lo + self.config.max_batch_requests]
-                rows = [[r for r in (vocab.row(i) for i in req.history) if r is not None][-max_items:] for req in chunk]
-                padded = torch.zeros((len(chunk), max(1, max(len(r) for r in rows))), dtype=torch.long)
-                for b, items in enumerate(rows):
-                    padded[b, :len(items)] = torch.tensor(items, dtype=torch.long)
-                lengths = torch.tensor([len(r) for r in rows])
-                states = model.history_states(padded.to(model.device), lengths.to(model.device), table)  # (B, D)
-                for request, state in zip(chunk, states, strict=True):
-                    results.append(self._combine(request, state @ self._candidate_tokens(request, table, lookup).T))
+        results = []
+        for chunk, states, table in self._history_states(requests):
+            for request, state in zip(chunk, states, strict=True):
+                results.append(self._combine(request, state @ self._candidate_tokens(request, table, lookup).T))
         return results
+
+    def with_catalogue_candidates(self, requests: Sequence[ScoringRequest]) -> list[ScoringRequest]:
+        """Item-token models: each request's candidates plus the model's best `catalogue_k` other
+        items over the whole catalogue (not in the history), so recall is not capped by the
+        request's candidate sources. Other models: the requests unchanged."""
+        k = self.config.catalogue_k
+        if k == 0 or getattr(self.model, "item_tokens", None) is None:
+            return list(requests)
+        vocab, out = self.model.item_vocabulary, []
+        for chunk, states, table in self._history_states(requests):
+            scores = states @ table[1:self.model.item_tokens.n_items + 1].T  # (B, I): column j = row j+1
+            for request, row_scores in zip(chunk, scores, strict=True):
+                taken = {vocab.row(i) for i in (*request.history, *request.candidates)} - {None}
+                if taken:
+                    row_scores[[r - 1 for r in taken]] = float("-inf")
+                best = torch.topk(row_scores, min(k, len(row_scores))).indices.tolist()
+                extra = tuple(vocab.keys[j] for j in best if j + 1 not in taken)
+                retrieval = None if request.retrieval_scores is None else (
+                    *request.retrieval_scores, *([min(request.retrieval_scores, default=0.0)] * len(extra)))
+                out.append(ScoringRequest(user_id=request.user_id, history=request.history,
+                                          candidates=request.candidates + extra, retrieval_scores=retrieval))
+        return out
+
+    @torch.no_grad()
+    def _history_states(self, requests: Sequence[ScoringRequest]):
+        """Yield (requests, (B, D) decoder states after their histories, item table), per batch."""
+        model, vocab = self.model, self.model.item_vocabulary
+        max_items = max(1, self.config.history_len)
+        table = model.item_table()  # (I+2, D)
+        for lo in range(0, len(requests), self.config.max_batch_requests):
+            chunk = requests[lo: lo + self.config.max_batch_requests]
+            rows = [[r for r in (vocab.row(i) for i in req.history) if r is not None][-max_items:] for req in chunk]
+            padded = torch.zeros((len(chunk), max(1, max(len(r) for r in rows))), dtype=torch.long)
+            for b, items in enumerate(rows):
+                padded[b, :len(items)] = torch.tensor(items, dtype=torch.long)
+            lengths = torch.tensor([len(r) for r in rows])
+            yield chunk, model.history_states(padded.to(model.device), lengths.to(model.device), table), table
 
     def _candidate_tokens(self, request: ScoringRequest, table: torch.Tensor, lookup: ImageLookup | None
                           ) -> torch.Tensor:

@@ -41,3 +41,19 @@ def test_an_unseen_item_is_scored_by_its_content_and_one_without_content_last():
     expected = float(state @ model.content_tokens(torch.tensor(feature)[None])[0])
     assert np.isclose(scores[0], expected, atol=1e-5)
     assert scores[1] == float("-inf") and np.isfinite(scores[2])
+
+
+def test_the_model_adds_its_best_catalogue_items_to_the_candidates_but_never_history_items():
+    from model_worker.rerank import RerankConfig
+
+    model = _model()
+    reranker = Reranker(model, config=RerankConfig(catalogue_k=5))
+    request = ScoringRequest(user_id="u", history=("sku-3", "sku-7"), candidates=("sku-9",))
+    (extended,) = reranker.with_catalogue_candidates([request])
+    added = extended.candidates[1:]
+    full = model.next_item_scores(torch.tensor([[3, 7]]), torch.tensor([2]))[0]
+    full[[3, 7, 9]] = float("-inf")
+    expected = [f"sku-{int(i)}" for i in torch.topk(full, 5).indices]
+    assert extended.candidates[0] == "sku-9" and list(added) == expected
+    assert not {"sku-3", "sku-7"} & set(added)
+    assert Reranker(model, config=RerankConfig(catalogue_k=0)).with_catalogue_candidates([request]) == [request]
