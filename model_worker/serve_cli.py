@@ -28,7 +28,8 @@ def run_serve(args: argparse.Namespace) -> dict:
     from model_worker.rerank import RerankConfig
 
     ranker_cfg = RankerConfig(model_dir=model_dir, device=args.device,
-                              rerank=RerankConfig(history_len=args.prompt_history_len))
+                              rerank=RerankConfig(history_len=args.prompt_history_len,
+                                                                catalogue_k=args.catalogue_k))
     stats = run_model_worker(serve_cfg, ranker_cfg, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     return {"stats": stats} if args.json else {}
 
@@ -54,3 +55,5 @@ def register(commands, bench) -> None:
                    help="serve /metrics, /healthz, /readyz on this port (off by default)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
     p.add_argument("--prompt-history-len", type=int, default=20, help="latest history items written into the prompt")
+    p.add_argument("--catalogue-k", type=int, default=100,
+                   help="item-token models: their best K catalogue items join each request's candidates (0: off)")
