@@ -28,8 +28,7 @@ def run_serve(args: argparse.Namespace) -> dict:
     from model_worker.rerank import RerankConfig
 
     ranker_cfg = RankerConfig(model_dir=model_dir, device=args.device,
-                              rerank=RerankConfig(history_len=args.prompt_history_len,
-                                                                catalogue_k=args.catalogue_k))
+                              rerank=RerankConfig(history_len=args.prompt_history_len, catalogue_k=args.catalogue_k))
     stats = run_model_worker(serve_cfg, ranker_cfg, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     return {"stats": stats} if args.json else {}
 
