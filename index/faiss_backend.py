@@ -18,6 +18,7 @@ import numpy as np
 KINDS = ("flat", "ivf", "hnsw")
 IVF_TRAIN_POINTS_PER_LIST = 40  # k-means sample per list: faiss warns below 39; more costs time linearly
 IVF_KMEANS_ITERATIONS = 10
+IVF_MIN_SCANNED = 2048  # vectors an IVF search reads at least (see ivf_probe_count); 100k items: nprobe stays 16
 
 
 def faiss_module():
@@ -38,6 +39,19 @@ def ivf_list_count(n_items: int, requested: int | None) -> int:
     """
     nlist = requested or int(2 * math.sqrt(max(n_items, 1)))
     return max(1, min(nlist, n_items // IVF_TRAIN_POINTS_PER_LIST))
+
+
+def ivf_probe_count(index, nprobe: int) -> int:
+    """Lists to visit: `nprobe`, raised so that about IVF_MIN_SCANNED vectors are read, at most all.
+
+    A small catalogue has short lists (N / nlist is about 40 at 3,000 items), where a fixed nprobe
+    reads few vectors and misses neighbours; reading 2,048 vectors costs well under 0.1 ms at D=256.
+    """
+    ivf = getattr(index, "index", index)  # a GPU copy or the CPU index itself
+    nlist, total = int(getattr(ivf, "nlist", 0)), int(index.ntotal)
+    if nlist <= 0 or total <= 0:
+        return nprobe
+    return min(nlist, max(nprobe, math.ceil(IVF_MIN_SCANNED * nlist / total)))
 
 
 def new_index(kind: str, dim: int, *, train: np.ndarray | None = None, nlist: int | None = None,
@@ -69,6 +83,7 @@ def search(index, queries: np.ndarray, k: int, *, kind: str, dead: np.ndarray | 
     if dead is not None and len(dead):
         selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(dead, dtype=np.int64)))
     if kind == "ivf":
+        nprobe = ivf_probe_count(index, nprobe)
         params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector) if selector else faiss.SearchParametersIVF(nprobe=nprobe)
     elif kind == "hnsw":
         ef = max(ef_search, k)

@@ -44,12 +44,14 @@ class IndexConfig:
     kind: str = "ivf"  # "flat" (always exact), "ivf" or "hnsw" (approximate from approx_min_items on)
     # Below this many items the index stays exact (see `choose_kind`). Measured with
     # `vip5 bench index` (D=256, clustered vectors, shared 2-core box, one faiss thread): exact
-    # search costs p50 0.19 ms at 10k, 2.8 ms at 50k, 5.3 ms at 100k; IVF at nprobe 32 reaches
-    # recall@100 0.986 in 0.29 ms at 100k, but only 0.79 at 50k and 0.88 at 70k, where recall
-    # >= 0.95 needs nprobe 128-256 (1.2-1.6 ms) and is then barely faster than exact.
+    # search costs p50 0.19 ms at 10k, 2.8 ms at 50k, 5.3 ms at 100k; IVF at nprobe 16-32 reaches
+    # recall@100 0.98 in 0.3 ms at 100k, but nprobe 32 gives only 0.79 at 50k and 0.88 at 70k, where
+    # recall >= 0.95 needs nprobe 128-256 (1.2-1.6 ms) and is then barely faster than exact.
     approx_min_items: int = 100_000
     ivf_nlist: int | None = None  # IVF lists; None: about 2 * sqrt(N) at training time
-    ivf_nprobe: int = 32  # IVF lists visited per query: recall@100 0.986 at 100k (16: 0.979, 64: 0.991)
+    # IVF lists visited per query. At 100k (632 lists) nprobe 16 gives recall@100 0.979 at p50 0.29 ms,
+    # p99 0.56 ms through `search`; 32 gives 0.986 but p99 1.0-1.6 ms on the shared 2-core box.
+    ivf_nprobe: int = 16
     hnsw_m: int = 32  # HNSW links per node
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128  # raised to the fetch size when that is larger

@@ -347,3 +347,11 @@ def test_gpu_search_copy_matches_cpu_search(kind):
         [[h.item_id for h in row] for row in cpu.search(queries, 5)]
     gpu.remove(["item-0"])  # the copy is refreshed after a write
     assert "item-0" not in {h.item_id for h in gpu.search_one(vectors[0], 5)}
+
+
+def test_ivf_reads_at_least_the_minimum_vectors_on_small_catalogues():
+    from index.faiss_backend import ivf_probe_count
+
+    assert ivf_probe_count(SimpleNamespace(nlist=75, ntotal=3000), 16) == 52  # 2,048 of 3,000 vectors
+    assert ivf_probe_count(SimpleNamespace(nlist=632, ntotal=100_000), 16) == 16
+    assert ivf_probe_count(SimpleNamespace(nlist=10, ntotal=100), 16) == 10  # never more than all lists
