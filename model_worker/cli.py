@@ -62,6 +62,7 @@ def bench_rerank(args: argparse.Namespace) -> dict:
     settings = BenchSettings(
         requests=args.requests, candidates=args.candidates, num_beams=args.beams, history_len=args.history,
         catalogue_size=args.catalogue, threads=args.threads, vocab_size=args.vocab_size, seed=args.seed,
+        device=args.device,
     )
     return run_bench(_config(args), settings)
 
@@ -87,3 +88,5 @@ def register(commands, bench) -> None:
     rerank.add_argument("--vocab-size", type=int, default=32128,
                         help="backbone vocabulary (T5's 32128 by default; the lm_head cost scales with it)")
     rerank.add_argument("--seed", type=int, default=0)
+    rerank.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the model and its tensors live (cuda timings synchronise)")

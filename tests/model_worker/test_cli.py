@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from vip5.cli import main
 
 
@@ -22,3 +24,25 @@ def test_bench_rerank_reports_timings_and_agreement(capsys):
                         "--json"])
     assert out["rankings_agree"] is True
     assert all(out[key] > 0 for key in ("exact_ms", "naive_ms", "beam_ms"))
+
+
+TINY_RERANK = ["bench", "rerank", "--preset", "tiny", "--requests", "2", "--candidates", "20", "--beams", "4",
+               "--history", "3", "--vocab-size", "512", "--image-feature-dim", "16", "--catalogue", "500", "--json"]
+
+
+def test_bench_rerank_says_which_device_it_ran_on(capsys):
+    assert _run(capsys, [*TINY_RERANK, "--threads", "1"])["device"] == "cpu"
+
+
+def test_bench_rerank_settings_reject_an_unknown_device():
+    from model_worker.bench_rerank import BenchSettings
+
+    with pytest.raises(ValueError, match="BenchSettings.device"):
+        BenchSettings(device="tpu")
+
+
+@pytest.mark.gpu
+def test_bench_rerank_runs_on_cuda_and_exact_matches_naive(capsys):
+    out = _run(capsys, [*TINY_RERANK, "--device", "cuda"])
+    assert out["device"] == "cuda" and out["gpu"]
+    assert out["rankings_agree"] is True and out["max_abs_score_diff"] < 1e-3
