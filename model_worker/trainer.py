@@ -150,7 +150,8 @@ class AdapterTrainer:
         slots = self.slots
         slots.copy(self.version, CANDIDATE_SLOT)
         slots.activate(CANDIDATE_SLOT)
-        fit = tune(self.model, prompts, features, self.cfg.tune, stage="adapt")
+        sequences = [[*ex.before, ex.target] for ex in train]  # item-token models train on these
+        fit = tune(self.model, prompts, features, self.cfg.tune, stage="adapt", sequences=sequences)
         self.model.eval()
         evaluate = dict(features=features, catalogue=catalogue, candidates=self.cfg.examples.direct_candidates,
                         seed=self.cfg.seed)

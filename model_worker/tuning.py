@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model_worker.training import make_optimizer, train_step
 from model_worker.vip5model.model import VIP5Model
 from model_worker.vip5model.prompts import (
     Prompt,
@@ -96,16 +97,19 @@ def _schedule(step: int, cfg: TuneConfig) -> float:
 
 
 def tune(model: VIP5Model, prompts: Sequence[Prompt], features: Mapping[str, np.ndarray], cfg: TuneConfig,
-         *, stage: str, on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Train the parameters of `stage` ("pretrain" or "adapt") on `prompts` for at most cfg.steps
-    steps (or cfg.time_budget_s). Returns {"steps", "loss_first", "loss_last", "seconds"}."""
-    if not prompts:
-        raise ValueError("tune needs at least one prompt")
+         *, stage: str, sequences: Sequence[Sequence[str]] = (),
+         on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Train the parameters of `stage` ("pretrain" or "adapt") for at most cfg.steps steps (or
+    cfg.time_budget_s), with the optimizer recipe and step every training path shares
+    (model_worker.training). Item-token models train on `sequences` (item keys oldest first; every
+    position a target); others on `prompts`. Returns {"steps", "loss_first", "loss_last", "seconds"}."""
+    item_tokens = model.item_tokens is not None
+    examples = [s for s in (_item_rows(model, seq) for seq in sequences) if len(s) >= 2] if item_tokens else prompts
+    if not examples:
+        raise ValueError("tune needs at least one prompt (or, for item-token models, a sequence of 2 known items)")
     model.set_stage(stage)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, cfg))
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = next(model.parameters()).device
     rng = random.Random(cfg.seed)
     order: list[int] = []
@@ -114,19 +118,29 @@ def tune(model: VIP5Model, prompts: Sequence[Prompt], features: Mapping[str, np.
         if cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s:
             break
         if len(order) < cfg.batch_size:
-            order += rng.sample(range(len(prompts)), len(prompts))
+            order += rng.sample(range(len(examples)), len(examples))
         chunk, order = order[: cfg.batch_size], order[cfg.batch_size:]
-        batch = model.encoder.encode([prompts[i] for i in chunk], features).to(device)
-        loss = model(batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+        if item_tokens:
+            batch = _rows_batch(model, [examples[i] for i in chunk]).to(device)
+        else:
+            batch = model.encoder.encode([examples[i] for i in chunk], features).to(device)
+        losses.append(train_step(model, optimizer, batch, lr=cfg.lr * _schedule(step, cfg), grad_clip=cfg.max_grad_norm))
         if on_step is not None:
             on_step(step, losses[-1])
     model.eval()
     window = max(1, min(10, len(losses) // 4))
     return {"steps": len(losses), "loss_first": float(np.mean(losses[:window])),
             "loss_last": float(np.mean(losses[-window:])), "seconds": round(time.monotonic() - start, 2)}
+
+
+def _item_rows(model: VIP5Model, items: Sequence[str]) -> list[int]:
+    """Item keys -> the model's rows, unknown keys left out (they have no token to train)."""
+    return [r for r in (model.item_vocabulary.row(i) for i in items) if r is not None]
+
+
+def _rows_batch(model: VIP5Model, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, L+1): [start, i_1, ..., i_L] per sequence, right-padded with 0 (see VIP5Model.sequence_loss)."""
+    rows = torch.zeros((len(sequences), max(len(s) for s in sequences) + 1), dtype=torch.long)
+    for b, items in enumerate(sequences):
+        rows[b, :len(items) + 1] = torch.tensor([model.item_tokens.bos, *items])
+    return rows

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_worker.training import lr_factor, make_optimizer, train_step
 from model_worker.vip5model.config import PRESETS, STAGES, VIP5Config
 
 from .data import DataConfig, LeaveOneOut, RecData, cold_items, leave_one_out, load_data, without_items
@@ -132,17 +133,6 @@ class StageState:
 # ----------------------------------------------------------------------------- schedule
 
 
-def lr_factor(step: int, total_steps: int, elapsed_s: float, budget_s: float, warmup_fraction: float) -> float:
-    """Linear warmup over the first `warmup_fraction` of the stage, then linear decay to 0.
-    Progress is the further along of steps and time, so a stage cut short by its time budget
-    still warms up over its first few percent and ends at a small learning rate."""
-    time_progress = elapsed_s / budget_s if math.isfinite(budget_s) else 0.0
-    progress = min(1.0, max((step + 1) / max(total_steps, 1), time_progress))
-    if warmup_fraction > 0 and progress < warmup_fraction:
-        return progress / warmup_fraction
-    return max(0.0, (1.0 - progress) / (1.0 - warmup_fraction))
-
-
 # ----------------------------------------------------------------------------- setup
 
 
@@ -232,33 +222,6 @@ def load_checkpoint(out: Path):
 
 
 # ----------------------------------------------------------------------------- training
-
-
-def make_optimizer(model, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on weight matrices only (nanoGPT's recipe): norms, biases, gains and
-    embeddings (item tokens, whole-word and modality embeddings, T5's shared vocabulary and
-    relative position buckets) are not pulled towards zero."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        embedding = "embedding" in name or "shared" in name or "relative_attention_bias" in name
-        (decay if param.dim() >= 2 and not embedding else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.lr, betas=(0.9, 0.98))
-
-
-def train_step(model, optimizer, batch, *, lr: float, grad_clip: float) -> float:
-    """One optimizer step on `batch` (a prompt Batch or item-token rows): the step every training
-    path shares (offline stages, online adapter rounds)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    loss = model.loss(batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-    optimizer.step()
-    return float(loss.detach())
 
 
 class Validator:
@@ -405,7 +368,7 @@ def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, re
         if stage == "adapt" and not (out / "pretrained").exists():
             model.save_pretrained(out / "pretrained")  # the frozen backbone adapter checkpoints refer to
         model.set_stage(stage)
-        optimizer = make_optimizer(model, config)
+        optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
         state = run_stage(model, optimizer, state, sampler, images, config, out, validator)

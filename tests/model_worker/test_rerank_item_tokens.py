@@ -57,3 +57,13 @@ def test_the_model_adds_its_best_catalogue_items_to_the_candidates_but_never_his
     assert extended.candidates[0] == "sku-9" and list(added) == expected
     assert not {"sku-3", "sku-7"} & set(added)
     assert Reranker(model, config=RerankConfig(catalogue_k=0)).with_catalogue_candidates([request]) == [request]
+
+
+def test_an_online_round_tunes_an_item_token_model_on_the_sequences_it_is_given():
+    from model_worker.tuning import TuneConfig, tune
+
+    model = _model()
+    sequences = [[f"sku-{i}", f"sku-{i + 1}", f"sku-{i + 2}", "not-in-the-vocabulary"] for i in range(1, 20)]
+    fit = tune(model, [], {}, TuneConfig(steps=30, batch_size=8, lr=1e-2, warmup_steps=2), stage="pretrain",
+               sequences=sequences)
+    assert fit["steps"] == 30 and fit["loss_last"] < fit["loss_first"]
