@@ -185,10 +185,11 @@ def slots(config: CandidateConfig) -> dict[str, int]:
     return {"visual": config.k - sum(reserved.values()), **reserved}
 
 
-def generate_candidates(history: Sequence[str], index: ItemIndex, popularity: PopularityTracker,
+def generate_candidates(history: Sequence[str], index: ItemIndex | Sequence[ItemIndex], popularity: PopularityTracker,
                         freshness: FreshnessTracker, config: CandidateConfig, *, now_s: float,
                         exclude: Collection[str] = (), covisitation: Covisitation | None = None) -> list[RetrievedItem]:
-    """Up to k candidates for a user with `history`; never an item of the history or `exclude`."""
+    """Up to k candidates for a user with `history`; never an item of the history or `exclude`.
+    `index` may be several (image vectors, text vectors): the content neighbours come from all."""
     seen = set(history) | set(exclude)
     ranked = {  # each source's own list, best first, up to k, none seen
         "covisit": covisitation.candidates(history, config.k, exclude=seen) if covisitation is not None else [],
@@ -199,13 +200,19 @@ def generate_candidates(history: Sequence[str], index: ItemIndex, popularity: Po
     return merge_sources(ranked, slots(config), config.k)
 
 
-def visual_neighbours(history: Sequence[str], index: ItemIndex, config: CandidateConfig, *,
+def visual_neighbours(history: Sequence[str], index: ItemIndex | Sequence[ItemIndex], config: CandidateConfig, *,
                       exclude: Collection[str]) -> list[tuple[str, float]]:
-    """Up to k nearest items to the history's query vector; none when no history item has a vector."""
-    query = history_query(history, index, config)
-    if query is None:
-        return []
-    return [(h.item_id, h.score) for h in index.search_one(query, config.k, exclude=exclude)]
+    """Up to k nearest items to the history's query vector, per index (image vectors, text vectors:
+    each queried with the history items it holds), merged by cosine; none when no history item
+    has a vector. The source keeps its wire name "visual" for text neighbours too."""
+    hits: dict[str, float] = {}
+    for one in ([index] if isinstance(index, ItemIndex) else index):
+        query = history_query(history, one, config)
+        if query is None:
+            continue
+        for h in one.search_one(query, config.k, exclude=exclude):
+            hits[h.item_id] = max(h.score, hits.get(h.item_id, -math.inf))
+    return sorted(hits.items(), key=lambda kv: -kv[1])[: config.k]
 
 
 def merge_sources(ranked: Mapping[str, Sequence[tuple[str, float]]], reserved: Mapping[str, int],

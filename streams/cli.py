@@ -31,6 +31,7 @@ def streams_config(args: argparse.Namespace):
         data_dir=args.data_dir,
         history_len=args.history_len,
         coalesce_ms=args.coalesce_ms,
+        text_encoder=args.text_encoder,
         one_record_per_batch=not args.batched_changelog,
     )
 
@@ -54,6 +55,8 @@ def register(commands, bench) -> None:
     p.add_argument("--encoder", default="lite0", choices=("lite0", "clip"), help="visual encoder")
     p.add_argument("--encoder-model", default=None, help="CLIP hub name or local folder; lite0 weights path")
     p.add_argument("--image-size", type=int, default=224, help="lite0 input side in pixels")
+    p.add_argument("--text-encoder", default="minilm", choices=("minilm", "none"),
+                   help="content vector of title + category for items without an image (default minilm, 384-d)")
     p.add_argument("--image-dir", default=None,
                    help="the only directory an item's image_uri may name a file in (env VIP5_IMAGE_DIR; "
                         "default: none, items must carry image_bytes)")

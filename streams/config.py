@@ -11,6 +11,8 @@ from index.encoders import EncoderConfig
 from runtime.kafka import KafkaConfig
 from schemas.topics import TopicConfig
 
+TEXT_ENCODERS = ("minilm", "none")
+
 
 @dataclass(frozen=True)
 class StreamsConfig:
@@ -27,6 +29,12 @@ class StreamsConfig:
     coalesce_max: int = 64  # most interactions buffered per coalescing window
     image_batch_size: int = 16  # images embedded per micro-batch
     image_batch_wait_ms: int = 200  # longest wait to fill an image micro-batch
+    # Items without an image get a content vector of their title and category: "minilm"
+    # (index.text_encoder, 384-d, the vectors `vip5 train --content text` trains item-token models
+    # on), so a product nobody clicked yet can be retrieved and scored; "none": they get no vector.
+    # On by default because logs without images (the Amazon data) otherwise have no content at all;
+    # it costs ~90 MB and a second at start-up, and items with images never use it.
+    text_encoder: str = "minilm"
     # Backpressure: faust stops fetching a partition while this many of its records wait unprocessed.
     stream_buffer_maxsize: int = 1024
     popularity_half_life_s: float = 3600.0
@@ -44,6 +52,8 @@ class StreamsConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.coalesce_ms < 0:
             raise ValueError(f"coalesce_ms: must be >= 0, got {self.coalesce_ms}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder: must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
         if not self.app_id:
             raise ValueError("app_id: must not be empty")
 

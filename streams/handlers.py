@@ -1,7 +1,9 @@
 """The streams worker's handlers: what each faust agent does with a batch of events, without faust.
 
-    ItemsHandler         ItemUpsert events        ──► embed images (off the loop) ──► item-embeddings
+    ItemsHandler         ItemUpsert events        ──► embed images, or title + category when an
+                                                      item has no image (off the loop) ──► item-embeddings
     InteractionsHandler  Interaction events        ──► history table, candidates   ──► rerank-requests
+                         (a record with the `vip5-backfill` header updates the history only: no request)
     Intake               raw events of any topic   ──► (event, record) pairs; undecodable ──► dead-letter
 
 An event is anything with `.message` (topic, partition, offset), `.key` and `.value` (raw bytes):
@@ -30,6 +32,7 @@ from index.replica import CatalogReplica
 from runtime.metrics import WorkerMetrics
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
+from schemas.headers import is_backfill
 from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, ITEMS, RERANK_REQUESTS, TopicSpec
 from streams.config import StreamsConfig
@@ -56,6 +59,9 @@ class StreamsContext:
     # Learned from the interactions this worker handles (its partitions' users), in memory only:
     # after a restart it starts empty and rebuilds from the interactions that follow.
     covisitation: Covisitation = field(default_factory=Covisitation)
+    # Items without an image get a vector of their title and category from this encoder
+    # (index.text_encoder.TextEncoder: encode(texts) -> (N, D), encoder_id); None: they get none.
+    text_encoder: object | None = None
 
 
 class Intake:
@@ -81,7 +87,8 @@ class Intake:
         out = []
         for event in events:
             for record in await self.gaps.missing_before(event.message):
-                out.append(SimpleNamespace(message=record, value=record.value, key=record.key))
+                out.append(SimpleNamespace(message=record, value=record.value, key=record.key,
+                                           headers=getattr(record, "headers", None)))
                 self.ctx.stats["offset_gap_records"] += 1
             out.append(event)
         return out
@@ -112,7 +119,10 @@ class ItemsHandler:
     async def embed(self, upserts: list[tuple[object, ItemUpsert]]) -> None:
         ctx = self.ctx
         with_image = [(e, u) for e, u in upserts if u.image_bytes is not None or u.image_uri is not None]
-        ctx.stats["items_without_image"] += len(upserts) - len(with_image)
+        without_image = [(e, u) for e, u in upserts if u.image_bytes is None and u.image_uri is None]
+        ctx.stats["items_without_image"] += len(without_image)
+        if without_image and ctx.text_encoder is not None:
+            await self.embed_texts(without_image)
         if not with_image:
             return
         sources = [u.image_bytes if u.image_bytes is not None else u.image_uri for _, u in with_image]
@@ -122,11 +132,26 @@ class ItemsHandler:
             if error is not None:
                 await self.intake.dead_letter(event, f"image: {error}", "embed")
                 continue
-            record = ItemEmbedding(item_id=upsert.item_id, vector=vector, encoder_id=ctx.encoder.encoder_id,
-                                   event_time_ms=upsert.event_time_ms, embedded_time_ms=now_ms())
-            await self.send(ITEM_EMBEDDINGS, upsert.item_id.encode(), encode(record))
-            ctx.stats["items_embedded"] += 1
-            ctx.metrics.records_out.labels(topic=self.cfg.topics.name(ITEM_EMBEDDINGS)).inc()
+            await self.publish(upsert, vector, ctx.encoder.encoder_id)
+
+    async def embed_texts(self, upserts: list[tuple[object, ItemUpsert]]) -> None:
+        """Items without an image: a content vector of `item_text(title, category)`, so they can be
+        retrieved (content neighbours) and scored by models trained on the same text vectors."""
+        from index.text_encoder import item_text
+
+        encoder = self.ctx.text_encoder
+        texts = [item_text(u.title, u.category) for _, u in upserts]
+        vectors = await asyncio.get_running_loop().run_in_executor(None, encoder.encode, texts)  # (N, D)
+        for (_, upsert), vector in zip(upserts, vectors, strict=True):
+            await self.publish(upsert, vector, encoder.encoder_id)
+            self.ctx.stats["items_embedded_from_text"] += 1
+
+    async def publish(self, upsert: ItemUpsert, vector, encoder_id: str) -> None:
+        record = ItemEmbedding(item_id=upsert.item_id, vector=vector, encoder_id=encoder_id,
+                               event_time_ms=upsert.event_time_ms, embedded_time_ms=now_ms())
+        await self.send(ITEM_EMBEDDINGS, upsert.item_id.encode(), encode(record))
+        self.ctx.stats["items_embedded"] += 1
+        self.ctx.metrics.records_out.labels(topic=self.cfg.topics.name(ITEM_EMBEDDINGS)).inc()
 
 
 class InteractionsHandler:
@@ -144,6 +169,7 @@ class InteractionsHandler:
             await self.handle_user(user_id, user_pairs)
 
     async def handle_user(self, user_id: str, pairs: list[tuple[object, Interaction]]) -> None:
+        """Update the user's history; publish a request reflecting the events not marked backfill."""
         cfg, ctx = self.cfg, self.ctx
         interactions = [i for _, i in pairs]
         key = user_id.encode()
@@ -155,9 +181,14 @@ class InteractionsHandler:
         for interaction in fresh:
             ctx.popularity.record(interaction.item_id, interaction.event_time_ms / 1000.0)
         record_covisitation(ctx.covisitation, state, fresh)  # before the candidates: they see this event
+        live = [(e, i) for e, i in pairs if not is_backfill(getattr(e, "headers", None))]
+        if not live:  # history only (schemas.headers.BACKFILL): nobody waits for a recommendation
+            ctx.stats["backfill_interactions"] += len(pairs)
+            return
+        pairs, fresh_ids = live, {i.event_id for i in fresh}
         # All duplicates: publish again under the same request id. The first attempt may have been
         # lost in a crash between the table update and the send; consumers drop repeated ids.
-        reflected = fresh or interactions
+        reflected = [i for _, i in live if i.event_id in fresh_ids] or [i for _, i in live]
         candidates = ctx.replica.candidates(state["items"], ctx.popularity, cfg.candidates, now_s=time.time(),
                                             covisitation=ctx.covisitation)
         if not candidates:

@@ -29,11 +29,18 @@ READY_LINE = "[^Worker]: Ready"  # faust logs this once partitions are assigned 
 
 def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, TopicTail]:
     encoder = build_encoder(cfg.encoder)
-    replica = CatalogReplica(IndexConfig(dim=encoder.dim), fresh_max_age_s=cfg.fresh_max_age_s)
+    text_encoder = None
+    if cfg.text_encoder == "minilm":
+        from index.text_encoder import TextEncoder
+
+        text_encoder = TextEncoder()
+    # image vectors and text vectors live in one index each; content neighbours search both
+    extra = (IndexConfig(dim=text_encoder.dim),) if text_encoder is not None and text_encoder.dim != encoder.dim else ()
+    replica = CatalogReplica(IndexConfig(dim=encoder.dim), fresh_max_age_s=cfg.fresh_max_age_s, extra_indexes=extra)
     follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     popularity = PopularityTracker(half_life_s=cfg.popularity_half_life_s)
     context = StreamsContext(encoder=encoder, replica=replica, popularity=popularity, stats=Counter(),
-                             covisitation=Covisitation(cfg.covisitation),
+                             covisitation=Covisitation(cfg.covisitation), text_encoder=text_encoder,
                              metrics=WorkerMetrics("streams"))
     return context, follower
 
