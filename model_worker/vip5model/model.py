@@ -181,8 +181,18 @@ class VIP5Model(nn.Module):
                        encoder_hidden_states=self.task_prompt_states(rows.shape[0])).last_hidden_state
 
     def item_table(self) -> torch.Tensor:
-        """(I+2, D): every item's token (id embedding + mapped content feature)."""
-        return self.item_tokens.table(self.image_mapping)
+        """(I+2, D): every item's token (id embedding + mapped content feature). Outside training
+        the table is kept until a tensor it depends on changes (an adapter swap points the mapping
+        at other tensors; an in-place update bumps a tensor's version)."""
+        if self.training or torch.is_grad_enabled():
+            return self.item_tokens.table(self.image_mapping)
+        tensors = [*self.item_tokens.parameters(), *self.item_tokens.buffers(), *self.image_mapping.parameters()]
+        key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+        cached = getattr(self, "_item_table_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.item_tokens.table(self.image_mapping))
+            self._item_table_cache = cached
+        return cached[1]
 
     def sequence_loss(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (B, L+1): [start, i_1, ..., i_L] right-padded; softmax cross-entropy over all items

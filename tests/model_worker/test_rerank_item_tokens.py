@@ -67,3 +67,15 @@ def test_an_online_round_tunes_an_item_token_model_on_the_sequences_it_is_given(
     fit = tune(model, [], {}, TuneConfig(steps=30, batch_size=8, lr=1e-2, warmup_steps=2), stage="pretrain",
                sequences=sequences)
     assert fit["steps"] == 30 and fit["loss_last"] < fit["loss_first"]
+
+
+def test_the_item_table_is_reused_until_a_tensor_it_depends_on_changes():
+    model = _model()
+    with torch.no_grad():
+        first = model.item_table()
+        assert model.item_table() is first
+        model.image_mapping.net[0].weight.add_(0.1)  # an in-place update (as an adapter copy is)
+        second = model.item_table()
+        assert second is not first and not torch.allclose(second, first)
+        model.item_tokens.set_features([1], np.zeros((1, 6), np.float32))
+        assert model.item_table() is not second
