@@ -109,6 +109,7 @@ class Tally:
 
     def __init__(self, catalogue, shoppers):
         self.kind = {p.item_id: p.article_type for p in catalogue}
+        self.title = {p.item_id: p.title for p in catalogue}
         self.likes = {s.user_id: set(s.likes) for s in shoppers}
         self.recs, self.event_ids, self.freshness_ms = 0, set(), []
         self.adapter_versions: dict[str, int] = {}
@@ -124,9 +125,20 @@ class Tally:
             liked = self.likes.get(rec.user_id, set())
             self.top_liked += bool(rec.items) and self.kind.get(rec.items[0].item_id) in liked
         top = ", ".join(self.kind.get(i.item_id, i.item_id) for i in rec.items[:3])
-        why = f'  "{rec.items[0].explanation}"' if rec.items and rec.items[0].explanation else ""
+        why = f"  {self.explain(rec.items[0])}" if rec.items else ""
         return (f"{rec.user_id} likes {'+'.join(sorted(liked))}: {top}  "
                 f"[{rec.publish_time_ms - rec.event_time_ms} ms]{why}")
+
+
+    def explain(self, item) -> str:
+        """The model's explanation when it fits the item (shares a word with its title); otherwise
+        a sentence built from the item's own fields, marked as such. The demo's small model learns
+        explanations from titles alone within its budget and often repeats one sentence."""
+        title = self.title.get(item.item_id, "")
+        generated = item.explanation or ""
+        if set(generated.lower().split()) & {w for w in title.lower().split() if len(w) > 3}:
+            return f'"{generated}"'
+        return f'"{title}, a {self.kind.get(item.item_id, "product").lower()} like ones you chose" (from the item\'s fields)'
 
 
 def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
