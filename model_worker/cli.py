@@ -1,4 +1,4 @@
-"""`vip5 model ...` and `vip5 bench rerank`: wiring only; the work lives in model_worker.vip5model and
+"""`vip5 model ...`, `vip5 bench rerank` and `vip5 bench train`: wiring only; the work lives in model_worker.vip5model and
 model_worker.bench_rerank. Heavy imports happen inside the handlers."""
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def bench_rerank(args: argparse.Namespace) -> dict:
 
 
 def register(commands, bench) -> None:
+    from model_worker import bench_train
+
+    bench_train.register(commands, bench)
     model = commands.add_parser("model", help="VIP5 model utilities", description="VIP5 model utilities")
     model_commands = model.add_subparsers(dest="model_command", metavar="MODEL_COMMAND", required=True)
     info = add_command(model_commands, "info", model_info,

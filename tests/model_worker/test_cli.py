@@ -46,3 +46,16 @@ def test_bench_rerank_runs_on_cuda_and_exact_matches_naive(capsys):
     out = _run(capsys, [*TINY_RERANK, "--device", "cuda"])
     assert out["device"] == "cuda" and out["gpu"]
     assert out["rankings_agree"] is True and out["max_abs_score_diff"] < 1e-3
+
+
+def test_bench_train_prints_throughput_per_preset(capsys):
+    import json
+
+    from vip5.cli import main
+
+    status = main(["bench", "train", "--presets", "tiny", "--items", "50", "--batch-size", "4", "--steps", "1",
+                   "--threads", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0 and [p["preset"] for p in result["presets"]] == ["tiny"]
+    assert {"step_ms", "examples_per_s", "tokens_per_s", "params"} <= set(result["presets"][0])
+    assert result["presets"][0]["tokens_per_s"] > result["presets"][0]["examples_per_s"] > 0
