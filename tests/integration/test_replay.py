@@ -1,0 +1,42 @@
+"""`vip5 bench replay` through the real broker and worker processes, on a slice of Amazon Beauty:
+every test user gets a recommendation, and the published lists beat popularity on the same users."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from vip5.cli import build_parser
+
+pytestmark = pytest.mark.integration
+SLICE = Path(__file__).resolve().parents[1] / "data" / "beauty_slice"
+USERS = 300
+
+
+@pytest.fixture(scope="session")
+def slice_run(tmp_path_factory) -> Path:
+    """An item-token VIP5 trained for about a minute on the slice (as tests/model_worker/offline/
+    test_item_token_learning.py does), once per session."""
+    from model_worker.offline.data import DataConfig
+    from model_worker.offline.tasks import TaskConfig
+    from model_worker.offline.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("slice-run")
+    config = TrainConfig(out_dir=str(out), content="none", stages=("pretrain",), pretrain_steps=300,
+                         time_budget_s=75, validate_every_s=1e9, threads=1)
+    train(DataConfig(str(SLICE)), TaskConfig(), config)
+    return out
+
+
+def test_a_replayed_slice_recommends_to_every_test_user_and_beats_popularity(slice_run):
+    args = build_parser().parse_args(["bench", "replay", "--data", str(SLICE), "--model-dir", str(slice_run),
+                                      "--users", str(USERS), "--timeout", "240", "--json"])
+    started = time.monotonic()
+    result = args.handler(args)
+    elapsed = time.monotonic() - started
+    assert result["users_with_recommendation"] == USERS, result
+    assert result["replay"]["n_users"] == result["popularity"]["n_users"] == USERS
+    assert result["replay"]["hr@10"] > result["popularity"]["hr@10"], result
+    assert set(result["recall_at_100"]) == {"covisit", "visual", "popular", "fresh", "all"}
+    assert result["events_per_s"] > 0 and result["freshness_p99_ms"] >= result["freshness_p50_ms"] > 0
+    assert elapsed < 240, elapsed

@@ -1,0 +1,233 @@
+"""`vip5 bench replay --data DIR --model-dir RUN --json`: the running system's quality on a real log.
+
+    catalogue ──► items (ItemUpsert: title, category)            ──► streams: text content vectors
+    training interactions ──► interactions, header vip5-backfill ──► streams: histories, popularity,
+                                                                      co-visitation; no request
+    each test user's validation interaction ──► interactions     ──► rerank-requests ──► model worker
+                                                                  ──► recommendations (compared with
+                                                                      the user's held-out last item)
+
+The real stack (embedded broker, `vip5 streams`, `vip5 serve`, with `--trainer` also `vip5
+trainer`) as separate processes, as in production. Training interactions are marked backfill
+(`schemas.headers`), a documented feature of the streams worker for importing a past log: they
+build state exactly like live ones but ask for no recommendation, so the replay costs one model
+call per test user instead of one per interaction. Test events go out once the streams worker has
+committed every training interaction, so each test user's candidates see the whole training log.
+
+Reported (one JSON object): `replay` (the published lists: HR@10, NDCG@10 over the whole
+catalogue, a missing recommendation or a target outside the list is a miss), `candidates_order`
+(the request's candidates in their own order), `markov` and `popularity` (in-process, fitted on
+the same training interactions, the same users), `recall_at_100` (the requests' candidates per
+source and `all`), `events_per_s` (all replayed interactions over the replay's wall time),
+`freshness_p50_ms`/`_p99_ms` (test recommendations: publish time minus event time, with all test
+events published at once), and with `--trainer`, `halves` (replay metrics of the first and second
+half of the test users in replay order). The catalogue predates the log (its event times are 30
+days back), so no item takes a `fresh` slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from runtime.cli import add_command
+
+log = logging.getLogger(__name__)
+CATALOGUE_AGE_MS = 30 * 86400 * 1000
+
+
+def load_replay_data(data_path: str, model_dir: Path):
+    """The data with the numbering the model was trained with (item titles must match its texts)."""
+    from model_worker.offline.data import DataConfig, load_data
+    from model_worker.offline.evaluate import trained_data_config
+
+    try:
+        config = replace(trained_data_config(model_dir), path=data_path)
+    except FileNotFoundError:
+        config = DataConfig(path=data_path)
+    return load_data(config)
+
+
+def model_path(model_dir: Path) -> Path:
+    """A run directory (`vip5 train --out`) or its `model/`."""
+    return model_dir / "model" if (model_dir / "model" / "vip5_config.json").exists() else model_dir
+
+
+def publish_catalogue(stack, data, *, timeout_s: float) -> int:
+    from runtime.kafka import read_topic
+    from schemas.codec import encode
+    from schemas.limits import LIMITS
+    from schemas.records import ItemUpsert
+    from schemas.topics import ITEM_EMBEDDINGS, ITEMS
+
+    added = int(time.time() * 1000) - CATALOGUE_AGE_MS
+    for item, key in enumerate(data.item_keys, start=1):
+        upsert = ItemUpsert(item_id=key, title=data.title(item)[:LIMITS.max_title_len],
+                            category=data.category(item)[:LIMITS.max_title_len],
+                            event_time_ms=added)
+        stack.send(ITEMS, key, encode(upsert))
+    stack.flush()
+    seen = read_topic(stack.kafka, stack.topics.name(ITEM_EMBEDDINGS), timeout_s=timeout_s,
+                      until=lambda ms: len(ms) >= data.n_items)
+    return len(seen)
+
+
+def publish_backfill(stack, train, *, timeout_s: float) -> None:
+    """Every training interaction, history only; returns once the streams worker committed them all."""
+    from kafka import TopicPartition
+
+    from runtime.kafka import consumer, producer
+    from schemas.codec import encode
+    from schemas.headers import backfill_headers
+    from schemas.records import Interaction
+    from schemas.topics import INTERACTIONS
+
+    topic, last = stack.topics.name(INTERACTIONS), {}
+    client = producer(stack.kafka, linger_ms=20, batch_size=262144)
+    first_ms = int(time.time() * 1000) - len(train)  # 1 ms apart, ending now: popularity barely decays
+
+    def note(metadata):
+        last[metadata.partition] = max(last.get(metadata.partition, -1), metadata.offset)
+
+    for n, (user, item) in enumerate(train):
+        event = Interaction(event_id=f"t{n}", user_id=user, item_id=item, kind="purchase", event_time_ms=first_ms + n)
+        client.send(topic, key=user.encode(), value=encode(event), headers=backfill_headers()).add_callback(note)
+    client.flush()
+    client.close()
+    group = consumer(stack.kafka, f"{stack.topics.prefix}streams")  # the streams app id: its commits
+    deadline, behind = time.monotonic() + timeout_s, dict(last)
+    try:
+        while behind and time.monotonic() < deadline:
+            time.sleep(1.0)
+            behind = {p: o for p, o in last.items() if (group.committed(TopicPartition(topic, p)) or 0) <= o}
+    finally:
+        group.close()
+    if behind:
+        raise TimeoutError(f"streams worker did not commit the training interactions within {timeout_s:.0f} s: {behind}")
+
+
+def collect(stack, spec, record_type, stop: threading.Event, into: list, group: str) -> threading.Thread:
+    from runtime.kafka import consumer
+    from schemas.codec import decode
+
+    def run():
+        client = consumer(stack.kafka, group, [stack.topics.name(spec)], enable_auto_commit=True,
+                          fetch_max_wait_ms=100)
+        try:
+            while not stop.is_set():
+                for records in client.poll(timeout_ms=200).values():
+                    into.extend(decode(m.value, record_type) for m in records)
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=run, daemon=True, name=f"collect-{spec.base_name}")
+    thread.start()
+    return thread
+
+
+def run_replay(data, replay_log, stack_cfg, *, timeout_s: float) -> dict:
+    from schemas.codec import encode
+    from schemas.records import Interaction, Recommendation, RerankRequest
+    from schemas.topics import INTERACTIONS, RECOMMENDATIONS, RERANK_REQUESTS
+    from vip5.stack import LocalStack
+
+    recs, requests, stop = [], [], threading.Event()
+    with LocalStack(stack_cfg) as stack:
+        started = time.monotonic()
+        embedded = publish_catalogue(stack, data, timeout_s=timeout_s)
+        catalogue_s = time.monotonic() - started
+        threads = [collect(stack, RECOMMENDATIONS, Recommendation, stop, recs, "replay-recs"),
+                   collect(stack, RERANK_REQUESTS, RerankRequest, stop, requests, "replay-requests")]
+        time.sleep(2 * stack.kafka.session_timeout_ms / 1000)  # the collectors join their groups
+        replay_started = time.monotonic()
+        publish_backfill(stack, replay_log.train, timeout_s=timeout_s)
+        backfill_s = time.monotonic() - replay_started
+        for user in replay_log.test:
+            event = Interaction(event_id=f"v-{user.user}", user_id=user.user, item_id=user.history[-1],
+                                kind="purchase", event_time_ms=int(time.time() * 1000))
+            stack.send(INTERACTIONS, user.user, encode(event))
+        stack.flush()
+        wanted, deadline = {f"v-{u.user}" for u in replay_log.test}, time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not wanted <= {e for r in list(recs) for e in r.event_ids}:
+            time.sleep(0.5)
+        replay_s = time.monotonic() - replay_started
+        time.sleep(1.0)  # the request collector trails the recommendations slightly
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+    timing = {"catalogue_embedded": embedded, "catalogue_s": round(catalogue_s, 1), "backfill_s": round(backfill_s, 1),
+              "test_phase_s": round(replay_s - backfill_s, 1), "replay_s": round(replay_s, 1),
+              "events_per_s": round((len(replay_log.train) + len(replay_log.test)) / replay_s, 1)}
+    return {"recommendations": recs, "requests": requests, "timing": timing}
+
+
+def score(data, replay_log, recs, requests, *, seed: int, halves: bool) -> dict:
+    from index.candidates import MERGE_ORDER
+    from vip5.replay_log import baseline_metrics, candidate_recall, list_metrics
+
+    by_event = {e: r for r in recs for e in r.event_ids}
+    request_by_event = {e: r for r in requests for e in r.event_ids}
+    test, targets = replay_log.test, [u.target for u in replay_log.test]
+    published = [by_event.get(f"v-{u.user}") for u in test]
+    lists = [None if r is None else [i.item_id for i in r.items] for r in published]
+    asked = [request_by_event.get(f"v-{u.user}") for u in test]
+    candidates = [None if r is None else [(c.item_id, c.source) for c in r.candidates] for r in asked]
+    freshness = np.asarray([r.publish_time_ms - r.event_time_ms for r in published if r is not None] or [0])
+    out = {"replay": list_metrics(lists, targets),
+           "candidates_order": list_metrics([None if c is None else [i for i, _ in c] for c in candidates], targets),
+           **baseline_metrics(data, test, seed=seed),
+           "recall_at_100": candidate_recall(candidates, targets, MERGE_ORDER),
+           "users_with_recommendation": sum(r is not None for r in published),
+           "freshness_p50_ms": float(np.percentile(freshness, 50)),
+           "freshness_p99_ms": float(np.percentile(freshness, 99))}
+    if halves:
+        mid = len(test) // 2
+        out["halves"] = [list_metrics(lists[:mid], targets[:mid]), list_metrics(lists[mid:], targets[mid:])]
+        out["adapter_versions"] = sorted({r.adapter_version for r in published if r is not None})
+    return out
+
+
+def run_bench_replay(args: argparse.Namespace) -> dict:
+    from vip5.replay_log import build_log
+    from vip5.stack import StackConfig
+
+    model_dir = Path(args.model_dir)
+    data = load_replay_data(args.data, model_dir)
+    review_file = Path(args.data) if Path(args.data).is_file() else None
+    replay_log = build_log(data, users=args.users or None, seed=args.seed, review_file=review_file)
+    log.info("replay: %d items, %d training interactions (%s), %d test users", data.n_items,
+             len(replay_log.train), replay_log.ordered_by, len(replay_log.test))
+    with tempfile.TemporaryDirectory(prefix="vip5-replay-") as tmp:
+        stack_cfg = StackConfig(
+            work_dir=Path(tmp), model_dir=model_path(model_dir), topic_prefix="replay.", partitions=args.partitions,
+            candidates=args.candidates, prompt_history_len=args.prompt_history_len,
+            serve_args=("--max-batch", str(args.max_batch)),
+            streams_args=("--coalesce-ms", str(args.coalesce_ms)),
+            trainer_args=() if args.trainer else None, start_timeout_s=300.0)
+        run = run_replay(data, replay_log, stack_cfg, timeout_s=args.timeout)
+    result = score(data, replay_log, run["recommendations"], run["requests"], seed=args.seed, halves=args.trainer)
+    return {"data": data.name, "n_items": data.n_items, "train_interactions": len(replay_log.train),
+            "ordered_by": replay_log.ordered_by, **result, **run["timing"]}
+
+
+def register(commands, bench) -> None:
+    p = add_command(bench, "replay", run_bench_replay,
+                    "replay a log through the running system; HR/NDCG@10 of the published recommendations")
+    p.add_argument("--data", required=True, help="P5/VIP5 folder or a reviews_*_5.json.gz file")
+    p.add_argument("--model-dir", required=True, help="run directory from `vip5 train` (or its model/)")
+    p.add_argument("--users", type=int, default=5000, help="seeded sample of test users; 0 = all")
+    p.add_argument("--seed", type=int, default=0, help="user sample, interleaving and tie-breaking")
+    p.add_argument("--trainer", action="store_true", help="run the adapter trainer too; report `halves`")
+    p.add_argument("--partitions", type=int, default=3)
+    p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
+    p.add_argument("--prompt-history-len", type=int, default=20)
+    p.add_argument("--max-batch", type=int, default=32, help="model worker batch")
+    p.add_argument("--coalesce-ms", type=int, default=50, help="streams worker coalescing window")
+    p.add_argument("--timeout", type=float, default=1800.0, help="limit of each phase, seconds")
