@@ -288,7 +288,7 @@ def test_degenerate_embeddings_on_the_compacted_topic_leave_followers_running_an
     from runtime.kafka import consumer, create_topics, producer
     from runtime.metrics import WorkerMetrics, serve_metrics
     from runtime.tail import TopicTail
-    from tests.vip5.test_metrics import get
+    from tests.runtime.test_metrics import get
     from vip5.broker import free_port
 
     create_topics(kafka_cfg, topics)
