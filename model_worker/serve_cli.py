@@ -44,7 +44,8 @@ def register(commands, bench) -> None:
     p.add_argument("--group-id", default=None,
                    help="consumer group of the model workers (default: <topic prefix>model-worker)")
     p.add_argument("--max-batch", type=int, default=16, help="requests scored together")
-    p.add_argument("--max-wait-ms", type=int, default=50, help="longest wait for a batch to fill")
+    p.add_argument("--max-wait-ms", type=int, default=0,
+                   help="longest wait for a batch to fill (0: start as soon as the scorer is free)")
     p.add_argument("--max-buffered", type=int, default=None,
                    help="requests held in memory (buffered + being scored); at this many the worker pauses "
                         "its partitions and keeps polling, and resumes at half (default: 4 x --max-batch)")

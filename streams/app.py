@@ -22,6 +22,7 @@ from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RE
 from streams.config import StreamsConfig
 from streams.gaps import GapFiller
 from streams.handlers import Intake, InteractionsHandler, ItemsHandler, StreamsContext
+from streams.transport import fetch_wait_transport
 
 
 def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
@@ -47,6 +48,8 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
         web_bind="127.0.0.1",
         topic_allow_declare=True,
     )
+    # before anything asks for app.transport (app.topic does): faust's own hard-codes a 1.5 s fetch wait
+    app.transport = fetch_wait_transport(cfg.kafka.fetch_max_wait_ms)(app.conf.broker_consumer, app)
     topic = {spec: app.topic(cfg.topics.name(spec), key_type=bytes, value_type=bytes,
                              partitions=cfg.topics.partitions_of(spec))
              for spec in (ITEMS, INTERACTIONS, ITEM_EMBEDDINGS, RERANK_REQUESTS, DEAD_LETTER)}

@@ -437,3 +437,7 @@ def test_a_batch_whose_outputs_the_broker_did_not_acknowledge_is_not_committed()
         run_until(server, lambda: False)
     server.close()
     assert consumer.committed == {}
+
+
+def test_an_idle_worker_starts_a_batch_without_waiting_by_default():
+    assert ServeConfig().max_wait_ms == 0

@@ -52,3 +52,15 @@ def test_bad_settings_are_refused_with_the_setting_named(env, field):
 def test_producers_are_not_idempotent_by_default():
     """Tansu answers a retried batch 'duplicate' after a crash although it never stored it."""
     assert KafkaConfig().idempotent_producer is False
+
+
+def test_fetch_wait_comes_from_the_environment_and_stays_short_by_default():
+    """Tansu answers a waiting fetch only when the wait expires: each hop costs up to this much."""
+    cfg = KafkaConfig.from_env({"VIP5_KAFKA_FETCH_MAX_WAIT_MS": "15"})
+    assert cfg.fetch_max_wait_ms == 15
+    assert KafkaConfig().fetch_max_wait_ms <= 20
+
+
+def test_fetch_wait_must_stay_below_the_request_timeout():
+    with pytest.raises(ValueError, match="fetch_max_wait_ms"):
+        KafkaConfig(fetch_max_wait_ms=30_000, request_timeout_ms=30_000)
