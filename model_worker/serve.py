@@ -37,6 +37,7 @@ compacted item-embeddings topic.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -129,14 +130,27 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(frozen=True)
+class StageTimes:
+    """When the model worker got a request, began its batch and finished ranking it (epoch ms)."""
+
+    model_received_ms: int | None = None
+    batch_start_ms: int | None = None
+    scored_ms: int | None = None
+
+
 def recommendation_for(request: RerankRequest, ranked: list[tuple[str, float]], *, top_n: int,
-                       model_version: str, adapter_version: str, explanation: str | None = None) -> Recommendation:
+                       model_version: str, adapter_version: str, explanation: str | None = None,
+                       times: StageTimes = StageTimes()) -> Recommendation:
     items = [RankedItem(item_id=item, score=score, explanation=explanation if rank == 0 else None)
              for rank, (item, score) in enumerate(ranked[:top_n])]
     return Recommendation(request_id=request.request_id, user_id=request.user_id, items=items,
                           model_version=model_version, adapter_version=adapter_version,
                           event_ids=request.event_ids, event_time_ms=request.event_time_ms,
-                          request_time_ms=request.request_time_ms, publish_time_ms=now_ms())
+                          request_time_ms=request.request_time_ms, publish_time_ms=now_ms(),
+                          streams_received_time_ms=request.streams_received_time_ms,
+                          model_received_time_ms=times.model_received_ms, batch_start_time_ms=times.batch_start_ms,
+                          scored_time_ms=times.scored_ms)
 
 
 def items_of(requests: Sequence[RerankRequest]) -> list[str]:
@@ -164,16 +178,20 @@ def offsets_after(messages: Sequence) -> Offsets:
 
 
 class Backlog:
-    """Polled records waiting for a batch, oldest first, each with the time its poll returned."""
+    """Polled records waiting for a batch, oldest first, each with the time its poll returned
+    (monotonic seconds for the batch window; epoch ms for the latency budget)."""
 
     def __init__(self) -> None:
         self._records: deque[tuple[float, object]] = deque()
+        self._received_ms: dict[int, int] = {}  # id(message) -> epoch ms its poll returned
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, messages: Sequence, now_s: float) -> None:
+    def add(self, messages: Sequence, now_s: float, *, received_ms: int | None = None) -> None:
         self._records.extend((now_s, m) for m in messages)
+        if received_ms is not None:
+            self._received_ms.update((id(m), received_ms) for m in messages)
 
     def due_in_s(self, now_s: float, max_wait_s: float) -> float:
         """Seconds until the oldest record's batch closes on time (max_wait_s when empty)."""
@@ -186,7 +204,12 @@ class Backlog:
         return len(self._records) >= max_batch or (bool(self._records) and self.due_in_s(now_s, max_wait_s) == 0)
 
     def take(self, n: int) -> list:
-        return [self._records.popleft()[1] for _ in range(min(n, len(self._records)))]
+        return self.take_timed(n)[0]
+
+    def take_timed(self, n: int) -> tuple[list, list[int | None]]:
+        """The oldest `n` records, with the epoch ms their poll returned (None where not given)."""
+        messages = [self._records.popleft()[1] for _ in range(min(n, len(self._records)))]
+        return messages, [self._received_ms.pop(id(m), None) for m in messages]
 
     def drop(self, partitions: Collection[TopicPartition]) -> dict[TopicPartition, int]:
         """Forget the records of `partitions`. Returns, per partition, the first offset dropped: every
@@ -200,6 +223,8 @@ class Backlog:
             elif tp not in first or message.offset < first[tp]:
                 first[tp] = message.offset
         self._records = kept
+        kept_ids = {id(m) for _, m in kept}
+        self._received_ms = {k: v for k, v in self._received_ms.items() if k in kept_ids}
         return first
 
 
@@ -330,8 +355,8 @@ class ModelServer:
             if not self._backlog.ready(time.monotonic(), max_batch=self.cfg.max_batch,
                                        max_wait_s=self.cfg.max_wait_ms / 1000):
                 return
-            messages = self._backlog.take(self.cfg.max_batch)
-            self._in_flight = RequestBatch(messages, self._scorer.submit(self._handle, messages))
+            messages, received_ms = self._backlog.take_timed(self.cfg.max_batch)
+            self._in_flight = RequestBatch(messages, self._scorer.submit(self._handle, messages, received_ms))
 
     def _apply_backpressure(self) -> None:
         """Pause every assigned partition at max_buffered records held; resume at resume_at."""
@@ -352,7 +377,7 @@ class ModelServer:
         messages = [m for records in polled.values() for m in records]
         if messages:
             with self._state_lock:
-                self._backlog.add(messages, time.monotonic())
+                self._backlog.add(messages, time.monotonic(), received_ms=now_ms())
             self._note_held()
         self.metrics.update_lag(self.consumer)
 
@@ -417,7 +442,7 @@ class ModelServer:
         self.stats["assigned"] += 1
         log.info("partitions assigned: %s", names(partitions))
 
-    def _handle(self, messages: list) -> Offsets:
+    def _handle(self, messages: list, received_ms: Sequence[int | None] = ()) -> Offsets:
         """Score one batch, publish its outputs, flush (scoring thread). Returns the offsets it covers.
 
         Raises PublishError if the broker did not acknowledge every output (the batch is then not
@@ -426,10 +451,15 @@ class ModelServer:
         self.metrics.batch_size.labels(stage="rerank").observe(len(messages))
         self._sends = []
         served: list[str] = []
+        batch_start_ms = now_ms()
         pairs = self._decode(messages)
         if pairs:
+            polled = dict(zip(map(id, messages), received_ms, strict=False))
+            times = {request.request_id: StageTimes(model_received_ms=polled.get(id(message)),
+                                                    batch_start_ms=batch_start_ms)
+                     for message, request in pairs}
             with self.metrics.stage_seconds.labels(stage="rerank").time():
-                served = self._serve(pairs)
+                served = self._serve(pairs, times)
         self.producer.flush()
         self._confirm_sends()
         for request_id in served:
@@ -462,7 +492,8 @@ class ModelServer:
             requests[request.request_id] = (message, request)
         return list(requests.values())
 
-    def _serve(self, pairs: list[tuple[object, RerankRequest]]) -> list[str]:
+    def _serve(self, pairs: list[tuple[object, RerankRequest]],
+               times: Mapping[str, StageTimes] | None = None) -> list[str]:
         """Rank and send; returns the request ids it sent a recommendation for."""
         ranker = self._ranker
         requests = [request for _, request in pairs]
@@ -474,10 +505,13 @@ class ModelServer:
             ranked_lists = [self._rank_alone(ranker, message, request, features) for message, request in pairs]
         topic = self.cfg.topics.name(RECOMMENDATIONS)
         served = [(request, ranked) for request, ranked in zip(requests, ranked_lists, strict=True) if ranked is not None]
+        scored_ms = now_ms()
         explanations = self._explanations(ranker, served, features)
         for (request, ranked), explanation in zip(served, explanations, strict=True):
+            stamped = (times or {}).get(request.request_id, StageTimes())
             rec = recommendation_for(request, ranked, top_n=self.cfg.top_n, model_version=ranker.model_version,
-                                     adapter_version=ranker.adapter_version, explanation=explanation)
+                                     adapter_version=ranker.adapter_version, explanation=explanation,
+                                     times=dataclasses.replace(stamped, scored_ms=scored_ms))
             self._send(topic, request.user_id.encode(), encode(rec))
             self.metrics.records_out.labels(topic=topic).inc()
             self.metrics.freshness_seconds.observe((rec.publish_time_ms - rec.event_time_ms) / 1000)

@@ -133,7 +133,10 @@ class Candidate(Part):
     score: float = F.field(SCORE)
     source: str = F.field(F.Choice(choices=CANDIDATE_SOURCES))
 
-@record("rerank_request", 1)
+OPTIONAL_TIME_MS = F.Int(lo=LIMITS.min_time_ms, hi=LIMITS.max_time_ms, optional=True)
+
+
+@record("rerank_request", 2)  # v2: streams_received_time_ms (v1 records decode with None)
 class RerankRequest(Record):
     request_id: str = F.field(ID)
     user_id: str = F.field(ID)
@@ -142,7 +145,8 @@ class RerankRequest(Record):
         F.List(item=F.Nested(factory=Candidate), max_items=LIMITS.max_candidates, min_items=1))
     event_ids: tuple[str, ...] = F.field(F.List(item=ID, max_items=LIMITS.max_history_len, min_items=1))
     event_time_ms: int = F.field(TIME_MS)
-    request_time_ms: int = F.field(TIME_MS)
+    request_time_ms: int = F.field(TIME_MS)  # the streams worker built the request
+    streams_received_time_ms: int | None = F.field(OPTIONAL_TIME_MS)  # the streams worker got the events
 
 
 @_part
@@ -151,7 +155,8 @@ class RankedItem(Part):
     score: float = F.field(SCORE)
     explanation: str | None = F.field(F.Str(max_len=LIMITS.max_text_len, min_len=0, optional=True))
 
-@record("recommendation", 1)
+# v2: the stage times (vip5.latency reads them); v1 records decode with None
+@record("recommendation", 2)
 class Recommendation(Record):
     request_id: str = F.field(ID)
     user_id: str = F.field(ID)
@@ -163,6 +168,11 @@ class Recommendation(Record):
     event_time_ms: int = F.field(TIME_MS)
     request_time_ms: int = F.field(TIME_MS)
     publish_time_ms: int = F.field(TIME_MS)
+    # Where the time went, stage by stage (epoch ms, from the clocks of the workers that stamped them)
+    streams_received_time_ms: int | None = F.field(OPTIONAL_TIME_MS)  # copied from the request
+    model_received_time_ms: int | None = F.field(OPTIONAL_TIME_MS)  # the model worker's poll returned it
+    batch_start_time_ms: int | None = F.field(OPTIONAL_TIME_MS)  # its batch began scoring
+    scored_time_ms: int | None = F.field(OPTIONAL_TIME_MS)  # its batch's ranking finished
 
 
 @record("adapter_update", 2)  # v2: signature

@@ -162,13 +162,15 @@ class InteractionsHandler:
         self.cfg, self.ctx, self.intake, self.send, self.history = cfg, ctx, intake, send, history
 
     async def handle(self, events) -> None:
+        received_ms = now_ms()  # the stage "streams received" of the latency budget
         by_user = defaultdict(list)
         for event, interaction in await self.intake.decoded(events, Interaction):
             by_user[interaction.user_id].append((event, interaction))
         for user_id, user_pairs in by_user.items():
-            await self.handle_user(user_id, user_pairs)
+            await self.handle_user(user_id, user_pairs, received_ms=received_ms)
 
-    async def handle_user(self, user_id: str, pairs: list[tuple[object, Interaction]]) -> None:
+    async def handle_user(self, user_id: str, pairs: list[tuple[object, Interaction]], *,
+                          received_ms: int | None = None) -> None:
         """Update the user's history; publish a request reflecting the events not marked backfill."""
         cfg, ctx = self.cfg, self.ctx
         interactions = [i for _, i in pairs]
@@ -196,7 +198,8 @@ class InteractionsHandler:
             log.warning("no candidates for user %s yet (empty catalogue?)", user_id)
             return
         try:
-            request = build_request(user_id, state, reflected, candidates, now_ms=now_ms())
+            request = build_request(user_id, state, reflected, candidates, now_ms=now_ms(),
+                                    received_ms=received_ms)
         except SchemaError as err:
             for event, _ in pairs:
                 await self.intake.dead_letter(event, f"request: {err}", "request")

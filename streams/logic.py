@@ -54,7 +54,8 @@ def request_id_for(user_id: str, event_ids: Sequence[str]) -> str:
 
 
 def build_request(user_id: str, state: dict, interactions: Sequence[Interaction],
-                  candidates: Sequence[RetrievedItem], *, now_ms: int) -> RerankRequest:
+                  candidates: Sequence[RetrievedItem], *, now_ms: int,
+                  received_ms: int | None = None) -> RerankRequest:
     """The re-rank request reflecting `interactions` (the ones that triggered it)."""
     event_ids = [i.event_id for i in interactions]
     return RerankRequest(
@@ -65,4 +66,5 @@ def build_request(user_id: str, state: dict, interactions: Sequence[Interaction]
         event_ids=event_ids,
         event_time_ms=max(i.event_time_ms for i in interactions),
         request_time_ms=now_ms,
+        streams_received_time_ms=received_ms,
     )

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.cli import add_command
+from vip5.latency import stages_of, summarize
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Tally:
         self.kind = {p.item_id: p.article_type for p in catalogue}
         self.title = {p.item_id: p.title for p in catalogue}
         self.likes = {s.user_id: set(s.likes) for s in shoppers}
-        self.recs, self.event_ids, self.freshness_ms = 0, set(), []
+        self.recs, self.event_ids, self.freshness_ms, self.stages = 0, set(), [], []
         self.adapter_versions: dict[str, int] = {}
         self.top_liked = 0
         self.lock = threading.Lock()
@@ -121,6 +122,7 @@ class Tally:
             self.recs += 1
             self.event_ids.update(rec.event_ids)
             self.freshness_ms.append(rec.publish_time_ms - rec.event_time_ms)
+            self.stages.append(stages_of(rec, int(time.time() * 1000)))
             self.adapter_versions[rec.adapter_version] = self.adapter_versions.get(rec.adapter_version, 0) + 1
             liked = self.likes.get(rec.user_id, set())
             self.top_liked += bool(rec.items) and self.kind.get(rec.items[0].item_id) in liked
@@ -198,6 +200,7 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
         "dead_letters": len(letters),
         "freshness_p50_ms": float(np.percentile(fresh, 50)),
         "freshness_p99_ms": float(np.percentile(fresh, 99)),
+        "stage_p50_ms": {name: q["p50_ms"] for name, q in summarize(tally.stages).items()},
         "recommendations_by_adapter_version": tally.adapter_versions,
         "top1_in_liked_types": round(tally.top_liked / max(1, tally.recs), 3),
         "liked_share_of_catalogue": round(_liked_share(catalogue, shoppers), 3),

@@ -439,5 +439,16 @@ def test_a_batch_whose_outputs_the_broker_did_not_acknowledge_is_not_committed()
     assert consumer.committed == {}
 
 
+def test_each_recommendation_carries_its_stage_times_in_order():
+    before_ms = int(time.time() * 1000)
+    stamped = RerankRequest(**{**request(1).__dict__, "streams_received_time_ms": 1})
+    server, consumer, producer = server_for([encode(stamped)], ByRetrievalScore())
+    serve_all(server, consumer)
+    (_, rec), = producer.sent
+    assert rec.streams_received_time_ms == 1  # copied from the request
+    times = [rec.model_received_time_ms, rec.batch_start_time_ms, rec.scored_time_ms, rec.publish_time_ms]
+    assert before_ms <= times[0] and times == sorted(times)
+
+
 def test_an_idle_worker_starts_a_batch_without_waiting_by_default():
     assert ServeConfig().max_wait_ms == 0

@@ -141,3 +141,15 @@ def test_image_bytes_and_uri_are_exclusive():
 def test_sha256_must_be_lowercase_hex():
     with pytest.raises(SchemaError, match="^sha256:"):
         AdapterUpdate(version="v", artifact_uri="file:///a", sha256="Z" * 64, backbone_id="b", created_time_ms=T)
+
+
+@pytest.mark.parametrize("cls", [RerankRequest, Recommendation])
+def test_version_1_records_without_stage_times_still_decode(cls):
+    """v2 added optional stage times; a v1 payload (written before them) decodes with None."""
+    record = next(r for r in EXAMPLES if isinstance(r, cls))
+    body = msgpack.unpackb(encode(record))
+    body = {k: v for k, v in body.items() if not k.endswith("received_time_ms")
+            and k not in ("batch_start_time_ms", "scored_time_ms")}
+    body["v"] = 1
+    decoded = decode(msgpack.packb(body), cls)
+    assert decoded.streams_received_time_ms is None and decoded.request_id == record.request_id

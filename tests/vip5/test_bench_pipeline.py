@@ -1,0 +1,23 @@
+"""--find-max bisects towards the highest rate whose runs stay bounded (no broker needed)."""
+
+from vip5.bench_pipeline import find_max
+
+
+def fake_run(capacity_per_s: float):
+    def run_at(rate: float) -> dict:
+        overloaded = rate > capacity_per_s
+        return {"rate_per_s": rate, "events": 10, "reflected": 10, "freshness_p99_ms": 5000.0 if overloaded else 80.0}
+    return run_at
+
+
+def test_find_max_converges_below_the_capacity():
+    best, runs = find_max(fake_run(30.0), hi_per_s=100.0, steps=7, p99_bound_ms=1000.0)
+    assert 28.0 <= best <= 30.0 and len(runs) == 7
+    assert all(run["bounded"] == (run["rate_per_s"] <= 30.0) for run in runs)
+
+
+def test_a_run_that_loses_events_is_not_bounded():
+    def losing(rate: float) -> dict:
+        return {"rate_per_s": rate, "events": 10, "reflected": 9, "freshness_p99_ms": 10.0}
+    best, _ = find_max(losing, hi_per_s=50.0, steps=3, p99_bound_ms=1000.0)
+    assert best == 0.0
