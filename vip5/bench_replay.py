@@ -143,12 +143,14 @@ def run_replay(data, replay_log, stack_cfg, *, timeout_s: float) -> dict:
         started = time.monotonic()
         embedded = publish_catalogue(stack, data, timeout_s=timeout_s)
         catalogue_s = time.monotonic() - started
+        log.info("catalogue: %d embeddings in %.0f s", embedded, catalogue_s)
         threads = [collect(stack, RECOMMENDATIONS, Recommendation, stop, recs, "replay-recs"),
                    collect(stack, RERANK_REQUESTS, RerankRequest, stop, requests, "replay-requests")]
         time.sleep(2 * stack.kafka.session_timeout_ms / 1000)  # the collectors join their groups
         replay_started = time.monotonic()
         publish_backfill(stack, replay_log.train, timeout_s=timeout_s)
         backfill_s = time.monotonic() - replay_started
+        log.info("backfill: %d interactions committed in %.0f s", len(replay_log.train), backfill_s)
         for user in replay_log.test:
             event = Interaction(event_id=f"v-{user.user}", user_id=user.user, item_id=user.history[-1],
                                 kind="purchase", event_time_ms=int(time.time() * 1000))
@@ -208,7 +210,7 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
         stack_cfg = StackConfig(
             work_dir=Path(tmp), model_dir=model_path(model_dir), topic_prefix="replay.", partitions=args.partitions,
             candidates=args.candidates, prompt_history_len=args.prompt_history_len,
-            serve_args=("--max-batch", str(args.max_batch)),
+            serve_args=("--max-batch", str(args.max_batch), "--catalogue-k", str(args.catalogue_k)),
             streams_args=("--coalesce-ms", str(args.coalesce_ms)),
             trainer_args=() if args.trainer else None, start_timeout_s=300.0)
         run = run_replay(data, replay_log, stack_cfg, timeout_s=args.timeout)
@@ -229,5 +231,7 @@ def register(commands, bench) -> None:
     p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
     p.add_argument("--prompt-history-len", type=int, default=20)
     p.add_argument("--max-batch", type=int, default=32, help="model worker batch")
+    p.add_argument("--catalogue-k", type=int, default=100,
+                   help="item-token models add their best K catalogue items to the candidates (0: re-rank only)")
     p.add_argument("--coalesce-ms", type=int, default=50, help="streams worker coalescing window")
     p.add_argument("--timeout", type=float, default=1800.0, help="limit of each phase, seconds")
