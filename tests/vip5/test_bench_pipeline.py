@@ -1,6 +1,6 @@
 """--find-max bisects towards the highest rate whose runs stay bounded (no broker needed)."""
 
-from vip5.bench_pipeline import find_max
+from vip5.bench_pipeline import find_max, is_bounded
 
 
 def fake_run(capacity_per_s: float):
@@ -21,3 +21,9 @@ def test_a_run_that_loses_events_is_not_bounded():
         return {"rate_per_s": rate, "events": 10, "reflected": 9, "freshness_p99_ms": 10.0}
     best, _ = find_max(losing, hi_per_s=50.0, steps=3, p99_bound_ms=1000.0)
     assert best == 0.0
+
+
+def test_without_a_bound_a_rate_is_sustainable_while_freshness_does_not_grow():
+    steady = {"events": 10, "reflected": 10, "freshness_p99_ms": 4000.0, "freshness_p50_ms_by_half": [2000.0, 2300.0]}
+    building = {**steady, "freshness_p50_ms_by_half": [2000.0, 6000.0]}
+    assert is_bounded(steady, p99_bound_ms=None) and not is_bounded(building, p99_bound_ms=None)
