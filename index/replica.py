@@ -27,9 +27,8 @@ from index.candidates import (
 )
 from index.covisitation import Covisitation
 from index.item_index import IndexConfig, ItemIndex
+from runtime.features import feature_handler
 from runtime.tail import TopicTail
-from schemas.codec import decode
-from schemas.errors import SchemaError
 from schemas.records import ItemEmbedding
 
 log = logging.getLogger(__name__)
@@ -125,33 +124,6 @@ class CatalogReplica:
         return sum(len(index) for index in self.by_dim.values())
 
 
-def embedding_handler(replica: CatalogReplica) -> Callable[[list], None]:
-    """Apply a poll's worth of item-embeddings messages to `replica` (last record per item wins)."""
-
-    def handle(messages: list) -> None:
-        upserts: dict[str, ItemEmbedding] = {}
-        removed: list[str] = []
-        for message in messages:
-            if message.value is None:  # tombstone: the item is gone
-                key = (message.key or b"").decode("utf-8", "replace")
-                upserts.pop(key, None)
-                removed.append(key)
-                continue
-            try:
-                record = decode(message.value, ItemEmbedding)
-            except SchemaError as err:
-                replica.decode_errors += 1
-                log.warning("skipping bad embedding at %s[%d]@%d: %s", message.topic, message.partition,
-                            message.offset, err)
-                continue
-            upserts[record.item_id] = record
-        if removed:
-            replica.remove(removed)
-        replica.apply(list(upserts.values()))
-
-    return handle
-
-
 def embedding_follower(consumer_factory: Callable[[], object], topic: str, replica: CatalogReplica) -> TopicTail:
     """The thread that keeps `replica` in step with the item-embeddings topic."""
-    return TopicTail(consumer_factory, topic, embedding_handler(replica))
+    return TopicTail(consumer_factory, topic, feature_handler(replica))

@@ -75,8 +75,10 @@ class ItemFeatures:
         return len(self._vectors)
 
 
-def feature_handler(store: ItemFeatures) -> Callable[[list], None]:
-    """Apply a poll's worth of item-embeddings messages to `store` (last record per item wins)."""
+def feature_handler(store) -> Callable[[list], None]:
+    """Apply a poll's worth of item-embeddings messages to `store` (last record per item wins): an
+    `ItemFeatures` here, or any store with `apply(records)`, `remove(item_ids)` and a
+    `decode_errors` count (the streams worker's FAISS catalogue replica uses the same handler)."""
 
     def handle(messages: list) -> None:
         upserts: dict[str, ItemEmbedding] = {}
