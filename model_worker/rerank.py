@@ -49,9 +49,11 @@ class RerankConfig:
     """weight of the retrieval score added to the log-likelihood"""
     max_batch_requests: int = 16
     """requests encoded and decoded together"""
-    catalogue_k: int = 100
+    catalogue_k: int = 0
     """item-token models also retrieve: their best `catalogue_k` items over the whole catalogue
-    (history and candidates excluded) join each request's candidates (0: re-rank only)"""
+    (history and candidates excluded) join each request's candidates. 0 (re-rank only) by default:
+    with the default recipe's 50-minute model, the model's own full-catalogue ranking (Beauty HR@10
+    0.064) is below its re-ranking of co-visitation candidates (0.078)"""
 
     def __post_init__(self) -> None:
         template = TEMPLATES.get(self.template_id)

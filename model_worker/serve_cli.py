@@ -55,5 +55,5 @@ def register(commands, bench) -> None:
                    help="serve /metrics, /healthz, /readyz on this port (off by default)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
     p.add_argument("--prompt-history-len", type=int, default=20, help="latest history items written into the prompt")
-    p.add_argument("--catalogue-k", type=int, default=100,
+    p.add_argument("--catalogue-k", type=int, default=0,
                    help="item-token models: their best K catalogue items join each request's candidates (0: off)")

@@ -231,7 +231,7 @@ def register(commands, bench) -> None:
     p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
     p.add_argument("--prompt-history-len", type=int, default=20)
     p.add_argument("--max-batch", type=int, default=32, help="model worker batch")
-    p.add_argument("--catalogue-k", type=int, default=100,
+    p.add_argument("--catalogue-k", type=int, default=0,
                    help="item-token models add their best K catalogue items to the candidates (0: re-rank only)")
     p.add_argument("--coalesce-ms", type=int, default=50, help="streams worker coalescing window")
     p.add_argument("--timeout", type=float, default=1800.0, help="limit of each phase, seconds")
