@@ -59,7 +59,10 @@ def values(messages) -> list[int]:
 
 @pytest.mark.parametrize("crash", [True, False], ids=["sigkill", "sigterm"])
 def test_a_broker_restart_loses_no_acknowledged_record_and_clients_reconnect(durable_broker, crash):
-    cfg = KafkaConfig(bootstrap_servers=durable_broker.bootstrap, session_timeout_ms=3000, heartbeat_interval_ms=500)
+    # A longer fetch wait than the low-latency default: every fetch reaches the object store here, and
+    # 10 ms waits from several idle consumers keep the local S3 server saturated.
+    cfg = KafkaConfig(bootstrap_servers=durable_broker.bootstrap, session_timeout_ms=3000, heartbeat_interval_ms=500,
+                      fetch_max_wait_ms=500)
     topics = TopicConfig(prefix="durable.", partitions=3)
     create_topics(cfg, topics, (INTERACTIONS,))
     topic = topics.name(INTERACTIONS)
@@ -67,9 +70,11 @@ def test_a_broker_restart_loses_no_acknowledged_record_and_clients_reconnect(dur
     steady.start()
     reader = consumer(cfg, "durable-readers", [topic])
     read_before: list[int] = []
-    while len(read_before) < 100:
+    deadline = time.monotonic() + 60
+    while len(read_before) < 100 and time.monotonic() < deadline:
         for records in reader.poll(timeout_ms=500).values():
             read_before.extend(values(records))
+    assert len(read_before) >= 100, "the consumer read nothing from the durable broker within 60 s"
     offsets = {tp: OffsetAndMetadata(reader.position(tp), "", -1) for tp in reader.assignment()}
     reader.commit(offsets)
 
