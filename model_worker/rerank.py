@@ -149,13 +149,13 @@ class Reranker:
         -inf) for unseen items without a usable feature."""
         vocab, dim = self.model.item_vocabulary, self.model.config.image_feature_dim
         tokens = torch.full((len(request.candidates), table.shape[1]), float("nan"), device=table.device)
+        rows = [vocab.row(item) for item in request.candidates]
+        known = [c for c, row in enumerate(rows) if row is not None]
+        if known:  # one gather for every candidate the vocabulary knows
+            tokens[known] = table[torch.tensor([rows[c] for c in known], device=table.device)]
         unseen, found = [], []
-        for c, item in enumerate(request.candidates):
-            row = vocab.row(item)
-            if row is not None:
-                tokens[c] = table[row]
-                continue
-            feature = lookup.get(item) if lookup is not None else None
+        for c in (c for c, row in enumerate(rows) if row is None):
+            feature = lookup.get(request.candidates[c]) if lookup is not None else None
             if feature is not None and len(feature) == dim:
                 unseen.append(c)
                 found.append(torch.as_tensor(feature, dtype=torch.float32))

@@ -381,11 +381,19 @@ def cold_start_metrics(model, context: EvalContext, *, max_len: int, cold: froze
 
 
 def _sequential_only(scorer, context: EvalContext) -> list[int]:
-    rng, ranks = np.random.default_rng(context.config.sample_seed), []
-    for start in range(0, len(context.examples), 256):
-        chunk = context.examples[start:start + 256]
+    return next_item_ranks(scorer, context.examples, exclude_history=context.config.exclude_history,
+                           seed=context.config.sample_seed)
+
+
+def next_item_ranks(scorer, examples: Sequence[Example], *, exclude_history: bool = True, seed: int = 0
+                    ) -> list[int]:
+    """Whole-catalogue rank of each example's target under `scorer` (ties broken at random, seeded;
+    history items ranked last when `exclude_history`)."""
+    rng, ranks = np.random.default_rng(seed), []
+    for start in range(0, len(examples), 256):
+        chunk = examples[start:start + 256]
         for row, example in zip(scorer.scores([e.history for e in chunk]), chunk, strict=True):
-            row = _mask_history(row, example, True) if context.config.exclude_history else row
+            row = _mask_history(row, example, True) if exclude_history else row
             ranks.append(rank_of_target(row, example.target, rng=rng))
     return ranks
 

@@ -236,16 +236,10 @@ class Validator:
         self.best: tuple[float, dict] | None = None
 
     def __call__(self, model, *, step: int, elapsed_s: float) -> float:
-        from .evaluate import ItemTokenScorer
-        from .metrics import rank_metrics, rank_of_target
+        from .evaluate import ItemTokenScorer, next_item_ranks
+        from .metrics import rank_metrics
 
-        scorer, rng, ranks = ItemTokenScorer(model, max_len=self.max_len), np.random.default_rng(0), []
-        for start in range(0, len(self.examples), 256):
-            chunk = self.examples[start:start + 256]
-            for row, example in zip(scorer.scores([e.history for e in chunk]), chunk, strict=True):
-                row[list(set(example.history))] = -np.inf
-                ranks.append(rank_of_target(row, example.target, rng=rng))
-        hr10 = rank_metrics(ranks)["hr@10"]
+        hr10 = rank_metrics(next_item_ranks(ItemTokenScorer(model, max_len=self.max_len), self.examples))["hr@10"]
         self.history.append({"stage": model.stage, "step": step, "elapsed_s": round(elapsed_s, 1), "hr@10": hr10})
         if self.best is None or hr10 > self.best[0]:
             self.best = (hr10, {k: v.detach().clone() for k, v in model.state_dict().items()})
