@@ -447,6 +447,36 @@ def cold_items(n_items: int, share: float, seed: int) -> frozenset[int]:
     return frozenset(int(i) for i in np.random.default_rng([seed, 7]).choice(n_items, count, replace=False) + 1)
 
 
+def validation_users(split: LeaveOneOut, count: int, seed: int) -> frozenset[int]:
+    """A seeded sample of `count` users with a validation example: the users a run validates on."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(split.valid), size=min(count, len(split.valid)), replace=False)
+    return frozenset(split.valid[i].user for i in chosen)
+
+
+def with_validation_items(split: LeaveOneOut, keep_out: frozenset[int]) -> LeaveOneOut:
+    """The split whose training sequences also end with each user's validation item, except the
+    users in `keep_out` (they stay the validation users). Test examples are unchanged: the test item
+    is never trained on, and the most recent interactions are no longer left out of training."""
+    extended = {e.user: (*e.history, e.target) for e in split.valid if e.user not in keep_out}
+    return replace(split, train=tuple(extended.get(user, seq) for user, seq in enumerate(split.train, start=1)),
+                   valid=tuple(e for e in split.valid if e.user in keep_out))
+
+
+SPLIT_FIELDS = ("train_on_valid", "validate_users", "seed", "cold_items_share")  # the keywords of training_split
+
+
+def training_split(data: RecData, *, train_on_valid: bool = False, validate_users: int = 2000, seed: int = 0,
+                   cold_items_share: float = 0.0) -> LeaveOneOut:
+    """The split a run trains on (and its baselines are fitted on): leave-one-out, then optionally
+    the validation items of all but `validate_users` seeded users, then a seeded share of cold items
+    removed from training. The keywords are the run's `TrainConfig` fields of the same names."""
+    split = leave_one_out(data.sequences)
+    if train_on_valid:
+        split = with_validation_items(split, validation_users(split, validate_users, seed))
+    return without_items(split, cold_items(data.n_items, cold_items_share, seed))
+
+
 def without_items(split: LeaveOneOut, items: frozenset[int]) -> LeaveOneOut:
     """The split with `items` removed from every training sequence (evaluation examples unchanged)."""
     if not items:

@@ -32,7 +32,16 @@ import torch
 
 from .baselines import Markov, NextId, Popularity
 from .candidates import CoVisitCandidates
-from .data import DataConfig, Example, RecData, cold_items, direct_candidates, leave_one_out, load_data
+from .data import (
+    SPLIT_FIELDS,
+    DataConfig,
+    Example,
+    RecData,
+    cold_items,
+    direct_candidates,
+    load_data,
+    training_split,
+)
 from .metrics import rank_in_list, rank_metrics, rank_of_target, text_metrics
 from .sasrec import SASRecConfig, SASRecScorer
 from .tasks import explanation_from, image_lookup, shuffled
@@ -106,10 +115,14 @@ class EvalContext:
     train: tuple[tuple[int, ...], ...]
     config: EvalConfig
     rerank: tuple[tuple[int, ...], ...] = ()  # per example: the generator's top candidates, best first
+    rerank_scores: tuple[tuple[float, ...], ...] = ()  # their generator scores (co-visitation weight)
 
 
-def make_context(data: RecData, config: EvalConfig) -> EvalContext:
-    split = leave_one_out(data.sequences)
+def make_context(data: RecData, config: EvalConfig, trained: dict | None = None) -> EvalContext:
+    """`trained`: the run's training config (`train_config.json` "train"); the baselines and the
+    candidate generator are fitted on the sequences the run trained on, and the validation split
+    holds only the users whose validation item the run did not train on."""
+    split = training_split(data, **{k: v for k, v in (trained or {}).items() if k in SPLIT_FIELDS})
     examples = split.test if config.split == "test" else split.valid
     if config.max_users is not None and config.max_users < len(examples):
         chosen = np.sort(np.random.default_rng(config.sample_seed).choice(len(examples), config.max_users,
@@ -118,8 +131,10 @@ def make_context(data: RecData, config: EvalConfig) -> EvalContext:
     candidates = tuple(direct_candidates(e, data.sequences[e.user - 1], data.n_items, seed=config.negatives_seed,
                                          count=config.direct_negatives) for e in examples)
     generator = CoVisitCandidates(split.train, data.n_items)
-    rerank = tuple(tuple(generator.candidates(e.history, config.rerank_candidates)[0]) for e in examples)
-    return EvalContext(data, tuple(examples), candidates, split.train, config, rerank)
+    generated = [generator.candidates(e.history, config.rerank_candidates) for e in examples]
+    return EvalContext(data, tuple(examples), candidates, split.train, config,
+                       rerank=tuple(tuple(items) for items, _ in generated),
+                       rerank_scores=tuple(tuple(scores) for _, scores in generated))
 
 
 def batches(items: Sequence, size: int):
@@ -162,6 +177,45 @@ def rerank_rank(scores: np.ndarray, candidates: Sequence[int], target: int, rng:
     if target not in candidates:
         return MISS
     return rank_of_target(scores[list(candidates)], list(candidates).index(target), rng=rng)
+
+
+FUSION_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def candidate_log_probs(scorer, context: EvalContext) -> list[np.ndarray]:
+    """Per example: the scorer's log-probability (softmax over the catalogue) of each candidate."""
+    out = []
+    for start in range(0, len(context.examples), 256):
+        chunk = context.examples[start:start + 256]
+        scores = scorer.scores([e.history for e in chunk])
+        scores = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+        out.extend(row[list(c)] for row, c in zip(scores, context.rerank[start:start + 256], strict=True))
+    return out
+
+
+def fused_ranks(log_probs: Sequence[np.ndarray], context: EvalContext, weight: float) -> list[int]:
+    """Ranks under model log-probability + weight * log(1 + co-visitation weight) (popularity-filled
+    candidates have no co-visitation and add 0)."""
+    rng, ranks = np.random.default_rng(context.config.sample_seed), []
+    for model, generator, items, example in zip(log_probs, context.rerank_scores, context.rerank, context.examples,
+                                                strict=True):
+        if example.target not in items:
+            ranks.append(MISS)
+            continue
+        fused = model + weight * np.log1p(np.maximum(np.asarray(generator), 0.0))
+        ranks.append(rank_of_target(fused, items.index(example.target), rng=rng))
+    return ranks
+
+
+def fused_metrics(scorer, context: EvalContext, validation: EvalContext) -> dict:
+    """The model's score fused with the candidate generator's, the weight chosen on `validation`
+    (the run's validation users) by NDCG@10 from `FUSION_WEIGHTS`."""
+    held_out = candidate_log_probs(scorer, validation)
+    by_weight = {w: rank_metrics(fused_ranks(held_out, validation, w))["ndcg@10"] for w in FUSION_WEIGHTS}
+    weight = max(by_weight, key=lambda w: (by_weight[w], -w))
+    return {**rank_metrics(fused_ranks(candidate_log_probs(scorer, context), context, weight)), "weight": weight,
+            "validation_ndcg@10": {str(w): round(v, 4) for w, v in by_weight.items()},
+            "n_validation_users": len(validation.examples)}
 
 
 def candidate_order_ranks(context: EvalContext) -> list[int]:
@@ -341,16 +395,21 @@ def _for_template(context: EvalContext, template: str) -> EvalContext:
     return replace(context, examples=context.examples[:limit], candidates=context.candidates[:limit])
 
 
-def evaluate_item_tokens(model, context: EvalContext, *, max_len: int, cold: frozenset[int]) -> dict:
+def evaluate_item_tokens(model, context: EvalContext, *, max_len: int, cold: frozenset[int],
+                         validation: EvalContext | None = None) -> dict:
     """Sequential, sampled direct and rerank metrics of an item-token model (one pass per batch of
-    histories scores the whole catalogue), and cold-start items with and without content."""
+    histories scores the whole catalogue), the rerank fused with the candidate score (weight chosen
+    on `validation`), and cold-start items with and without content."""
     started = time.monotonic()
-    ranks = baseline_ranks(ItemTokenScorer(model, max_len=max_len), context)
+    scorer = ItemTokenScorer(model, max_len=max_len)
+    ranks = baseline_ranks(scorer, context)
     out = {"sequential": {"n_users": len(ranks["sequential"]), **rank_metrics(ranks["sequential"])},
            "direct": {"sampled": "1 target + 99 untouched negatives", **rank_metrics(ranks["direct"])},
            "rerank": {"model": rank_metrics(ranks["rerank"]),
                       "candidates": rank_metrics(candidate_order_ranks(context)),
                       "n_candidates": context.config.rerank_candidates}}
+    if validation is not None and validation.examples:
+        out["rerank"]["fused"] = fused_metrics(scorer, context, validation)
     if cold:
         out["cold_start"] = cold_start_metrics(model, context, max_len=max_len, cold=cold)
     out["explanation"] = {"skipped": "item-token runs train the sequential task; explanations need a digits run"}
@@ -466,7 +525,7 @@ def evaluate(config: EvalConfig, *, model_dir: str | None = None, data_config: D
         raise ValueError("evaluate needs a model_dir or a data_config")
     started = time.monotonic()
     data = load_data(data_config)
-    context = make_context(data, config)
+    context = make_context(data, config, record.get("train"))
     result: dict = {"numbering": data.numbering, "n_users": len(context.examples), "split": config.split,
                     "data": data.summary(), "stages": [], "model": None}
     if model is not None:
@@ -475,7 +534,10 @@ def evaluate(config: EvalConfig, *, model_dir: str | None = None, data_config: D
         if model.item_tokens is not None:
             train = record.get("train", {})
             cold = cold_items(data.n_items, train.get("cold_items_share", 0.0), train.get("seed", 0))
-            result.update(evaluate_item_tokens(model, context, max_len=train.get("max_len", 50), cold=cold))
+            validation_users = train.get("validate_users", 2000)
+            validation = make_context(data, replace(config, split="valid", max_users=validation_users), train)
+            result.update(evaluate_item_tokens(model, context, max_len=train.get("max_len", 50), cold=cold,
+                                               validation=validation))
         else:
             result.update(evaluate_model(model, context))
     result["baselines"] = evaluate_baselines(context)

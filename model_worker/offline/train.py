@@ -36,7 +36,7 @@ import torch
 from model_worker.training import lr_factor, make_optimizer, train_step
 from model_worker.vip5model.config import PRESETS, STAGES, VIP5Config
 
-from .data import DataConfig, LeaveOneOut, RecData, cold_items, leave_one_out, load_data, without_items
+from .data import DataConfig, LeaveOneOut, RecData, load_data, training_split, validation_users
 from .tasks import SequenceSampler, TaskConfig, TrainingSampler, image_lookup, tokenizer_corpus
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,10 @@ class TrainConfig:
     where the data has no image features) or "none"; max_len: training items per sequence (tokens);
     validate_every_s / validate_users: next-item HR@10 on a seeded sample of validation users every
     so often, keeping the best model (tokens); cold_items_share: a seeded share of items removed from
-    every training sequence, to measure how items that arrive after training are served."""
+    every training sequence, to measure how items that arrive after training are served;
+    train_on_valid: training sequences also end with the validation item of every user but the
+    `validate_users` validation users (the test item is never trained on; the baselines of
+    `vip5 evaluate` are fitted on the same sequences)."""
 
     out_dir: str
     preset: str = "mini"
@@ -84,6 +87,7 @@ class TrainConfig:
     validate_every_s: float = 300.0
     validate_users: int = 2000
     cold_items_share: float = 0.0
+    train_on_valid: bool = True
 
     def __post_init__(self) -> None:
         if self.item_ids not in ("tokens", "digits"):
@@ -228,9 +232,8 @@ class Validator:
     """Next-item HR@10 on a seeded sample of validation users; keeps the best weights seen."""
 
     def __init__(self, split: LeaveOneOut, train: TrainConfig):
-        rng = np.random.default_rng(train.seed)
-        chosen = rng.choice(len(split.valid), size=min(train.validate_users, len(split.valid)), replace=False)
-        self.examples = [split.valid[i] for i in np.sort(chosen)]
+        users = validation_users(split, train.validate_users, train.seed)
+        self.examples = [e for e in split.valid if e.user in users]
         self.max_len, self.every_s = train.max_len, train.validate_every_s
         self.history: list[dict] = []
         self.best: tuple[float, dict] | None = None
@@ -337,8 +340,8 @@ def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, re
     torch.set_num_threads(config.threads)
     out = Path(config.out_dir)
     data = with_content(load_data(data_config), config, out, content_encoder)
-    split = leave_one_out(data.sequences)
-    split = without_items(split, cold_items(data.n_items, config.cold_items_share, config.seed))
+    split = training_split(data, train_on_valid=config.train_on_valid, validate_users=config.validate_users,
+                           seed=config.seed, cold_items_share=config.cold_items_share)
     if config.item_ids == "tokens":
         sampler, images = SequenceSampler(split, bos=data.n_items + 1, max_len=config.max_len), {}
     else:

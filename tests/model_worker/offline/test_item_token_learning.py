@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from model_worker.offline.baselines import Popularity
-from model_worker.offline.data import DataConfig, leave_one_out, load_data
+from model_worker.offline.data import DataConfig, load_data, training_split
 from model_worker.offline.evaluate import ItemTokenScorer, load_run
 from model_worker.offline.metrics import rank_metrics, rank_of_target
 from model_worker.offline.tasks import TaskConfig
@@ -18,8 +18,7 @@ from model_worker.offline.train import TrainConfig, train
 SLICE = Path(__file__).resolve().parents[2] / "data" / "beauty_slice"
 
 
-def _validation_hr10(scorer, data) -> float:
-    valid = leave_one_out(data.sequences).valid
+def _validation_hr10(scorer, valid) -> float:
     rng, ranks = np.random.default_rng(0), []
     for start in range(0, len(valid), 512):
         chunk = valid[start:start + 512]
@@ -36,9 +35,10 @@ def test_a_short_training_on_a_slice_of_beauty_beats_popularity(tmp_path):
     train(data_config, TaskConfig(), config)
     model, _, _ = load_run(tmp_path)
     data = load_data(data_config)
-    popularity = Popularity(leave_one_out(data.sequences).train, data.n_items)
-    model_hr10, popularity_hr10 = _validation_hr10(ItemTokenScorer(model), data), _validation_hr10(popularity, data)
-    assert model_hr10 > popularity_hr10 * 1.5, (model_hr10, popularity_hr10)
+    split = training_split(data, train_on_valid=config.train_on_valid, validate_users=config.validate_users)
+    popularity = Popularity(split.train, data.n_items)
+    model_hr10 = _validation_hr10(ItemTokenScorer(model), split.valid)
+    assert model_hr10 > _validation_hr10(popularity, split.valid) * 1.5, model_hr10
 
 
 def test_an_item_token_run_saves_its_item_keys_and_scores_the_same_after_loading(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 
 from model_worker.offline.data import (
     DataConfig,
+    RecData,
     explanation_sentence,
     leave_one_out,
     load_amazon_reviews,
@@ -14,6 +15,7 @@ from model_worker.offline.data import (
     load_p5_folder,
     reindex_items,
     sample_negatives,
+    training_split,
 )
 
 
@@ -108,3 +110,17 @@ def test_negatives_avoid_touched_items_and_are_reproducible(beauty_dir):
 def test_negatives_refuse_when_too_few_untouched_items():
     with pytest.raises(ValueError, match="untouched"):
         sample_negatives(range(1, 95), 100, user=1, seed=0)
+
+
+def test_a_run_trains_on_validation_items_except_its_validation_users_and_never_on_test_items():
+    sequences = [(1, 2, 3, 4), (5, 6, 7), (8, 9, 10, 11, 12), (1, 5)]
+    data = RecData(name="tiny", sequences=sequences, user_keys=("a", "b", "c", "d"), item_keys=tuple(str(i) for i in range(1, 13)))
+    split = training_split(data, train_on_valid=True, validate_users=1, seed=0)
+    (kept_out,) = [e.user for e in split.valid]
+    for user, (items, trained) in enumerate(zip(sequences, split.train, strict=True), start=1):
+        if len(items) < 3:
+            assert trained == items
+        else:
+            assert trained == (items[:-2] if user == kept_out else items[:-1])
+    assert [e.history + (e.target,) for e in split.test] == [s for s in sequences if len(s) >= 3]
+    assert training_split(data).train == leave_one_out(sequences).train

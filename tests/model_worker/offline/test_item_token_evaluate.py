@@ -1,0 +1,53 @@
+"""`evaluate` of an item-token run: the documented keys, and the fused re-rank score."""
+
+from pathlib import Path
+
+import numpy as np
+
+from model_worker.offline.data import DataConfig, Example
+from model_worker.offline.evaluate import (
+    MISS,
+    EvalConfig,
+    EvalContext,
+    evaluate,
+    fused_ranks,
+)
+from model_worker.offline.tasks import TaskConfig
+from model_worker.offline.train import TrainConfig, train
+
+SLICE = Path(__file__).resolve().parents[2] / "data" / "beauty_slice"
+
+
+def test_evaluating_an_item_token_run_reports_rerank_fused_and_cold_start(tmp_path):
+    config = TrainConfig(out_dir=str(tmp_path), content="none", stages=("pretrain",), pretrain_steps=2, batch_size=8,
+                         validate_every_s=1e9, validate_users=50, cold_items_share=0.05, threads=1)
+    train(DataConfig(str(SLICE)), TaskConfig(), config)
+    result = evaluate(EvalConfig(max_users=200, baselines=("popularity", "markov"), threads=1), model_dir=str(tmp_path))
+    metrics = {"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10"}
+    assert metrics <= set(result["sequential"]) and result["sequential"]["n_users"] == 200
+    assert metrics <= set(result["rerank"]["model"]) and metrics <= set(result["rerank"]["candidates"])
+    fused = result["rerank"]["fused"]
+    assert metrics <= set(fused) and fused["n_validation_users"] == 50
+    assert str(fused["weight"]) in fused["validation_ndcg@10"]
+    assert {"n_users", "n_items"} <= set(result["cold_start"])
+    for name in ("popularity", "markov"):
+        assert metrics <= set(result["baselines"][name]["rerank"])
+
+
+def _context(examples, rerank, scores) -> EvalContext:
+    return EvalContext(data=None, examples=tuple(examples), candidates=(), train=(), config=EvalConfig(),
+                       rerank=tuple(map(tuple, rerank)), rerank_scores=tuple(map(tuple, scores)))
+
+
+def test_fusion_weight_zero_is_the_model_order_and_a_large_weight_follows_co_visitation():
+    examples = [Example(1, (9,), 3), Example(2, (9,), 5)]
+    rerank, covisit = [(1, 2, 3), (4, 5, 6)], [(0.5, 4.0, 1.0), (-1.0, 2.0, 3.0)]
+    model = [np.log([0.2, 0.1, 0.7]), np.log([0.6, 0.3, 0.1])]
+    context = _context(examples, rerank, covisit)
+    assert fused_ranks(model, context, 0.0) == [0, 1]  # 0-based ranks
+    assert fused_ranks(model, context, 100.0) == [1, 1]  # item 2 before 3; item 6 before 5
+
+
+def test_a_target_outside_the_candidates_is_a_miss_whatever_the_weight():
+    context = _context([Example(1, (9,), 7)], [(1, 2)], [(1.0, 2.0)])
+    assert fused_ranks([np.log([0.5, 0.5])], context, 1.0) == [MISS]
