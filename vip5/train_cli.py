@@ -38,9 +38,9 @@ def train_command(args: argparse.Namespace) -> dict:
     from model_worker.offline.tasks import TaskConfig
     from model_worker.offline.train import TrainConfig, read_run_config, train
 
-    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    stages = None if args.stages is None else tuple(s.strip() for s in args.stages.split(",") if s.strip())
     config = TrainConfig(
-        out_dir=args.out, preset=args.preset, stages=stages, pretrain_steps=args.pretrain_steps,
+        out_dir=args.out, preset=args.preset, backbone=args.backbone, stages=stages, pretrain_steps=args.pretrain_steps,
         adapt_steps=args.adapt_steps, batch_size=args.batch_size, lr=args.lr, warmup_fraction=args.warmup,
         grad_clip=args.grad_clip, time_budget_s=args.time_budget_s, checkpoint_every=args.checkpoint_every,
         threads=args.threads, seed=args.seed, item_ids=args.item_ids, content=args.content,
@@ -100,10 +100,16 @@ def evaluate_command(args: argparse.Namespace) -> dict:
 def register(commands, bench) -> None:
     del bench
     train = add_command(commands, "train", train_command,
-                        help="offline training: pretrain the small backbone from scratch, then adapters")
+                        help="offline training: a preset backbone from scratch then adapters, or adapters "
+                        "on a pretrained T5 (--backbone)")
     _data_args(train, required=False)
     train.add_argument("--out", required=True, help="run directory (checkpoints, final model, configs)")
-    train.add_argument("--preset", default="mini", help="backbone preset: mini, tiny, small, t5-small")
+    backbone = train.add_mutually_exclusive_group()
+    backbone.add_argument("--preset", default="mini",
+                          help="backbone preset with random weights: mini, tiny, small, t5-small, t5-base")
+    backbone.add_argument("--backbone", default=None, metavar="NAME_OR_PATH",
+                          help="pretrained T5: hub name (google-t5/t5-small: cached weights or hub access) or "
+                          "local folder with weights and tokenizer; frozen, only the adapter stage runs by default")
     train.add_argument("--item-ids", choices=("tokens", "digits"), default="tokens",
                        help="one token per item + content vector (default) or the paper's digit-piece ids")
     train.add_argument("--content", choices=("text", "none"), default="text",
@@ -113,7 +119,8 @@ def register(commands, bench) -> None:
                        help="validation HR@10 this often; the best model is kept (item tokens)")
     train.add_argument("--cold-items-share", type=float, default=0.0,
                        help="seeded share of items held out of training (cold-start measurement)")
-    train.add_argument("--stages", default="pretrain,adapt", help="comma-separated, in order")
+    train.add_argument("--stages", default=None,
+                       help="comma-separated, in order (default: pretrain,adapt for a preset, adapt for --backbone)")
     train.add_argument("--pretrain-steps", type=int, default=12000)
     train.add_argument("--adapt-steps", type=int, default=600)
     train.add_argument("--batch-size", type=int, default=128, help="sequences (tokens) or prompts (digits) per step")

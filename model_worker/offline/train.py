@@ -2,7 +2,8 @@
 
 In:  a `DataConfig` (dataset, item numbering), a `TaskConfig` (prompt sampling), a `TrainConfig`.
 Out: under `out_dir`:
-  train_config.json    every config of the run (data, tasks, training, model)
+  train_config.json    every config of the run (data, tasks, training), and with a pretrained
+                       backbone its "backbone_origin": {name, sha256 of its weights}
   tokenizer/           the tokenizer built from templates + training explanations (preset backbones)
   pretrained/          model directory after stage "pretrain" (the frozen backbone of stage "adapt")
   checkpoint/          the latest checkpoint: state.json (stage, step, elapsed, losses) +
@@ -11,12 +12,15 @@ Out: under `out_dir`:
   model/               the final model directory; `vip5_config.json` lists the stages that ran
   adapter/             the final adapter artifact (when stage "adapt" ran)
 
-Stages, as P5 then VIP5: "pretrain" trains the randomly initialised small backbone fully (no
-pretrained T5 exists offline); "adapt" freezes it and trains adapters, the image mapping network
-and layer norms. Each stage: AdamW, linear warmup then linear decay, gradient clipping. A stage ends
-after its steps or its share of `time_budget_s` (split in proportion to steps), whichever comes
-first; the learning rate decays on whichever of the two is further along, so a run cut by time
-still ends at a small learning rate. Resume continues from `checkpoint/` at the recorded stage and
+Stages, as P5 then VIP5: "pretrain" trains the randomly initialised preset backbone fully; "adapt"
+freezes it and trains adapters, the image mapping network and layer norms. A pretrained backbone
+(`backbone`: hub name or local folder, with its own SentencePiece tokenizer) runs "adapt" alone
+by default, the paper's setting; "pretrain" runs on it only when asked for.
+
+Each stage: AdamW, linear warmup then linear decay, gradient clipping. A stage ends after its steps
+or its share of `time_budget_s` (split in proportion to steps), whichever comes first; the
+learning rate decays on whichever of the two is further along, so a run cut by time still ends at
+a small learning rate. Resume continues from `checkpoint/` at the recorded stage and
 step (prompt sampling is seeded per step, so a resumed run draws the same batches).
 """
 
@@ -44,8 +48,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """out_dir: where everything is written; preset: backbone preset; stages: which stages run, in
-    order; pretrain_steps/adapt_steps: optimizer steps per stage; batch_size: prompts per step;
+    """out_dir: where everything is written; preset: backbone preset (random weights; ignored when
+    `backbone` is set); backbone: hub name or local folder of a pretrained T5 (weights + tokenizer),
+    None for the preset; stages: which stages run, in order (None: "pretrain" then "adapt" for a
+    preset, "adapt" alone for a pretrained backbone, which must not forget what it knows);
+    pretrain_steps/adapt_steps: optimizer steps per stage; batch_size: prompts per step;
     lr: peak learning rate (both stages; the paper uses 1e-3); warmup_fraction: share of a stage's
     steps spent warming up; weight_decay: AdamW; grad_clip: max gradient norm; time_budget_s:
     wall-clock limit of the whole run (None: steps only); checkpoint_every: steps between
@@ -65,7 +72,8 @@ class TrainConfig:
 
     out_dir: str
     preset: str = "mini"
-    stages: tuple[str, ...] = STAGES
+    backbone: str | None = None
+    stages: tuple[str, ...] | None = None  # a tuple after construction
     pretrain_steps: int = 12000
     adapt_steps: int = 600
     batch_size: int = 128
@@ -98,11 +106,16 @@ class TrainConfig:
             raise ValueError("TrainConfig.max_len must be >= 2, validate_users >= 1, validate_every_s > 0")
         if not 0 <= self.cold_items_share < 1:
             raise ValueError(f"TrainConfig.cold_items_share must be in [0, 1), got {self.cold_items_share}")
-        object.__setattr__(self, "stages", tuple(self.stages))
+        object.__setattr__(self, "stages", default_stages(self.backbone) if self.stages is None else tuple(self.stages))
         if not self.stages or any(s not in STAGES for s in self.stages) or len(set(self.stages)) != len(self.stages):
             raise ValueError(f"TrainConfig.stages must be distinct names from {STAGES}, got {self.stages}")
         if self.preset not in PRESETS:
             raise ValueError(f"TrainConfig.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.backbone is not None and (not self.backbone.strip() or self.backbone in PRESETS):
+            # "t5-small" names the preset (random weights); the hub checkpoint is "google-t5/t5-small"
+            raise ValueError(f"TrainConfig.backbone must be a hub name or a local folder of a pretrained T5, not "
+                             f"a preset name (presets go in TrainConfig.preset; the pretrained t5-small is "
+                             f"'google-t5/t5-small'), got {self.backbone!r}")
         for name in ("pretrain_steps", "adapt_steps", "batch_size", "checkpoint_every", "log_every", "threads"):
             if getattr(self, name) < (0 if name.endswith("_steps") else 1):
                 raise ValueError(f"TrainConfig.{name} is out of range: {getattr(self, name)}")
@@ -121,6 +134,11 @@ class TrainConfig:
             return math.inf
         total = sum(self.steps(s) for s in self.stages) or 1
         return self.time_budget_s * self.steps(stage) / total
+
+
+def default_stages(backbone: str | None) -> tuple[str, ...]:
+    """A preset starts from random weights and needs "pretrain"; a pretrained backbone stays frozen."""
+    return STAGES if backbone is None else ("adapt",)
 
 
 @dataclass
@@ -143,18 +161,27 @@ class StageState:
 def vip5_config(train: TrainConfig, data: RecData) -> VIP5Config:
     feature_dim = data.image_features.shape[1] if data.image_features is not None else 1280
     items = {"item_ids": "tokens", "n_items": data.n_items} if train.item_ids == "tokens" else {}
-    return VIP5Config(backbone=train.preset, image_feature_dim=feature_dim, dropout_rate=train.dropout_rate,
-                      **items, **train.model_overrides)
+    return VIP5Config(backbone=train.backbone or train.preset, image_feature_dim=feature_dim,
+                      dropout_rate=train.dropout_rate, **items, **train.model_overrides)
 
 
 def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
+    """A new model: a preset with a tokenizer built from the run's texts, or a pretrained backbone
+    with its own tokenizer, whose origin is then added to `<out_dir>/train_config.json`."""
     from model_worker.vip5model.model import VIP5Model
     from model_worker.vip5model.tokenizer import build_template_tokenizer
 
     config = vip5_config(train, data)
-    tokenizer = build_template_tokenizer([*tokenizer_corpus(data, split), config.sequence_prompt],
-                                         vocab_size=train.tokenizer_vocab, image_token=config.image_token)
+    tokenizer = None
+    if config.is_preset:
+        tokenizer = build_template_tokenizer([*tokenizer_corpus(data, split), config.sequence_prompt],
+                                             vocab_size=train.tokenizer_vocab, image_token=config.image_token)
     model = VIP5Model.build(config, tokenizer, seed=train.seed)
+    if model.backbone_origin is not None:
+        record_backbone_origin(Path(train.out_dir), model.backbone_origin.to_dict())
+        if model.item_tokens is not None and "pretrain" not in train.stages:
+            log.warning("item_ids='tokens' on a frozen pretrained backbone: item id embeddings keep their random "
+                        "init in stage 'adapt' (only content vectors and adapters train); see --item-ids digits")
     if model.item_vocabulary is not None:
         from model_worker.vip5model.items import ItemVocabulary
 
@@ -169,6 +196,14 @@ def write_run_config(out: Path, data_config: DataConfig, tasks: TaskConfig, trai
     out.mkdir(parents=True, exist_ok=True)
     record = {"data": asdict(data_config), "tasks": asdict(tasks), "train": asdict(train)}
     (out / "train_config.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def record_backbone_origin(out: Path, origin: dict) -> None:
+    """Add the pretrained backbone's {name, sha256} to the run's train_config.json."""
+    path = out / "train_config.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**record, "backbone_origin": origin}, indent=2, sort_keys=True))
 
 
 def read_run_config(out: Path) -> tuple[DataConfig, TaskConfig, TrainConfig]:
@@ -382,7 +417,7 @@ def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, re
         (out / "validation.json").write_text(json.dumps(validator.history, indent=2))
     return {"out_dir": str(out), "stages": model.stages_run, "data": data.summary(),
             "validation": validator.history if validator is not None else [],
-            "model": {"preset": config.preset, **report}, "stage_runs": summaries,
+            "model": {"preset": config.preset, "backbone": config.backbone, **report}, "stage_runs": summaries,
             "train_s": round(sum(s["train_s"] for s in summaries), 1)}
 
 

@@ -5,6 +5,7 @@ Modules, in data-flow order:
   tokenizer.py   build_tokenizer / build_template_tokenizer (BPE, one token per digit) or load_tokenizer
   prompts.py     templates of the three task families -> Prompt(source, image_item_ids, target)
   encoding.py    PromptEncoder: prompts + image lookup -> EncodedBatch of tensors
+  backbone.py    pretrained T5 + its tokenizer by hub name / path, identified by a digest of its weights
   model.py       VIP5Model: image/whole-word/modality embeddings around T5, stages, parameter groups
   adapters/      bottleneck adapters (config.py, layer.py, model.py) and peft LoRA (lora.py)
   checkpoint.py  model directory and adapter-only artifacts (safetensors + manifest)

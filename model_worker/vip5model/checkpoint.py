@@ -1,7 +1,8 @@
 """Saving and loading VIP5: a full model directory, and adapter-only artifacts for hot swaps.
 
 Model directory (`save_model_dir` / `load_model_dir`, also `VIP5Model.save_pretrained/from_pretrained`):
-  vip5_config.json        {"format_version", "config": VIP5Config, "stages_run": [...]}
+  vip5_config.json        {"format_version", "config": VIP5Config, "stages_run": [...],
+                          "backbone_origin": {"name", "sha256"} of a pretrained backbone, else null}
   backbone/               stock T5 checkpoint (config.json + model.safetensors), loadable by transformers
   tokenizer/              the tokenizer (built or pretrained, with the image token)
   vip5_parts.safetensors  everything else: image mapping, "no image", whole-word and modality
@@ -12,9 +13,12 @@ Model directory (`save_model_dir` / `load_model_dir`, also `VIP5Model.save_pretr
 Adapter artifact (`save_adapter` / `read_adapter` + `apply_adapter`):
   adapter.safetensors     exactly the parameters stage "adapt" trains (adapters, image mapping,
                           "no image" tokens, layer norms)
-  adapter.json            {"format_version", "config", "stages_run", "backbone_sha256", "tensors": {name: shape}}
+  adapter.json            {"format_version", "config", "stages_run", "backbone_sha256", "backbone_origin",
+                           "tensors": {name: shape}}
 `backbone_sha256` hashes every parameter stage "adapt" keeps frozen, so an artifact is only applied
-to the backbone it was trained on. Loading checks key sets and shapes before copying anything.
+to the backbone it was trained on; `backbone_origin` (backbone.py) names the pretrained checkpoint
+it came from, so a refusal says which two backbones differ. Loading checks key sets and shapes
+before copying anything.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from .adapters import pure_backbone_state_dict
 from .adapters.lora import is_lora_key
+from .backbone import BackboneOrigin
 from .config import VIP5Config
 
 FORMAT_VERSION = 1
@@ -76,6 +81,7 @@ def save_adapter(model, path) -> Path:
         "config": model.config.to_dict(),
         "stages_run": list(model.stages_run),
         "backbone_sha256": backbone_sha256(model),
+        "backbone_origin": _origin_dict(model),
         "tensors": {n: list(t.shape) for n, t in tensors.items()},
     }
     save_file(tensors, str(path / "adapter.safetensors"))
@@ -105,9 +111,27 @@ def check_adapter(model, artifact: AdapterArtifact, *, check_backbone: bool = Tr
     targets = model.adapt_state_dict()
     _check_keys_and_shapes({n: list(t.shape) for n, t in targets.items()},
                            {n: list(t.shape) for n, t in artifact.tensors.items()}, "adapter")
-    if check_backbone and artifact.manifest["backbone_sha256"] != backbone_sha256(model):
-        raise ValueError("adapter was trained on a different backbone (backbone_sha256 mismatch)")
+    if check_backbone:
+        _check_backbone(model, artifact.manifest)
     return targets
+
+
+def _check_backbone(model, manifest: dict) -> None:
+    """Refuse an artifact made on another backbone: pretrained origins first (cheap, and the error
+    names both checkpoints), then the digest of every frozen parameter."""
+    theirs = BackboneOrigin.from_dict(manifest.get("backbone_origin"))
+    ours = getattr(model, "backbone_origin", None)
+    if theirs is not None and ours is not None and theirs.sha256 != ours.sha256:
+        raise ValueError(f"adapter was trained on a different backbone (backbone_sha256 mismatch): the adapter's "
+                         f"is {theirs.describe()}, this model's is {ours.describe()}")
+    if manifest["backbone_sha256"] != backbone_sha256(model):
+        where = f" (adapter from {theirs.describe()})" if theirs is not None else ""
+        raise ValueError(f"adapter was trained on a different backbone (backbone_sha256 mismatch){where}")
+
+
+def _origin_dict(model) -> dict | None:
+    origin = getattr(model, "backbone_origin", None)
+    return None if origin is None else origin.to_dict()
 
 
 def apply_adapter(model, artifact: AdapterArtifact, *, check_backbone: bool = True) -> None:
@@ -141,7 +165,8 @@ def save_model_dir(model, path) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "stages_run": list(model.stages_run)}
+    meta = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(), "stages_run": list(model.stages_run),
+            "backbone_origin": _origin_dict(model)}
     (path / "vip5_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     backbone = model.backbone
     if model.config.adapter_kind == "lora":  # save a stock T5 copy, without peft's renamed layers
@@ -172,6 +197,7 @@ def load_model_dir(path, model_cls):
     tokenizer = load_tokenizer(str(path / "tokenizer"), image_token=config.image_token)
     backbone = T5ForConditionalGeneration.from_pretrained(path / "backbone")
     model = model_cls(config, backbone, tokenizer)
+    model.backbone_origin = BackboneOrigin.from_dict(meta.get("backbone_origin"))
     parts = load_file(str(path / "vip5_parts.safetensors"))
     expected = {n: list(t.shape) for n, t in model.state_dict().items() if _is_part_key(n)}
     _check_keys_and_shapes(expected, {n: list(t.shape) for n, t in parts.items()}, f"{path} vip5_parts")

@@ -38,7 +38,8 @@ class VIP5Config:
     """Everything that shapes a VIP5 model. Field docs say what each one controls."""
 
     backbone: str = "tiny"
-    """preset name (see PRESETS) or a hub name / local directory of a T5 checkpoint"""
+    """preset name (see PRESETS) or a hub name / local directory of a T5 checkpoint; a preset name
+    wins, so the pretrained t5-small is "google-t5/t5-small" ("t5-small" is its shape, random)"""
     image_feature_dim: int = 1280
     """size of one item's image vector: 1280 for EfficientNet-Lite0, 512 for CLIP ViT-B/32"""
     image_tokens: int = 2

@@ -12,7 +12,7 @@ Encoder input embedding of a prompt:
   + modality embedding (0 text, 1 image)
 
 Two stages (`set_stage`): "pretrain" trains the backbone and the multimodal parts with adapters
-left at identity (needed offline, where no pretrained T5 exists); "adapt" freezes all of that and
+left at identity (for preset backbones, which start from random weights); "adapt" freezes all of that and
 trains only adapters, the image mapping network, the "no image" tokens and the backbone's layer
 norms. Whole-word and modality embeddings are frozen in "adapt" as in the paper (its 3.58%
 trainable share counts them frozen); the "no image" tokens train because they stand in for the
@@ -28,11 +28,11 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from .adapters import attach_adapters, is_adapter_param, pure_backbone_state_dict
+from .backbone import BackboneOrigin, load_pretrained_backbone
 from .checkpoint import apply_adapter, load_model_dir, read_adapter, save_adapter, save_model_dir
 from .config import STAGES, VIP5Config, preset_t5_config
 from .encoding import EncodedBatch, PromptEncoder
 from .items import ItemTokens, ItemVocabulary
-from .tokenizer import load_tokenizer
 
 GROUPS = ("backbone", "layer_norms", "adapters", "image_mapping", "id_embeddings", "item_embeddings")
 
@@ -79,27 +79,30 @@ class VIP5Model(nn.Module):
         self.stage: str | None = None
         self.stages_run: list[str] = []
         self._frozen_sha256: str | None = None
+        self.backbone_origin: BackboneOrigin | None = None  # pretrained backbones: where it came from
 
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
     def build(cls, config: VIP5Config, tokenizer=None, *, seed: int | None = None) -> VIP5Model:
         """A new model: preset backbones get random weights (needs `tokenizer`); otherwise the
-        backbone (and, if `tokenizer` is None, its tokenizer) load from the hub name / local path."""
+        backbone (and, if `tokenizer` is None, its tokenizer) load from the hub name / local path,
+        and `backbone_origin` records where from and the digest of the weights (see backbone.py)."""
         from transformers import T5ForConditionalGeneration
 
         if seed is not None:
             torch.manual_seed(seed)
-        if config.is_preset:
-            if tokenizer is None:
-                raise ValueError("a preset backbone needs a tokenizer (see tokenizer.build_tokenizer)")
-            t5_config = preset_t5_config(config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                         eos_token_id=tokenizer.eos_token_id)
-            backbone = T5ForConditionalGeneration(t5_config)
-        else:
-            tokenizer = tokenizer or load_tokenizer(config.backbone, image_token=config.image_token)
-            backbone = T5ForConditionalGeneration.from_pretrained(config.backbone)
-        return cls(config, backbone, tokenizer)
+        if not config.is_preset:
+            backbone, tokenizer, origin = load_pretrained_backbone(config.backbone, image_token=config.image_token,
+                                                                   tokenizer=tokenizer)
+            model = cls(config, backbone, tokenizer)
+            model.backbone_origin = origin
+            return model
+        if tokenizer is None:
+            raise ValueError("a preset backbone needs a tokenizer (see tokenizer.build_tokenizer)")
+        t5_config = preset_t5_config(config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
+        return cls(config, T5ForConditionalGeneration(t5_config), tokenizer)
 
     @classmethod
     def from_pretrained(cls, path) -> VIP5Model:
