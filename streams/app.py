@@ -2,6 +2,7 @@
 
     items (ItemUpsert)         ──► embed images in micro-batches ──► item-embeddings (ItemEmbedding)
     interactions (Interaction) ──► history table, candidates     ──► rerank-requests (RerankRequest)
+                                   (at most max_users users, none idle past user_idle_s: streams.retention)
     anything undecodable or failing                              ──► dead-letter (DeadLetter)
 
 Agents are thin: a few lines of `async for` that hand each batch of events to a handler
@@ -15,6 +16,7 @@ after a crash are read back directly (streams.gaps) and handled before the messa
 from __future__ import annotations
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 
 from runtime.kafka import faust_credentials
@@ -23,6 +25,11 @@ from streams.config import StreamsConfig
 from streams.gaps import GapFiller
 from streams.handlers import Intake, InteractionsHandler, ItemsHandler, StreamsContext
 from streams.transport import fetch_wait_transport
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition the producer's default partitioner (murmur2) gives `key`, as faust's does."""
+    return DefaultPartitioner()(key, list(range(partitions)), [])
 
 
 def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
@@ -67,6 +74,19 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
     intake = Intake(ctx, send, gaps=gaps)
     items = ItemsHandler(cfg, ctx, intake, send)
     interactions = InteractionsHandler(cfg, ctx, intake, send, history)
+
+    @history.on_recover
+    async def bound_restored_history() -> None:
+        # faust calls this after every rebalance, once the table holds what it restored. Its memory
+        # store keeps the keys this worker wrote for partitions it has since lost: they leave memory
+        # here without a tombstone (their new owner keeps them), so the bound counts this worker's
+        # users only and never deletes another worker's.
+        source = cfg.topics.name(INTERACTIONS)
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source}
+        store, partitions = history.data, cfg.topics.partitions_of(INTERACTIONS)
+        for key in [k for k in store if key_partition(k, partitions) not in owned]:
+            del store[key]
+        interactions.restore_retention()
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender, revoked, **kwargs) -> None:

@@ -30,6 +30,8 @@ def streams_config(args: argparse.Namespace):
         app_id=args.app_id or f"{topic_config(args).prefix}streams",
         data_dir=args.data_dir,
         history_len=args.history_len,
+        max_users=args.max_users,
+        user_idle_s=args.user_idle_s,
         coalesce_ms=args.coalesce_ms,
         text_encoder=args.text_encoder,
         one_record_per_batch=not args.batched_changelog,
@@ -63,6 +65,10 @@ def register(commands, bench) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
     p.add_argument("--history-len", type=int, default=50, help="items kept per user")
+    p.add_argument("--max-users", type=int, default=20_000,
+                   help="most users whose history this worker keeps; the least recently active is evicted first")
+    p.add_argument("--user-idle-s", type=float, default=30 * 86400.0,
+                   help="drop a user's history after this many seconds without an interaction (0: never)")
     p.add_argument("--coalesce-ms", type=int, default=0,
                    help="> 0: a user's interactions within this window become one request")
     p.add_argument("--metrics-port", type=int, default=None,

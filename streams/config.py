@@ -25,6 +25,14 @@ class StreamsConfig:
     data_dir: str = "runs/streams"  # faust's working directory
     history_len: int = 50  # items kept per user
     dedupe_window: int = 512  # latest event ids remembered per user for duplicate detection
+    # Bounded state, however many distinct users producers invent. A worker keeps the histories of
+    # at most max_users users (of its partitions; the least recently active is evicted first) and
+    # drops a user idle for longer than user_idle_s (0: no idle limit); evictions also delete the
+    # table entry (a changelog tombstone), so a restart restores no more. A user costs 8 KB in memory
+    # at 50 events and 50 KB with a full dedupe window (512 events; measured, see README), so the
+    # default holds at most ~1 GB. An evicted user's next interaction starts an empty history.
+    max_users: int = 20_000
+    user_idle_s: float = 30 * 86400.0
     coalesce_ms: int = 0  # > 0: a user's interactions within this window become one request
     coalesce_max: int = 64  # most interactions buffered per coalescing window
     image_batch_size: int = 16  # images embedded per micro-batch
@@ -45,13 +53,14 @@ class StreamsConfig:
     replica_wait_s: float = 30.0  # how long start-up waits for the embeddings replica to catch up
 
     def __post_init__(self) -> None:
-        positive = ("history_len", "dedupe_window", "coalesce_max", "image_batch_size", "image_batch_wait_ms",
-                    "stream_buffer_maxsize")
+        positive = ("history_len", "dedupe_window", "max_users", "coalesce_max", "image_batch_size",
+                    "image_batch_wait_ms", "stream_buffer_maxsize")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.coalesce_ms < 0:
-            raise ValueError(f"coalesce_ms: must be >= 0, got {self.coalesce_ms}")
+        for name in ("coalesce_ms", "user_idle_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder: must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
         if not self.app_id:

@@ -9,7 +9,9 @@
 An event is anything with `.message` (topic, partition, offset), `.key` and `.value` (raw bytes):
 faust's events in the app, plain namespaces in tests. Outputs go through `send(spec, key, value)`,
 an async callable the app binds to its faust topics; the history table is any mutable mapping
-(faust's Table in the app, a dict in tests). So a unit test drives a handler in process:
+(faust's Table in the app, a dict in tests), bounded by streams.retention: InteractionsHandler
+deletes the users past `max_users` or idle past `user_idle_s`. So a unit test drives a handler in
+process:
 
     handler = InteractionsHandler(cfg, ctx, Intake(ctx, send), send, history={})
     await handler.handle(events)
@@ -37,6 +39,7 @@ from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, ITEMS, RERANK_REQUESTS, TopicSpec
 from streams.config import StreamsConfig
 from streams.logic import apply_interactions, build_request, record_covisitation
+from streams.retention import UserRetention
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,7 @@ class InteractionsHandler:
     def __init__(self, cfg: StreamsConfig, ctx: StreamsContext, intake: Intake, send: Send,
                  history: MutableMapping[bytes, dict]):
         self.cfg, self.ctx, self.intake, self.send, self.history = cfg, ctx, intake, send, history
+        self.retention = UserRetention(max_users=cfg.max_users, user_idle_s=cfg.user_idle_s)
 
     async def handle(self, events) -> None:
         received_ms = now_ms()  # the stage "streams received" of the latency budget
@@ -173,11 +177,15 @@ class InteractionsHandler:
                           received_ms: int | None = None) -> None:
         """Update the user's history; publish a request reflecting the events not marked backfill."""
         cfg, ctx = self.cfg, self.ctx
+        active_ms = received_ms if received_ms is not None else now_ms()
         interactions = [i for _, i in pairs]
         key = user_id.encode()
         state, fresh = apply_interactions(self.history.get(key), interactions, history_len=cfg.history_len,
                                           dedupe_window=cfg.dedupe_window)
+        state["active_ms"] = active_ms  # kept in the table, so the order survives a restart
         self.history[key] = state
+        self.retention.touch(key, active_ms)
+        self.evict(active_ms)
         ctx.stats["interactions"] += len(interactions)
         ctx.stats["duplicates"] += len(interactions) - len(fresh)
         for interaction in fresh:
@@ -207,3 +215,20 @@ class InteractionsHandler:
         await self.send(RERANK_REQUESTS, key, encode(request))
         ctx.stats["requests"] += 1
         ctx.metrics.records_out.labels(topic=cfg.topics.name(RERANK_REQUESTS)).inc()
+
+    def evict(self, at_ms: int) -> None:
+        """Delete the users past the bound from the table (on faust's: a changelog tombstone each)."""
+        for key in self.retention.evictions(at_ms):
+            if key in self.history:  # not .pop: faust's table answers a missing key with its default
+                del self.history[key]
+            self.ctx.stats["users_evicted"] += 1
+
+    def restore_retention(self) -> None:
+        """Once the table holds what it restored (a start or a rebalance): rebuild the order from the
+        stored "active_ms" and evict what is past the bound now (e.g. after max_users was lowered)."""
+        now, evicted = now_ms(), self.ctx.stats["users_evicted"]
+        self.retention.restore(self.history.items(), now_ms=now)
+        self.evict(now)
+        log.info("user histories restored: %d kept, %d evicted (max_users %d, user_idle_s %.0f)",
+                 len(self.retention), self.ctx.stats["users_evicted"] - evicted, self.cfg.max_users,
+                 self.cfg.user_idle_s)

@@ -5,7 +5,8 @@
     UserState + Candidates                  ──► RerankRequest (request_id derived from the events)
 
 A user's state is a small dict so faust's table can store it as JSON:
-    {"items": [item ids, oldest first], "events": [recent event ids, oldest first]}
+    {"items": [item ids, oldest first], "events": [recent event ids, oldest first],
+     "active_ms": wall-clock time of the last interaction (set by the handler, for streams.retention)}
 """
 
 from __future__ import annotations

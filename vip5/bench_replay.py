@@ -211,7 +211,9 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
             work_dir=Path(tmp), model_dir=model_path(model_dir), topic_prefix="replay.", partitions=args.partitions,
             candidates=args.candidates, prompt_history_len=args.prompt_history_len,
             serve_args=("--max-batch", str(args.max_batch), "--catalogue-k", str(args.catalogue_k)),
-            streams_args=("--coalesce-ms", str(args.coalesce_ms)),
+            # every user of the log keeps its history, as in the offline evaluation it is compared with
+            streams_args=("--coalesce-ms", str(args.coalesce_ms),
+                          "--max-users", str(max(20_000, len({user for user, _ in replay_log.train})))),
             trainer_args=() if args.trainer else None, start_timeout_s=300.0)
         run = run_replay(data, replay_log, stack_cfg, timeout_s=args.timeout)
     result = score(data, replay_log, run["recommendations"], run["requests"], seed=args.seed, halves=args.trainer)

@@ -1,5 +1,6 @@
 """The streams worker against the embedded broker: items become embeddings, interactions become
-re-rank requests, bad input becomes dead letters, and user histories survive a restart."""
+re-rank requests, bad input becomes dead letters, user histories survive a restart, and users
+evicted by the history bound stay evicted after one."""
 
 import pytest
 
@@ -13,9 +14,9 @@ from vip5.processes import WorkerProcess
 pytestmark = pytest.mark.integration
 
 
-def start_streams(kafka_cfg, topics, tmp_path, name):
+def start_streams(kafka_cfg, topics, tmp_path, name, *extra):
     args = worker_args("streams", kafka_cfg, topics, "--data-dir", str(tmp_path / "faust"), "--image-size", "96",
-                       "--candidates", "20")
+                       "--candidates", "20", *extra)
     worker = WorkerProcess(args, log_path=tmp_path / f"{name}.log", env=worker_env(kafka_cfg)).start()
     assert worker.wait_for_log(READY_LINE, 120), (tmp_path / f"{name}.log").read_text()[-3000:]
     return worker
@@ -67,6 +68,30 @@ def test_streams_worker_end_to_end_with_restart(broker, kafka_cfg, topics, tmp_p
         original, repeat = [r for r in requests if r.event_ids == ("e0",)]
         assert repeat.request_id == original.request_id
         assert repeat.history == fresh_request.history
+    finally:
+        assert worker.stop() == 0
+
+
+def test_a_user_evicted_by_the_history_bound_is_not_restored_after_a_restart(broker, kafka_cfg, topics, tmp_path):
+    create_topics(kafka_cfg, topics)
+    items = fashion_items(6)
+    publish(kafka_cfg, topics, items)
+    worker = start_streams(kafka_cfg, topics, tmp_path, "bounded", "--max-users", "2", "--text-encoder", "none")
+    try:
+        records_on(kafka_cfg, topics, ITEM_EMBEDDINGS, count=len(items))
+        for n in range(3):  # one at a time, so u0 is the least recently active when u2 arrives
+            publish(kafka_cfg, topics, [click(f"e{n}", f"u{n}", items[n].item_id)])
+            records_on(kafka_cfg, topics, RERANK_REQUESTS, count=n + 1)
+    finally:
+        assert worker.stop() == 0
+
+    # a larger bound after the restart: only the changelog's tombstone can keep u0 out of the table
+    worker = start_streams(kafka_cfg, topics, tmp_path, "restarted", "--max-users", "3", "--text-encoder", "none")
+    try:
+        publish(kafka_cfg, topics, [click("e3", "u0", items[3].item_id), click("e4", "u1", items[4].item_id)])
+        requests = {r.event_ids: r for r in records_on(kafka_cfg, topics, RERANK_REQUESTS, count=5)}
+        assert requests[("e3",)].history == (items[3].item_id,)  # u0 starts over
+        assert requests[("e4",)].history == (items[1].item_id, items[4].item_id)  # u1 was kept
     finally:
         assert worker.stop() == 0
 

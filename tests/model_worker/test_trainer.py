@@ -21,9 +21,9 @@ def store(tmp_path):
     return ArtifactStore(tmp_path / "artifacts", signing_key=b"k" * 32)
 
 
-def trainer_for(model, store, *, max_regression: float) -> AdapterTrainer:
+def trainer_for(model, store, *, max_regression: float, **config) -> AdapterTrainer:
     cfg = TrainerConfig(model_dir="unused", every_events=10, min_events=4, max_regression=max_regression,
-                        tune=TuneConfig(steps=2, batch_size=4, warmup_steps=1))
+                        tune=TuneConfig(steps=2, batch_size=4, warmup_steps=1), **config)
     model.set_stage("adapt")
     return AdapterTrainer(cfg, model, backbone_id=backbone_sha256(model), version="v1", store=store)
 
@@ -119,20 +119,40 @@ def test_a_bad_update_is_skipped_by_adopt_and_counted_not_fatal(make_model, stor
     assert trainer.adopt(good) and trainer.version == "v2"
 
 
-def test_trainer_state_is_bounded_however_many_users_producers_invent(make_model, store):
-    import dataclasses
-
-    trainer = trainer_for(make_model(), store, max_regression=0.0)
-    trainer.cfg = dataclasses.replace(trainer.cfg, max_users=100, max_fresh_examples=50, every_events=10)
-    trainer.__init__(trainer.cfg, trainer.model, backbone_id=trainer.backbone_id, version="v1", store=store)
-    for n in range(5000):  # 2,500 one-off users, two events each
-        for event in clicks(f"user-{n // 2}", [str(n)]):
-            trainer.observe(dataclasses.replace(event, event_id=f"e{n}"))
-    assert len(trainer.histories) == 100 and trainer.forgotten_users == 2400
-    assert len(trainer.fresh) == 50 and trainer.fresh[-1].user_id == "user-2499"
+def test_the_trainer_keeps_at_most_max_users_histories_forgetting_the_least_recently_active_first(
+        make_model, store):
+    trainer = trainer_for(make_model(), store, max_regression=0.0, max_users=100)
+    for n in range(5000):  # a producer inventing users: 2,500 of them, two events each
+        trainer.observe(Interaction(event_id=f"e{n}", user_id=f"user-{n // 2}", item_id=str(n), kind="click",
+                                    event_time_ms=n))
+        assert len(trainer.histories) <= 100
+    assert list(trainer.histories)[0] == "user-2400" and trainer.forgotten_users == 2400
     trainer.observe(clicks("user-2400", ["x"])[0])  # the oldest user, active again ...
     trainer.observe(clicks("newcomer", ["y"])[0])  # ... so the next oldest makes room
     assert "user-2400" in trainer.histories and "user-2401" not in trainer.histories
+    assert trainer.histories["user-2400"] == ["4800", "4801", "x"]
+
+
+def test_fresh_examples_past_max_fresh_examples_drop_the_oldest_first(make_model, store):
+    trainer = trainer_for(make_model(), store, max_regression=0.0, max_fresh_examples=50)
+    for event in clicks("u1", [str(i) for i in range(201)]):  # 200 examples, no round taken
+        trainer.observe(event)
+    assert [e.target for e in trainer.fresh] == [str(i) for i in range(151, 201)]
+
+
+def test_the_trainer_bound_flags_reach_its_config_and_bad_values_name_the_field(monkeypatch):
+    from model_worker.trainer_cli import trainer_config
+    from vip5.cli import build_parser
+
+    for name in ("VIP5_ADAPTER_SIGNING_KEY", "VIP5_ADAPTER_SIGNING_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_args(["trainer", "--model-dir", "m", "--max-users", "10",
+                                      "--max-fresh-examples", "600"])
+    assert (trainer_config(args).max_users, trainer_config(args).max_fresh_examples) == (10, 600)
+    with pytest.raises(ValueError, match="max_users"):
+        TrainerConfig(model_dir="m", max_users=0)
+    with pytest.raises(ValueError, match="max_fresh_examples"):
+        TrainerConfig(model_dir="m", every_events=500, max_fresh_examples=100)
 
 
 def test_ties_count_against_the_model_so_constant_scores_get_one_over_n(make_model, features, monkeypatch):

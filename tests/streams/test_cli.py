@@ -3,6 +3,7 @@
 import pytest
 
 from streams.cli import streams_config
+from streams.config import StreamsConfig
 from vip5.cli import build_parser
 
 
@@ -12,3 +13,14 @@ def test_every_candidates_count_gives_valid_slots_with_co_visitation_first(k):
     config = streams_config(args).candidates
     assert config.k == k and config.covisit_k + config.popular_k + config.fresh_k <= k
     assert config.covisit_k == min(50, k // 2)
+
+
+def test_the_history_bound_flags_reach_the_config_and_bad_values_name_the_field():
+    config = streams_config(build_parser().parse_args(["streams", "--max-users", "7", "--user-idle-s", "0"]))
+    assert (config.max_users, config.user_idle_s) == (7, 0.0)
+    defaults = streams_config(build_parser().parse_args(["streams"]))
+    assert (defaults.max_users, defaults.user_idle_s) == (StreamsConfig().max_users, StreamsConfig().user_idle_s)
+    with pytest.raises(ValueError, match="max_users"):
+        StreamsConfig(max_users=0)
+    with pytest.raises(ValueError, match="user_idle_s"):
+        StreamsConfig(user_idle_s=-1)

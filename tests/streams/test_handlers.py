@@ -11,6 +11,7 @@ from runtime.metrics import WorkerMetrics
 from schemas.codec import decode, encode
 from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert, RerankRequest
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RERANK_REQUESTS, TopicConfig
+from streams import handlers as handlers_module
 from streams.config import StreamsConfig
 from streams.handlers import Intake, InteractionsHandler, ItemsHandler, StreamsContext
 
@@ -57,11 +58,34 @@ def click(n: int, user: str, item: str) -> Interaction:
     return Interaction(event_id=f"e{n}", user_id=user, item_id=item, kind="click", event_time_ms=1000 + n)
 
 
-def handlers(ctx):
-    cfg = StreamsConfig(topics=TopicConfig(prefix="t."))
+def handlers(ctx, history=None, **config):
+    cfg = StreamsConfig(topics=TopicConfig(prefix="t."), **config)
     out = Outbox()
     intake = Intake(ctx, out)
-    return ItemsHandler(cfg, ctx, intake, out), InteractionsHandler(cfg, ctx, intake, out, history={}), out
+    history = {} if history is None else history
+    return ItemsHandler(cfg, ctx, intake, out), InteractionsHandler(cfg, ctx, intake, out, history=history), out
+
+
+class Clock:
+    """Stands in for streams.handlers.now_ms: wall-clock milliseconds the test sets."""
+
+    def __init__(self, ms: int = 1_700_000_000_000):
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+class Changelogged(dict):
+    """A history table that records deletes: on faust's table each one is a changelog tombstone."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.tombstones = []
+
+    def __delitem__(self, key):
+        self.tombstones.append(key)
+        super().__delitem__(key)
 
 
 def test_interactions_become_one_request_per_user_and_bad_bytes_a_dead_letter():
@@ -98,3 +122,54 @@ def test_items_are_embedded_in_one_call_and_an_undecodable_image_is_dead_lettere
     (letter,) = out.on(DEAD_LETTER, DeadLetter)
     assert letter.stage == "embed" and "cannot decode" in letter.reason
     assert ctx.stats["items_without_image"] == 1 and ctx.stats["items_embedded"] == 1
+
+
+def test_the_history_table_holds_at_most_max_users_and_evicts_the_least_recently_active_first():
+    ctx = context()
+    history = Changelogged()
+    _, interactions, _ = handlers(ctx, history, max_users=3)
+    for n, user in enumerate(["u1", "u2", "u3", "u1", "u4"]):  # u1 is active again before u4 arrives
+        asyncio.run(interactions.handle([event(click(n, user, "a"), n)]))
+    assert set(history) == {b"u1", b"u3", b"u4"} and history.tombstones == [b"u2"]
+    for n in range(100):  # a producer inventing users: the table stays at the bound
+        asyncio.run(interactions.handle([event(click(10 + n, f"x{n}", "a"), 10 + n)]))
+        assert len(history) == 3
+    assert ctx.stats["users_evicted"] == 101
+
+
+def test_an_evicted_user_starts_over_with_an_empty_history():
+    ctx = context(items=("a", "b", "c", "d"))
+    _, interactions, out = handlers(ctx, max_users=1)
+    for n, (user, item) in enumerate([("u1", "a"), ("u2", "b"), ("u1", "c")]):
+        asyncio.run(interactions.handle([event(click(n, user, item), n)]))
+    last = out.on(RERANK_REQUESTS, RerankRequest)[-1]
+    assert last.user_id == "u1" and last.history == ("c",)
+
+
+def test_a_user_idle_for_longer_than_user_idle_s_is_dropped_and_active_users_are_kept(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(handlers_module, "now_ms", clock)
+    ctx = context()
+    history = Changelogged()
+    _, interactions, _ = handlers(ctx, history, user_idle_s=60)
+    start = clock.ms
+    for n, (at_s, user) in enumerate([(0, "u1"), (30, "u2"), (59, "u1"), (100, "u3")]):
+        clock.ms = start + at_s * 1000
+        asyncio.run(interactions.handle([event(click(n, user, "a"), n)]))
+    # at 100 s: u2 (last seen at 30 s) has been idle 70 s, u1 (59 s) only 41 s
+    assert set(history) == {b"u1", b"u3"} and history.tombstones == [b"u2"]
+    assert history[b"u1"]["active_ms"] == start + 59_000
+
+
+def test_a_restored_table_is_cut_to_the_bound_oldest_users_first_and_rows_without_a_time_count_as_new(
+        monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(handlers_module, "now_ms", clock)
+    state = {"items": ["a"], "events": ["e1"]}
+    history = Changelogged({b"old": {**state, "active_ms": clock.ms - 3000},
+                            b"legacy": dict(state),  # written before the bound existed
+                            b"mid": {**state, "active_ms": clock.ms - 2000},
+                            b"new": {**state, "active_ms": clock.ms - 1000}})
+    _, interactions, _ = handlers(context(), history, max_users=2)
+    interactions.restore_retention()  # what streams.app runs once faust has restored the table
+    assert history.tombstones == [b"old", b"mid"] and set(history) == {b"new", b"legacy"}
