@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -218,6 +219,27 @@ def fused_metrics(scorer, context: EvalContext, validation: EvalContext) -> dict
             "n_validation_users": len(validation.examples)}
 
 
+def retrieval_recall(scorer, context: EvalContext) -> dict:
+    """Recall@K (K = the re-rank candidates) of three candidate lists: the generator's, the
+    scorer's own top K over the catalogue (history excluded: a learned retriever), and the first
+    half of the generator's list filled up with the scorer's best other items."""
+    k, hits = context.config.rerank_candidates, Counter()
+    for start in range(0, len(context.examples), 256):
+        chunk = context.examples[start:start + 256]
+        for row, example, generated in zip(scorer.scores([e.history for e in chunk]), chunk,
+                                           context.rerank[start:start + 256], strict=True):
+            row = _mask_history(row, example, True)
+            row[0] = -np.inf
+            best = np.argsort(-row, kind="stable")[:k].tolist()
+            half = set(generated[:k // 2])
+            merged = half | set([i for i in best if i not in half][:k - len(half)])
+            hits["candidates"] += example.target in generated[:k]
+            hits["model"] += example.target in best
+            hits["merged"] += example.target in merged
+    return {"k": k, **{name: round(hits[name] / max(1, len(context.examples)), 4)
+                       for name in ("candidates", "model", "merged")}}
+
+
 def candidate_order_ranks(context: EvalContext) -> list[int]:
     """Ranks under the generator's own order."""
     return [c.index(e.target) + 1 if e.target in c else MISS for e, c in zip(context.examples, context.rerank,
@@ -410,6 +432,7 @@ def evaluate_item_tokens(model, context: EvalContext, *, max_len: int, cold: fro
                       "n_candidates": context.config.rerank_candidates}}
     if validation is not None and validation.examples:
         out["rerank"]["fused"] = fused_metrics(scorer, context, validation)
+    out["retrieval_recall"] = retrieval_recall(scorer, context)
     if cold:
         out["cold_start"] = cold_start_metrics(model, context, max_len=max_len, cold=cold)
     out["explanation"] = {"skipped": "item-token runs train the sequential task; explanations need a digits run"}

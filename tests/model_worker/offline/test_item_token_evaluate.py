@@ -30,6 +30,10 @@ def test_evaluating_an_item_token_run_reports_rerank_fused_and_cold_start(tmp_pa
     assert metrics <= set(fused) and fused["n_validation_users"] == 50
     assert str(fused["weight"]) in fused["validation_ndcg@10"]
     assert {"n_users", "n_items"} <= set(result["cold_start"])
+    recall = result["retrieval_recall"]
+    assert recall["k"] == 100 and recall["candidates"] >= result["rerank"]["candidates"]["hr@10"]
+    assert recall["model"] >= result["sequential"]["hr@10"]  # the model's top 100 holds its top 10
+    assert 0 <= recall["merged"] <= 1
     for name in ("popularity", "markov"):
         assert metrics <= set(result["baselines"][name]["rerank"])
 
