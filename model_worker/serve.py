@@ -1,8 +1,10 @@
 """The model worker's serving loop: re-rank requests in micro-batches, publish recommendations.
 
-    rerank-requests (RerankRequest) ──► poll ──► buffer ──► batch ──► decode ──► Ranker (VIP5)
-                                        (main thread)       (scoring thread)        │
-    commit {partition: last offset + 1} ◄── flush ◄── recommendations (Recommendation)
+    rerank-requests (RerankRequest) ──► poll ──► buffer ──► batch ──► decode ──► Ranker.rank (VIP5)
+                                        (main thread)       (scoring thread)         │
+    recommendations (Recommendation) ◄── send, flush ◄───────────────────────────────┘
+        then, with explain_top: Ranker.explain (top items) ──► explanations (Explanation), flush
+    commit {partition: last offset + 1} ◄── every output of the batch acknowledged
     undecodable or failing records ──► dead-letter (DeadLetter)
 
 Two threads share the work; only the main thread touches the KafkaConsumer (it is not
@@ -18,6 +20,14 @@ Backpressure: records held = buffered + being scored. Each poll asks for at most
 assigned partition is paused; polls go on (they return nothing from paused partitions and keep the
 member in its group) and the partitions resume once held drops to `max_buffered // 2`, so a slow
 model does not flap pause/resume on every batch.
+
+Explanations stay off the hot path: a batch's recommendations are sent and flushed before anything
+is generated. Then, with `explain_top`, one batched `Ranker.explain` call covers the top item of
+each recommendation, and each explanation goes out as its own `Explanation` record (same
+request_id), flushed before the commit. A generation failure is logged and counted
+(`stats["explanation_failures"]`) and costs nothing: the recommendations are already out. An
+explanation the broker does not acknowledge stops the batch uncommitted, like any output. The
+scoring thread generates them, so they still delay the next batch (not this one's recommendations).
 
 Offsets: once a batch's outputs are sent and `producer.flush()` returned, the main thread commits,
 per partition, the offset after the batch's last record. Never the fetch position, which runs
@@ -56,8 +66,8 @@ from runtime.kafka import KafkaConfig
 from runtime.metrics import WorkerMetrics
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError, shorten
-from schemas.records import DeadLetter, RankedItem, Recommendation, RerankRequest
-from schemas.topics import DEAD_LETTER, RECOMMENDATIONS, RERANK_REQUESTS, TopicConfig
+from schemas.records import DeadLetter, Explanation, RankedItem, Recommendation, RerankRequest
+from schemas.topics import DEAD_LETTER, EXPLANATIONS, RECOMMENDATIONS, RERANK_REQUESTS, TopicConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,7 @@ IN_FLIGHT_POLL_MS = 5  # poll timeout while a batch is scored: how soon the next
 IDLE_POLL_MS = 100  # poll timeout with nothing buffered; a poll returns as soon as records arrive
 
 Offsets = dict[TopicPartition, OffsetAndMetadata]
+Ranked = list[tuple[str, float]]  # (item_id, score) for every candidate, best first
 
 
 class Ranker(Protocol):
@@ -81,7 +92,7 @@ class Ranker(Protocol):
         """Per request, (item_id, score) for every candidate, best first."""
 
     def explain(self, pairs: Sequence[tuple[str, str]], features: Mapping[str, np.ndarray]) -> list[str]:
-        """A short generated explanation per (user_id, item_id): why the item suits the user."""
+        """A short generated explanation per (user_id, item_id), in order: why the item suits the user."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,8 @@ class ServeConfig:
     # queue behind the batch being scored anyway).
     max_wait_ms: int = 0
     top_n: int = 10  # items per recommendation
-    explain_top: bool = False  # attach a generated explanation to the top item
+    # after a batch's recommendations are out, publish a generated explanation of each one's top item
+    explain_top: bool = False
     served_ids_kept: int = 100_000  # recent request ids remembered to skip repeats
     # Records held in memory (buffered + being scored); at this many the partitions pause, and
     # they resume at half. None: 4 * max_batch.
@@ -139,11 +151,9 @@ class StageTimes:
     scored_ms: int | None = None
 
 
-def recommendation_for(request: RerankRequest, ranked: list[tuple[str, float]], *, top_n: int,
-                       model_version: str, adapter_version: str, explanation: str | None = None,
-                       times: StageTimes = StageTimes()) -> Recommendation:
-    items = [RankedItem(item_id=item, score=score, explanation=explanation if rank == 0 else None)
-             for rank, (item, score) in enumerate(ranked[:top_n])]
+def recommendation_for(request: RerankRequest, ranked: Ranked, *, top_n: int, model_version: str,
+                       adapter_version: str, times: StageTimes = StageTimes()) -> Recommendation:
+    items = [RankedItem(item_id=item, score=score) for item, score in ranked[:top_n]]
     return Recommendation(request_id=request.request_id, user_id=request.user_id, items=items,
                           model_version=model_version, adapter_version=adapter_version,
                           event_ids=request.event_ids, event_time_ms=request.event_time_ms,
@@ -151,6 +161,13 @@ def recommendation_for(request: RerankRequest, ranked: list[tuple[str, float]], 
                           streams_received_time_ms=request.streams_received_time_ms,
                           model_received_time_ms=times.model_received_ms, batch_start_time_ms=times.batch_start_ms,
                           scored_time_ms=times.scored_ms)
+
+
+def explanation_for(request: RerankRequest, item_id: str, text: str, *, model_version: str,
+                    adapter_version: str) -> Explanation:
+    return Explanation(request_id=request.request_id, user_id=request.user_id, item_id=item_id, text=text,
+                       model_version=model_version, adapter_version=adapter_version,
+                       event_time_ms=request.event_time_ms, publish_time_ms=now_ms())
 
 
 def items_of(requests: Sequence[RerankRequest]) -> list[str]:
@@ -443,14 +460,15 @@ class ModelServer:
         log.info("partitions assigned: %s", names(partitions))
 
     def _handle(self, messages: list, received_ms: Sequence[int | None] = ()) -> Offsets:
-        """Score one batch, publish its outputs, flush (scoring thread). Returns the offsets it covers.
+        """Score one batch, publish and flush its recommendations, then (explain_top) its
+        explanations (scoring thread). Returns the offsets it covers.
 
         Raises PublishError if the broker did not acknowledge every output (the batch is then not
         committed, and its requests are not remembered as served)."""
         self.metrics.records_in.labels(topic=messages[0].topic).inc(len(messages))
         self.metrics.batch_size.labels(stage="rerank").observe(len(messages))
         self._sends = []
-        served: list[str] = []
+        served: list[tuple[RerankRequest, Ranked]] = []
         batch_start_ms = now_ms()
         pairs = self._decode(messages)
         if pairs:
@@ -460,12 +478,20 @@ class ModelServer:
                      for message, request in pairs}
             with self.metrics.stage_seconds.labels(stage="rerank").time():
                 served = self._serve(pairs, times)
-        self.producer.flush()
-        self._confirm_sends()
-        for request_id in served:
-            self._remember(request_id)
+        self._publish()  # the ranked lists are out before any explanation is generated
+        if self.cfg.explain_top and served:
+            with self.metrics.stage_seconds.labels(stage="explain").time():
+                self._explain(served)
+            self._publish()
+        for request, _ in served:
+            self._remember(request.request_id)
         self.stats["batches"] += 1
         return offsets_after(messages)
+
+    def _publish(self) -> None:
+        """Flush; every send so far acknowledged, or PublishError."""
+        self.producer.flush()
+        self._confirm_sends()
 
     def _send(self, topic: str, key: bytes, value: bytes) -> None:
         self._sends.append(self.producer.send(topic, key=key, value=value))
@@ -493,8 +519,8 @@ class ModelServer:
         return list(requests.values())
 
     def _serve(self, pairs: list[tuple[object, RerankRequest]],
-               times: Mapping[str, StageTimes] | None = None) -> list[str]:
-        """Rank and send; returns the request ids it sent a recommendation for."""
+               times: Mapping[str, StageTimes] | None = None) -> list[tuple[RerankRequest, Ranked]]:
+        """Rank and send the recommendations; returns the requests it sent one for, with their ranking."""
         ranker = self._ranker
         requests = [request for _, request in pairs]
         features = self.item_features.features(items_of(requests))
@@ -506,29 +532,39 @@ class ModelServer:
         topic = self.cfg.topics.name(RECOMMENDATIONS)
         served = [(request, ranked) for request, ranked in zip(requests, ranked_lists, strict=True) if ranked is not None]
         scored_ms = now_ms()
-        explanations = self._explanations(ranker, served, features)
-        for (request, ranked), explanation in zip(served, explanations, strict=True):
+        for request, ranked in served:
             stamped = (times or {}).get(request.request_id, StageTimes())
             rec = recommendation_for(request, ranked, top_n=self.cfg.top_n, model_version=ranker.model_version,
-                                     adapter_version=ranker.adapter_version, explanation=explanation,
+                                     adapter_version=ranker.adapter_version,
                                      times=dataclasses.replace(stamped, scored_ms=scored_ms))
             self._send(topic, request.user_id.encode(), encode(rec))
             self.metrics.records_out.labels(topic=topic).inc()
             self.metrics.freshness_seconds.observe((rec.publish_time_ms - rec.event_time_ms) / 1000)
         self.stats["requests"] += len(requests)
-        return [request.request_id for request, _ in served]
+        return served
 
-    def _explanations(self, ranker: Ranker, served: list, features) -> list[str | None]:
-        """One batched explanation call for the top items of a batch; None where off or failing."""
-        wanted = [(request.user_id, ranked[0][0]) for request, ranked in served if ranked]
-        if not self.cfg.explain_top or not wanted:
-            return [None] * len(served)
+    def _explain(self, served: list[tuple[RerankRequest, Ranked]]) -> None:
+        """One batched explanation call for the top items of a batch (its recommendations are out);
+        each explanation sent as its own record. A failure is logged and counted, nothing more."""
+        ranker = self._ranker
+        tops = [(request, ranked[0][0]) for request, ranked in served if ranked]
+        if not tops:
+            return
         try:
-            texts = iter(ranker.explain(wanted, features))
-        except Exception:  # an explanation is optional: never let it cost a recommendation
-            log.exception("explanations failed for a batch of %d", len(wanted))
-            return [None] * len(served)
-        return [next(texts) if ranked else None for _, ranked in served]
+            features = self.item_features.features([item for _, item in tops])
+            texts = ranker.explain([(request.user_id, item) for request, item in tops], features)
+            explanations = [explanation_for(request, item, text, model_version=ranker.model_version,
+                                            adapter_version=ranker.adapter_version)
+                            for (request, item), text in zip(tops, texts, strict=True)]
+        except Exception:  # an explanation is optional: its failure must cost no recommendation
+            self.stats["explanation_failures"] += 1
+            log.exception("explanations failed for a batch of %d", len(tops))
+            return
+        topic = self.cfg.topics.name(EXPLANATIONS)
+        for explanation in explanations:
+            self._send(topic, explanation.user_id.encode(), encode(explanation))
+            self.metrics.records_out.labels(topic=topic).inc()
+        self.stats["explanations"] += len(explanations)
 
     def _rank_alone(self, ranker: Ranker, message, request: RerankRequest, features) -> list | None:
         try:

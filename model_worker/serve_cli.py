@@ -50,7 +50,9 @@ def register(commands, bench) -> None:
                    help="requests held in memory (buffered + being scored); at this many the worker pauses "
                         "its partitions and keeps polling, and resumes at half (default: 4 x --max-batch)")
     p.add_argument("--top-n", type=int, default=10, help="items per recommendation")
-    p.add_argument("--explain", action="store_true", help="attach a generated explanation to the top item")
+    p.add_argument("--explain", action="store_true",
+                   help="after each batch's recommendations, publish a generated explanation of each one's "
+                        "top item on the explanations topic")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve /metrics, /healthz, /readyz on this port (off by default)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")

@@ -5,7 +5,7 @@
     decode_any(payload) -> record      dispatch on the embedded schema name
 
 A payload of another schema, or of a newer version than this code knows, is reported as such
-rather than guessed at.
+rather than guessed at. An older version decodes: its record's `upgrade` adapts the fields first.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class _EntryBudget:
         return dict(pairs)
 
 
-def _schema_of(body: dict) -> type[Record]:
+def _schema_of(body: dict) -> tuple[type[Record], int]:
     name, version = body.get(SCHEMA_KEY), body.get(VERSION_KEY)
     if not isinstance(name, str) or name not in REGISTRY:
         raise SchemaError(SCHEMA_KEY, f"unknown schema {name!r:.80}")
@@ -84,13 +84,15 @@ def _schema_of(body: dict) -> type[Record]:
         raise SchemaError(VERSION_KEY, f"invalid schema version {version!r:.40}")
     if version > cls.VERSION:
         raise SchemaError(VERSION_KEY, f"{name} version {version} is newer than supported {cls.VERSION}")
-    return cls
+    return cls, version
 
 
 def decode_any(payload: bytes) -> Record:
     body = _unpack(payload)
-    cls = _schema_of(body)
+    cls, version = _schema_of(body)
     fields = {k: v for k, v in body.items() if k not in (SCHEMA_KEY, VERSION_KEY)}
+    if version < cls.VERSION:
+        fields = cls.upgrade(fields, version)
     return build(cls, fields)
 
 

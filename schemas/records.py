@@ -9,6 +9,8 @@ with it on the wire. Times are epoch milliseconds (`*_time_ms`). Encoding: `sche
     ItemEmbedding   item-embeddings (compacted), key item_id   the item's visual vector
     RerankRequest   rerank-requests, key user_id          history + retrieved candidates to re-rank
     Recommendation  recommendations, key user_id          the ranked items and who produced them
+    Explanation     explanations, key user_id             why the top item suits the user; follows its
+                                                          Recommendation (same request_id)
     AdapterUpdate   adapter-updates, key "adapter"        a new adapter version to load
     DeadLetter      dead-letter, key source topic         what could not be processed, and why
 """
@@ -56,6 +58,15 @@ class Record(Part):
 
     SCHEMA: ClassVar[str]
     VERSION: ClassVar[int]
+
+    @classmethod
+    def upgrade(cls, fields: dict, version: int) -> dict:
+        """The wire fields of an older `version`, made fit for this one before validation.
+
+        Fields added since are optional and need nothing; a record that removed a field drops it here.
+        `fields` is untrusted: anything of an unexpected type is left for validation to reject.
+        """
+        return fields
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -153,10 +164,11 @@ class RerankRequest(Record):
 class RankedItem(Part):
     item_id: str = F.field(ID)
     score: float = F.field(SCORE)
-    explanation: str | None = F.field(F.Str(max_len=LIMITS.max_text_len, min_len=0, optional=True))
 
-# v2: the stage times (vip5.latency reads them); v1 records decode with None
-@record("recommendation", 2)
+
+# v2: the stage times (vip5.latency reads them); v1 records decode with None.
+# v3: no explanation on the top item (it follows in its own Explanation record); v1/v2 records drop it.
+@record("recommendation", 3)
 class Recommendation(Record):
     request_id: str = F.field(ID)
     user_id: str = F.field(ID)
@@ -173,6 +185,29 @@ class Recommendation(Record):
     model_received_time_ms: int | None = F.field(OPTIONAL_TIME_MS)  # the model worker's poll returned it
     batch_start_time_ms: int | None = F.field(OPTIONAL_TIME_MS)  # its batch began scoring
     scored_time_ms: int | None = F.field(OPTIONAL_TIME_MS)  # its batch's ranking finished
+
+    @classmethod
+    def upgrade(cls, fields: dict, version: int) -> dict:
+        items = fields.get("items")
+        if version < 3 and isinstance(items, list):
+            fields["items"] = [{k: v for k, v in item.items() if k != "explanation"} if isinstance(item, dict)
+                               else item for item in items]
+        return fields
+
+
+@record("explanation", 1)
+class Explanation(Record):
+    """A generated explanation of a recommendation's top item, published after the recommendation
+    so that generating it never delays the ranked list."""
+
+    request_id: str = F.field(ID)  # the Recommendation it explains
+    user_id: str = F.field(ID)
+    item_id: str = F.field(ID)  # that recommendation's top item
+    text: str = F.field(F.Str(max_len=LIMITS.max_text_len, min_len=0))  # empty if generation stopped at once
+    model_version: str = F.field(F.Str(max_len=LIMITS.max_title_len))
+    adapter_version: str = F.field(F.Str(max_len=LIMITS.max_title_len))
+    event_time_ms: int = F.field(TIME_MS)  # as in the Recommendation (from its request)
+    publish_time_ms: int = F.field(TIME_MS)
 
 
 @record("adapter_update", 2)  # v2: signature

@@ -4,7 +4,8 @@
 
 Item embeddings live on a compacted topic keyed by item id, so any worker rebuilds its index by
 reading it from the start. Adapter updates use one partition so every follower sees versions in
-order. Scale-out is by partitions: interactions and rerank requests are keyed by user.
+order. Scale-out is by partitions: interactions, rerank requests, recommendations and explanations
+are keyed by user.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from schemas.records import (
     AdapterUpdate,
     DeadLetter,
+    Explanation,
     Interaction,
     ItemEmbedding,
     ItemUpsert,
@@ -44,13 +46,16 @@ RERANK_REQUESTS = TopicSpec("rerank-requests", RerankRequest, key="user_id",
                             description="user history plus retrieved candidates, for the model worker")
 RECOMMENDATIONS = TopicSpec("recommendations", Recommendation, key="user_id",
                             description="ranked items per user: what subscribers consume")
+EXPLANATIONS = TopicSpec("explanations", Explanation, key="user_id",
+                         description="a generated explanation of a recommendation's top item, after it")
 ADAPTER_UPDATES = TopicSpec("adapter-updates", AdapterUpdate, key="adapter", partitions=1,
                             description="accepted adapter versions, in order")
 DEAD_LETTER = TopicSpec("dead-letter", DeadLetter, key="source topic",
                         description="records that could not be processed, with the reason and raw bytes")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    INTERACTIONS, ITEMS, ITEM_EMBEDDINGS, RERANK_REQUESTS, RECOMMENDATIONS, ADAPTER_UPDATES, DEAD_LETTER,
+    INTERACTIONS, ITEMS, ITEM_EMBEDDINGS, RERANK_REQUESTS, RECOMMENDATIONS, EXPLANATIONS, ADAPTER_UPDATES,
+    DEAD_LETTER,
 )
 
 _LEGAL_NAME = re.compile(r"[A-Za-z0-9._-]*")

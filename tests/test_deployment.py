@@ -108,9 +108,11 @@ def _acl_grants() -> dict[str, dict[str, set[str]]]:
 def test_compose_acls_let_only_the_trainer_write_adapter_updates_and_only_streams_write_embeddings_and_requests():
     grants = _acl_grants()
     writers = {topic: {who for who, g in grants.items() if topic in g.get("write", ())}
-               for topic in ("adapter-updates", "item-embeddings", "rerank-requests", "recommendations", "items")}
+               for topic in ("adapter-updates", "item-embeddings", "rerank-requests", "recommendations",
+                             "explanations", "items")}
     assert writers == {"adapter-updates": {"trainer"}, "item-embeddings": {"streams"}, "rerank-requests": {"streams"},
-                       "recommendations": {"model-worker"}, "items": {"app"}}
+                       "recommendations": {"model-worker"}, "explanations": {"model-worker"}, "items": {"app"}}
+    assert {"recommendations", "explanations"} <= grants["app"]["read"]
     assert set(grants) == {"streams", "model-worker", "trainer", "app"}
     assert grants["streams"]["all"] == {'"$${P}streams-"'}
 
@@ -137,3 +139,44 @@ def test_compose_gives_the_adapter_signing_key_to_trainer_and_model_workers_only
     assert holders == {"trainer", "model-worker", "model-worker-cpu"}
     for name in holders:
         assert compose["services"][name]["environment"]["VIP5_ADAPTER_SIGNING_KEY_FILE"] == "/run/secrets/adapter_signing_key"
+
+
+def test_compose_publishes_only_kafka_and_grafana_and_takes_grafanas_password_from_the_environment():
+    services = _compose()["services"]
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    assert published == {"kafka": ["127.0.0.1:9094:9094"], "grafana": ["127.0.0.1:3000:3000"]}
+    env = services["grafana"]["environment"]
+    assert re.fullmatch(r"\$\{VIP5_GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", env["GF_SECURITY_ADMIN_PASSWORD"])
+    assert (env["GF_AUTH_ANONYMOUS_ENABLED"], env["GF_USERS_ALLOW_SIGN_UP"]) == ("false", "false")
+
+
+def test_compose_pins_every_third_party_image_to_a_version():
+    for name, service in _compose()["services"].items():
+        image = service["image"]
+        if image != "vip5-streaming:latest":  # built here from this repository
+            assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+)+", image), f"{name} runs {image}, not a pinned version"
+
+
+# Long-running workers without a /metrics server, and why.
+NOT_SCRAPED = {"trainer": "vip5 trainer serves no metrics"}
+
+
+def test_prometheus_scrapes_every_worker_service_of_the_compose_file():
+    services = _compose()["services"]
+    workers = {name: s for name, s in services.items()
+               if s["image"] == "vip5-streaming:latest" and s.get("restart") == "unless-stopped"}
+    assert set(NOT_SCRAPED) <= set(workers)
+    expected = set()
+    for name, worker in workers.items():
+        command = worker["command"]
+        if name in NOT_SCRAPED:
+            assert "--metrics-port" not in command and worker["healthcheck"] == {"disable": True}
+            continue
+        assert command[command.index("--metrics-host") + 1] == "0.0.0.0", f"{name}: metrics unreachable"
+        expected.add(f"{name}:{command[command.index('--metrics-port') + 1]}")
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for job in scrape["scrape_configs"] for static in job["static_configs"] for t in static["targets"]]
+    assert sorted(targets) == sorted(expected)
+    mounts = services["prometheus"]["volumes"]
+    assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]

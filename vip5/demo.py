@@ -6,8 +6,8 @@
        and the adapter trainer (which publishes new adapter versions the model worker swaps in)
     3. publish the catalogue (with a few broken records), then a live stream of interactions,
        with new products arriving halfway
-    4. subscribe to the recommendations and show them as they arrive
-    5. print a summary (events in, recommendations out, dead letters, freshness) and shut down
+    4. subscribe to the recommendations and the explanations that follow them; show both as they arrive
+    5. print a summary (events in, recommendations and explanations out, dead letters, freshness), stop
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ class Tally:
         self.title = {p.item_id: p.title for p in catalogue}
         self.likes = {s.user_id: set(s.likes) for s in shoppers}
         self.recs, self.event_ids, self.freshness_ms, self.stages = 0, set(), [], []
+        self.explanations = 0
         self.adapter_versions: dict[str, int] = {}
         self.top_liked = 0
         self.lock = threading.Lock()
@@ -127,27 +128,33 @@ class Tally:
             liked = self.likes.get(rec.user_id, set())
             self.top_liked += bool(rec.items) and self.kind.get(rec.items[0].item_id) in liked
         top = ", ".join(self.kind.get(i.item_id, i.item_id) for i in rec.items[:3])
-        why = f"  {self.explain(rec.items[0])}" if rec.items else ""
         return (f"{rec.user_id} likes {'+'.join(sorted(liked))}: {top}  "
-                f"[{rec.publish_time_ms - rec.event_time_ms} ms]{why}")
+                f"[{rec.publish_time_ms - rec.event_time_ms} ms]")
 
+    def add_explanation(self, explanation) -> str:
+        """The line for an Explanation, which follows its recommendation on the explanations topic."""
+        with self.lock:
+            self.explanations += 1
+        kind = self.kind.get(explanation.item_id, explanation.item_id)
+        return (f"  {explanation.user_id}, why {kind}: {self.explain(explanation.item_id, explanation.text)}  "
+                f"[{explanation.publish_time_ms - explanation.event_time_ms} ms]")
 
-    def explain(self, item) -> str:
+    def explain(self, item_id: str, generated: str) -> str:
         """The model's explanation when it fits the item (shares a word with its title); otherwise
         a sentence built from the item's own fields, marked as such. The demo's small model learns
         explanations from titles alone within its budget and often repeats one sentence."""
-        title = self.title.get(item.item_id, "")
-        generated = item.explanation or ""
+        title = self.title.get(item_id, "")
         if set(generated.lower().split()) & {w for w in title.lower().split() if len(w) > 3}:
             return f'"{generated}"'
-        return f'"{title}, a {self.kind.get(item.item_id, "product").lower()} like ones you chose" (from the item\'s fields)'
+        return f'"{title}, a {self.kind.get(item_id, "product").lower()} like ones you chose" (from the item\'s fields)'
 
 
 def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
     from runtime.kafka import read_topic
-    from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEMS
+    from schemas.records import Explanation
+    from schemas.topics import DEAD_LETTER, EXPLANATIONS, INTERACTIONS, ITEMS, RECOMMENDATIONS
     from vip5.stack import LocalStack, StackConfig
-    from vip5.subscribe import recommendations
+    from vip5.subscribe import follow
 
     catalogue, shoppers = world
     rng = random.Random(cfg.seed + 1)
@@ -162,8 +169,9 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
     tally, stop = Tally(catalogue, shoppers), threading.Event()
     with LocalStack(stack_cfg) as stack:
         def subscribe():
-            for rec in recommendations(stack.kafka, stack.topics, group_id="demo-subscriber", stop=stop):
-                show(tally.add(rec))
+            for record in follow(stack.kafka, stack.topics, (RECOMMENDATIONS, EXPLANATIONS),
+                                 group_id="demo-subscriber", stop=stop):
+                show(tally.add_explanation(record) if isinstance(record, Explanation) else tally.add(record))
 
         subscriber = threading.Thread(target=subscribe, daemon=True)
         subscriber.start()
@@ -196,6 +204,7 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
         "products_in": len(catalogue),
         "invalid_records_in": len(bad),
         "recommendations_out": tally.recs,
+        "explanations_out": tally.explanations,
         "interactions_reflected": len(tally.event_ids & expected),
         "dead_letters": len(letters),
         "freshness_p50_ms": float(np.percentile(fresh, 50)),

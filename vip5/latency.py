@@ -10,7 +10,7 @@ Stages, in order (each from one stamp to the next; the clocks are those of one m
     to_model       request_time_ms          -> model_received_time_ms    faust send, broker, model poll
     queue          model_received_time_ms   -> batch_start_time_ms       waiting for the scoring thread
     score          batch_start_time_ms      -> scored_time_ms            decode, features, VIP5 ranking
-    publish        scored_time_ms           -> publish_time_ms           explanations, building records
+    publish        scored_time_ms           -> publish_time_ms           records built (explanations later)
     to_subscriber  publish_time_ms          -> delivered                 send, flush, broker, subscriber poll
 
 freshness = publish_time_ms - event_time_ms (what the demo prints); delivered adds to_subscriber.

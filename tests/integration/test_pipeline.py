@@ -1,5 +1,6 @@
 """The whole pipeline against the embedded broker: products and interactions in, exactly one
-recommendation per re-rank request out, every recommended item valid, bad records dead-lettered."""
+recommendation per re-rank request out, every recommended item valid, an explanation of each
+recommendation's top item on its own topic, bad records dead-lettered."""
 
 import urllib.request
 
@@ -10,8 +11,8 @@ from model_worker.vip5model.model import VIP5Model
 from model_worker.vip5model.tokenizer import build_template_tokenizer
 from model_worker.worker import READY_LINE as MODEL_READY
 from runtime.kafka import create_topics
-from schemas.records import Recommendation
-from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RECOMMENDATIONS, RERANK_REQUESTS
+from schemas.records import Explanation, Recommendation
+from schemas.topics import DEAD_LETTER, EXPLANATIONS, ITEM_EMBEDDINGS, RECOMMENDATIONS, RERANK_REQUESTS
 from streams.worker import READY_LINE as STREAMS_READY
 from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
 from vip5.broker import free_port
@@ -49,6 +50,7 @@ def test_pipeline_publishes_one_valid_recommendation_per_request(kafka_cfg, topi
 
         requests = records_on(kafka_cfg, topics, RERANK_REQUESTS, count=len(clicks) + 1)
         recs = records_on(kafka_cfg, topics, RECOMMENDATIONS, count=len(requests), timeout_s=120)
+        explanations = records_on(kafka_cfg, topics, EXPLANATIONS, count=len(recs), timeout_s=120)
         letters = records_on(kafka_cfg, topics, DEAD_LETTER, count=1)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
@@ -62,11 +64,19 @@ def test_pipeline_publishes_one_valid_recommendation_per_request(kafka_cfg, topi
         assert len(items_out) == 5 and len(set(items_out)) == 5
         assert set(items_out) <= {c.item_id for c in request.candidates} <= catalogue
         assert [i.score for i in rec.items] == sorted((i.score for i in rec.items), reverse=True)
-        assert rec.items[0].explanation is not None and rec.items[1].explanation is None
         assert rec.model_version.startswith("vip5-tiny-") and rec.adapter_version == "v1"
         assert rec.event_time_ms <= rec.request_time_ms <= rec.publish_time_ms
+    assert all(isinstance(e, Explanation) for e in explanations)
+    assert sorted(e.request_id for e in explanations) == sorted(r.request_id for r in recs)  # one per recommendation
+    by_rec = {r.request_id: r for r in recs}
+    for explanation in explanations:
+        rec = by_rec[explanation.request_id]
+        assert (explanation.user_id, explanation.item_id) == (rec.user_id, rec.items[0].item_id)  # the top item
+        assert (explanation.model_version, explanation.adapter_version) == (rec.model_version, rec.adapter_version)
+        assert explanation.publish_time_ms >= rec.publish_time_ms  # it follows the recommendation
     assert {e for r in recs for e in r.event_ids} == {c.event_id for c in clicks}  # every interaction reflected
     assert [d.source_topic for d in letters] == [topics.prefix + "rerank-requests"]
     assert letters[0].raw == b"\xc1" and "msgpack" in letters[0].reason
     assert 'vip5_dead_letters_total{stage="decode"} 1.0' in metrics
     assert f'vip5_records_out_total{{topic="{topics.prefix}recommendations"}} {float(len(recs))}' in metrics
+    assert f'vip5_records_out_total{{topic="{topics.prefix}explanations"}} {float(len(explanations))}' in metrics

@@ -13,7 +13,7 @@ from kafka.structs import TopicPartition
 
 from model_worker.serve import Backlog, ModelServer, PublishError, ServeConfig
 from schemas.codec import decode_any, encode
-from schemas.records import Candidate, DeadLetter, Recommendation, RerankRequest
+from schemas.records import Candidate, DeadLetter, Explanation, Recommendation, RerankRequest
 from schemas.topics import TopicConfig
 
 TOPIC = "t.rerank-requests"
@@ -266,15 +266,67 @@ def test_a_request_that_breaks_the_model_is_dead_lettered_alone():
     assert outputs["DeadLetter"].stage == "rank" and "cannot score this user" in outputs["DeadLetter"].reason
 
 
-def test_explanations_go_on_the_top_item_and_their_failure_costs_nothing():
-    server, consumer, producer = server_for([encode(request(1))], ByRetrievalScore(), explain_top=True)
+class FlushLogged(ByRetrievalScore):
+    """Records, when asked to explain, what the producer had flushed by then."""
+
+    def __init__(self, producer_of, **kwargs):
+        super().__init__(**kwargs)
+        self.producer_of, self.flushed_before_explain = producer_of, None
+
+    def explain(self, pairs, features):
+        self.flushed_before_explain = list(self.producer_of().flushed)
+        return super().explain(pairs, features)
+
+
+def test_the_recommendation_is_flushed_before_its_explanation_which_names_the_top_item():
+    ranker = FlushLogged(lambda: producer)
+    server, consumer, producer = server_for([encode(request(1)), encode(request(2, user="u2"))], ranker,
+                                            explain_top=True)
     serve_all(server, consumer)
-    rec = producer.sent[0][1]
-    assert rec.items[0].explanation == "u1 likes i3" and rec.items[1].explanation is None
+    assert [type(r).__name__ for _, r in ranker.flushed_before_explain] == ["Recommendation"] * 2
+    kinds = [(topic, type(r).__name__) for topic, r in producer.sent]
+    assert kinds == [("t.recommendations", "Recommendation")] * 2 + [("t.explanations", "Explanation")] * 2
+    recs = {r.request_id: r for _, r in producer.sent if isinstance(r, Recommendation)}
+    explanations = [r for _, r in producer.sent if isinstance(r, Explanation)]
+    for explanation in explanations:
+        rec = recs[explanation.request_id]
+        assert explanation.item_id == rec.items[0].item_id == "i3" and explanation.user_id == rec.user_id
+        assert explanation.text == f"{rec.user_id} likes i3"
+        assert (explanation.model_version, explanation.adapter_version) == (rec.model_version, rec.adapter_version)
+        assert explanation.event_time_ms == rec.event_time_ms and explanation.publish_time_ms >= rec.publish_time_ms
+    assert consumer.log == ["flush", "flush", "commit"] and consumer.committed == {P0: 2}
+    assert server.stats["explanations"] == 2
+
+
+def test_a_failed_explanation_costs_nothing_the_recommendation_is_out_and_the_batch_committed():
     server, consumer, producer = server_for([encode(request(1))], ByRetrievalScore(fail_explain=True),
                                             explain_top=True)
     serve_all(server, consumer)
-    assert producer.sent[0][1].items[0].explanation is None
+    assert [type(r).__name__ for _, r in producer.sent] == ["Recommendation"]
+    assert consumer.committed == {P0: 1} and server.stats["explanation_failures"] == 1
+
+
+def test_without_explain_top_nothing_is_generated_and_one_flush_covers_the_batch():
+    ranker = ByRetrievalScore(fail_explain=True)  # would raise if asked
+    server, consumer, producer = server_for([encode(request(1))], ranker)
+    serve_all(server, consumer)
+    assert [type(r).__name__ for _, r in producer.sent] == ["Recommendation"]
+    assert consumer.log == ["flush", "commit"] and server.stats["explanation_failures"] == 0
+
+
+def test_an_explanation_the_broker_did_not_acknowledge_leaves_the_batch_uncommitted():
+    server, consumer, producer = server_for([encode(request(1))], ByRetrievalScore(), explain_top=True)
+    send = producer.send
+
+    def refuse_explanations(topic, key, value):
+        ack = send(topic, key, value)
+        return Ack(TimeoutError("explanation not delivered")) if topic == "t.explanations" else ack
+
+    producer.send = refuse_explanations
+    with pytest.raises(PublishError, match="1 of 1 outputs"):
+        run_until(server, lambda: False)
+    server.close()
+    assert consumer.committed == {} and recommendations(producer) == ["p0-r1"]
 
 
 def test_a_swapped_adapter_serves_from_the_next_batch():

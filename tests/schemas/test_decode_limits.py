@@ -11,7 +11,15 @@ import pytest
 from schemas.codec import decode, decode_any, encode
 from schemas.errors import SchemaError
 from schemas.limits import LIMITS
-from schemas.records import Candidate, Interaction, ItemEmbedding, RankedItem, Recommendation, RerankRequest
+from schemas.records import (
+    Candidate,
+    Explanation,
+    Interaction,
+    ItemEmbedding,
+    RankedItem,
+    Recommendation,
+    RerankRequest,
+)
 from tests.schemas.test_records import EXAMPLES, T
 
 
@@ -50,12 +58,14 @@ def test_records_at_their_limits_still_decode():
                             candidates=[Candidate(item_id=f"c{n}", score=0.5, source="visual") for n in range(n_cand)],
                             event_ids=[f"e{n}" for n in range(n_hist)], event_time_ms=T, request_time_ms=T)
     recommendation = Recommendation(request_id="r", user_id="u", model_version="m", adapter_version="v1",
-                                    items=[RankedItem(item_id=f"c{n}", score=1.0, explanation="é" * 8)
-                                           for n in range(n_cand)],
+                                    items=[RankedItem(item_id=f"c{n}", score=1.0) for n in range(n_cand)],
                                     event_ids=["e"] * n_hist, event_time_ms=T, request_time_ms=T, publish_time_ms=T)
     long_text = Interaction(event_id="e", user_id="u", item_id="i", kind="review", review_text="€" * 8192,
                             event_time_ms=T)
-    for record in (request, recommendation, long_text):
+    long_explanation = Explanation(request_id="r" * 128, user_id="u" * 128, item_id="i" * 128, text="€" * 8192,
+                                   model_version="m" * 512, adapter_version="v" * 512, event_time_ms=T,
+                                   publish_time_ms=T)
+    for record in (request, recommendation, long_text, long_explanation):
         assert decode_any(encode(record)) == record
 
 

@@ -11,6 +11,7 @@ from schemas.records import (
     AdapterUpdate,
     Candidate,
     DeadLetter,
+    Explanation,
     Interaction,
     ItemEmbedding,
     ItemUpsert,
@@ -34,8 +35,7 @@ EXAMPLES = [
                               Candidate(item_id="i4", score=0.1, source="popular")],
                   event_ids=["e1", "e2"], event_time_ms=T, request_time_ms=T + 3),
     Recommendation(request_id="r1", user_id="u1",
-                   items=[RankedItem(item_id="i3", score=-1.5, explanation="Matches your lipsticks."),
-                          RankedItem(item_id="i4", score=-2.0)],
+                   items=[RankedItem(item_id="i3", score=-1.5), RankedItem(item_id="i4", score=-2.0)],
                    model_version="vip5-tiny", adapter_version="v1", event_ids=["e1"],
                    event_time_ms=T, request_time_ms=T + 3, publish_time_ms=T + 40),
     AdapterUpdate(version="v2", parent_version="v1", artifact_uri="file:///artifacts/v2",
@@ -43,6 +43,8 @@ EXAMPLES = [
                   signature="b" * 64),
     DeadLetter(source_topic="vip5.interactions", partition=2, offset=17, reason="rating: is required",
                raw=b"\x81\xa1x\x01", failed_time_ms=T),
+    Explanation(request_id="r1", user_id="u1", item_id="i3", text="Matches your lipsticks.",
+                model_version="vip5-tiny", adapter_version="v1", event_time_ms=T, publish_time_ms=T + 90),
 ]
 
 
@@ -153,3 +155,31 @@ def test_version_1_records_without_stage_times_still_decode(cls):
     body["v"] = 1
     decoded = decode(msgpack.packb(body), cls)
     assert decoded.streams_received_time_ms is None and decoded.request_id == record.request_id
+
+
+def test_a_ranked_item_has_no_explanation_any_more():
+    body = msgpack.unpackb(encode(EXAMPLES[6]))
+    assert set(body["items"][0]) == {"item_id", "score"}
+    body["items"][0]["explanation"] = "Matches your lipsticks."
+    with pytest.raises(SchemaError, match=r"^items\[0\]\.explanation: unknown field"):
+        decode(msgpack.packb(body), Recommendation)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_recommendations_with_an_explanation_on_the_top_item_still_decode_without_it(version):
+    """Before v3 the top item carried its explanation; it now travels as its own Explanation record."""
+    record = EXAMPLES[6]
+    body = msgpack.unpackb(encode(record))
+    body["items"][0]["explanation"] = "Matches your lipsticks."
+    body["v"] = version
+    assert decode(msgpack.packb(body), Recommendation) == record
+
+
+def test_an_explanation_may_be_empty_but_not_longer_than_the_text_limit():
+    explanation = EXAMPLES[-1]
+    body = msgpack.unpackb(encode(explanation))
+    assert decode(msgpack.packb({**body, "text": ""}), Explanation).text == ""
+    with pytest.raises(SchemaError, match=r"^text: length 8193"):
+        decode(msgpack.packb({**body, "text": "x" * 8193}), Explanation)
+    with pytest.raises(SchemaError, match="^item_id: is required"):
+        decode(msgpack.packb({k: v for k, v in body.items() if k != "item_id"}), Explanation)
