@@ -36,7 +36,7 @@ from schemas.codec import decode, encode
 from schemas.errors import SchemaError
 from schemas.headers import is_backfill
 from schemas.records import DeadLetter, Interaction, ItemEmbedding, ItemUpsert
-from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, ITEMS, RERANK_REQUESTS, TopicSpec
+from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RERANK_REQUESTS, TopicSpec
 from streams.config import StreamsConfig
 from streams.logic import apply_interactions, build_request, record_covisitation
 from streams.retention import UserRetention
@@ -167,6 +167,8 @@ class InteractionsHandler:
 
     async def handle(self, events) -> None:
         received_ms = now_ms()  # the stage "streams received" of the latency budget
+        self.ctx.metrics.records_in.labels(topic=self.cfg.topics.name(INTERACTIONS)).inc(len(events))
+        self.ctx.metrics.batch_size.labels(stage="interactions").observe(len(events))
         by_user = defaultdict(list)
         for event, interaction in await self.intake.decoded(events, Interaction):
             by_user[interaction.user_id].append((event, interaction))

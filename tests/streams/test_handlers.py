@@ -100,6 +100,7 @@ def test_interactions_become_one_request_per_user_and_bad_bytes_a_dead_letter():
     assert interactions.history[b"u1"]["items"] == ["a", "b"]
     (letter,) = out.on(DEAD_LETTER, DeadLetter)
     assert letter.stage == "decode" and letter.offset == 2 and ctx.stats["dead_letters"] == 1
+    assert ctx.metrics.records_in.labels(topic="t.interactions")._value.get() == 4  # bad bytes count as in
 
 
 def test_a_redelivered_interaction_repeats_the_same_request_id():
