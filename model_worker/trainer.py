@@ -27,6 +27,7 @@ from model_worker.rerank import RerankConfig, Reranker, ScoringRequest
 from model_worker.tuning import ExampleConfig, TuneConfig, position_prompts, tune
 from model_worker.vip5model.slots import AdapterSlots
 from runtime.kafka import KafkaConfig
+from runtime.metrics import WorkerMetrics, serve_metrics
 from schemas.codec import decode, encode
 from schemas.errors import SchemaError
 from schemas.records import AdapterUpdate, Interaction
@@ -111,8 +112,11 @@ def direct_mrr(model, examples: list[FreshEvent], features, catalogue: list[str]
 class AdapterTrainer:
     """The trainer's state and one training round; Kafka I/O lives in `run_trainer`."""
 
-    def __init__(self, cfg: TrainerConfig, model, *, backbone_id: str, version: str, store: ArtifactStore):
+    def __init__(self, cfg: TrainerConfig, model, *, backbone_id: str, version: str, store: ArtifactStore,
+                 metrics: WorkerMetrics | None = None):
         self.cfg, self.model, self.backbone_id, self.version, self.store = cfg, model, backbone_id, version, store
+        self.metrics = metrics or WorkerMetrics("trainer")
+        self.metrics.set_adapter(version)
         self.histories: OrderedDict[str, list[str]] = OrderedDict()  # least recently active first
         self.fresh: deque[FreshEvent] = deque(maxlen=cfg.max_fresh_examples)
         self.forgotten_users = 0
@@ -163,6 +167,7 @@ class AdapterTrainer:
         if after < before - self.cfg.max_regression:
             slots.drop(CANDIDATE_SLOT)
             self.rejected_rounds += 1
+            self.metrics.trainer_rounds.labels(outcome="rejected").inc()
             log.info("round %d: candidate rejected (MRR %.4f -> %.4f)", self.rounds, before, after)
             return None
         version = next_version(self.store)
@@ -172,6 +177,8 @@ class AdapterTrainer:
         slots.rename(CANDIDATE_SLOT, version)
         slots.drop(self.version)
         self.version = version
+        self.metrics.trainer_rounds.labels(outcome="published").inc()
+        self.metrics.set_adapter(version)
         log.info("round %d: published %s (MRR %.4f -> %.4f, %d train events)", self.rounds, version, before, after,
                  len(train))
         return update
@@ -191,12 +198,15 @@ class AdapterTrainer:
             self.slots.stage(update.version, load_verified(update, backbone_id=self.backbone_id, store=self.store))
         except (ArtifactError, ValueError) as err:
             self.rejected_updates += 1
+            self.metrics.adapter_rejections.inc()
             log.error("rejected adapter %s (%s): %s; still building on %s", update.version,
                       getattr(err, "kind", "invalid"), err, self.version)
             return False
         self.slots.activate(update.version)
         self.slots.drop(self.version)
         self.version = update.version
+        self.metrics.adapter_swaps.inc()
+        self.metrics.set_adapter(update.version)
         log.info("trainer now builds on adapter %s", update.version)
         return True
 
@@ -220,8 +230,10 @@ def announce(out, cfg: TrainerConfig, update: AdapterUpdate) -> None:
         timeout=cfg.kafka.delivery_timeout_ms / 1000 + 5)
 
 
-def run_trainer(cfg: TrainerConfig, stop) -> dict:
-    """The trainer process: consume interactions, run rounds, publish accepted versions."""
+def run_trainer(cfg: TrainerConfig, stop, *, metrics_port: int | None = None, metrics_host: str = "127.0.0.1"
+                ) -> dict:
+    """The trainer process: consume interactions, run rounds, publish accepted versions; with
+    `metrics_port`, /metrics, /healthz and /readyz (runtime.metrics) on that port."""
     from model_worker.ranker import BASE_VERSION
     from model_worker.vip5model.checkpoint import backbone_sha256
     from model_worker.vip5model.model import VIP5Model
@@ -240,38 +252,51 @@ def run_trainer(cfg: TrainerConfig, stop) -> dict:
     if not store.manifests():  # the shipped adapter becomes v1, so every version can be rolled back to
         first = store.publish(model, version=BASE_VERSION, parent_version=None, metrics={}, backbone_id=backbone_id)
         announce(out, cfg, first)
-    trainer = AdapterTrainer(cfg, model, backbone_id=backbone_id, version=BASE_VERSION, store=store)
+    metrics = WorkerMetrics("trainer")
+    trainer = AdapterTrainer(cfg, model, backbone_id=backbone_id, version=BASE_VERSION, store=store, metrics=metrics)
     current = latest_update(cfg.kafka, cfg.topics)
     if current is not None:
         trainer.adopt(current)
     replica = ItemFeatures(model.config.image_feature_dim)
     follower = feature_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     follower.start()
+    metrics.require(f"{follower.topic} follower", follower.healthy)
     events = consumer(cfg.kafka, cfg.group_id, [cfg.topics.name(INTERACTIONS)])
+    http = serve_metrics(metrics, host=metrics_host, port=metrics_port) if metrics_port else None
+    metrics.alive.set()
+    metrics.ready.set()
     log.info("%s: building on adapter %s", READY_LINE, trainer.version)
     published = 0
+    interactions_topic = cfg.topics.name(INTERACTIONS)
     try:
         while not stop.is_set():
             for records in events.poll(timeout_ms=500).values():
+                metrics.records_in.labels(topic=interactions_topic).inc(len(records))
                 for message in records:
                     try:
                         trainer.observe(decode(message.value, Interaction))
                     except SchemaError:
                         continue  # the streams worker dead-letters invalid interactions
+            metrics.update_lag(events)
             if not trainer.due():
                 continue
             latest = latest_update(cfg.kafka, cfg.topics)
             if latest is not None and latest.version != trainer.version:
                 trainer.adopt(latest)  # e.g. an operator rolled back
             catalogue = replica.ids()
-            update = trainer.round(replica.features(catalogue), catalogue) if len(catalogue) >= 2 else None
+            with metrics.stage_seconds.labels(stage="train_round").time():
+                update = trainer.round(replica.features(catalogue), catalogue) if len(catalogue) >= 2 else None
             if update is not None:
                 announce(out, cfg, update)
+                metrics.records_out.labels(topic=cfg.topics.name(ADAPTER_UPDATES)).inc()
                 published += 1
             events.commit()
     finally:
+        metrics.alive.clear()
         follower.stop()
         events.close()
         out.close()
+        if http is not None:
+            http.shutdown()
     return {"rounds": trainer.rounds, "published": published, "version": trainer.version,
             "rejected_updates": trainer.rejected_updates}

@@ -40,7 +40,7 @@ def run_trainer_command(args: argparse.Namespace) -> dict:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    result = run_trainer(cfg, stop)
+    result = run_trainer(cfg, stop, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     return result if args.json else {}
 
 
@@ -91,6 +91,9 @@ def register(commands, bench) -> None:
                    help="most users whose history the trainer keeps; the least recently active is forgotten first")
     p.add_argument("--max-fresh-examples", type=int, default=20_000,
                    help="most examples waiting for a round; the oldest are dropped first")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics, /healthz, /readyz on this port (off by default)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
 
     adapters = commands.add_parser("adapters", help="list adapter versions, or roll back to one")
     sub = adapters.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)

@@ -47,6 +47,8 @@ class WorkerMetrics:
                                      registry=r)
         self.adapter_swaps = Counter("vip5_adapter_swaps", "adapter versions swapped in", registry=r)
         self.adapter_rejections = Counter("vip5_adapter_rejections", "adapter updates rejected", registry=r)
+        self.trainer_rounds = Counter("vip5_trainer_rounds", "adapter training rounds by outcome (published, rejected)",
+                                      ["outcome"], registry=r)
         self.alive = threading.Event()
         self.ready = threading.Event()
         self._checks: dict[str, Callable[[], bool]] = {}  # background parts the worker needs (followers)

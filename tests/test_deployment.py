@@ -157,21 +157,14 @@ def test_compose_pins_every_third_party_image_to_a_version():
             assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+)+", image), f"{name} runs {image}, not a pinned version"
 
 
-# Long-running workers without a /metrics server, and why.
-NOT_SCRAPED = {"trainer": "vip5 trainer serves no metrics"}
-
-
 def test_prometheus_scrapes_every_worker_service_of_the_compose_file():
     services = _compose()["services"]
     workers = {name: s for name, s in services.items()
                if s["image"] == "vip5-streaming:latest" and s.get("restart") == "unless-stopped"}
-    assert set(NOT_SCRAPED) <= set(workers)
+    assert {"streams", "model-worker", "trainer"} <= set(workers)
     expected = set()
     for name, worker in workers.items():
         command = worker["command"]
-        if name in NOT_SCRAPED:
-            assert "--metrics-port" not in command and worker["healthcheck"] == {"disable": True}
-            continue
         assert command[command.index("--metrics-host") + 1] == "0.0.0.0", f"{name}: metrics unreachable"
         expected.add(f"{name}:{command[command.index('--metrics-port') + 1]}")
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())

@@ -116,7 +116,10 @@ def test_a_bad_update_is_skipped_by_adopt_and_counted_not_fatal(make_model, stor
     assert trainer.version == "v1" and trainer.rejected_updates == 4
     assert all((before[k] == v).all() for k, v in trainer.model.adapt_state_dict().items())
     assert "rejected adapter v3 (path)" in caplog.text
+    assert trainer.metrics.adapter_rejections._value.get() == 4  # scraped at /metrics with --metrics-port
     assert trainer.adopt(good) and trainer.version == "v2"
+    assert trainer.metrics.adapter_version.labels(version="v2")._value.get() == 1
+    assert trainer.metrics.adapter_swaps._value.get() == 1
 
 
 def test_the_trainer_keeps_at_most_max_users_histories_forgetting_the_least_recently_active_first(
@@ -196,3 +199,4 @@ def test_a_round_trains_a_named_copy_of_the_adapters_not_a_copy_of_the_model(mak
     update = trainer.round(features, sorted(features))
     assert update is not None and trainer.model is model and trainer.slots.names() == ["v2"]
     assert backbone == {n: p.data_ptr() for n, p in model.named_parameters() if not model.trainable_in("adapt", n)}
+
