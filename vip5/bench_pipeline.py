@@ -34,13 +34,22 @@ from runtime.cli import add_command
 log = logging.getLogger(__name__)
 
 
-def build_bench_model(path: Path, *, preset: str, item_ids: list[str], user_ids: list[str], feature_dim: int) -> Path:
+def build_bench_model(path: Path, *, preset: str, item_ids: list[str], user_ids: list[str], feature_dim: int,
+                      kind: str = "digits") -> Path:
+    """A randomly initialised model saved to `path`: `kind` "tokens" (the default recipe: one token
+    per catalogue item) or "digits" (the paper's digit-piece ids, scored by the candidate trie)."""
     from model_worker.vip5model.config import VIP5Config
+    from model_worker.vip5model.items import ItemVocabulary
     from model_worker.vip5model.model import VIP5Model
     from model_worker.vip5model.tokenizer import build_template_tokenizer
 
-    tokenizer = build_template_tokenizer(item_ids + user_ids)
-    VIP5Model.build(VIP5Config(backbone=preset, image_feature_dim=feature_dim), tokenizer, seed=0).save_pretrained(path)
+    tokens = {"item_ids": "tokens", "n_items": len(item_ids)} if kind == "tokens" else {}
+    config = VIP5Config(backbone=preset, image_feature_dim=feature_dim, **tokens)
+    tokenizer = build_template_tokenizer([*item_ids, *user_ids, config.sequence_prompt])
+    model = VIP5Model.build(config, tokenizer, seed=0)
+    if model.item_tokens is not None:
+        model.item_vocabulary = ItemVocabulary(item_ids)
+    model.save_pretrained(path)
     return path
 
 
@@ -195,7 +204,7 @@ def run_bench_pipeline(args: argparse.Namespace) -> dict:
     item_ids = [p.item_id for p in catalogue]
     with tempfile.TemporaryDirectory(prefix="vip5-bench-") as tmp:
         work = Path(tmp)
-        model_dir = build_bench_model(work / "model", preset=args.preset, item_ids=item_ids,
+        model_dir = build_bench_model(work / "model", preset=args.preset, item_ids=item_ids, kind=args.item_ids,
                                       user_ids=[f"user{n}" for n in range(args.users)], feature_dim=1280)
 
         def raw() -> float:
@@ -213,7 +222,7 @@ def run_bench_pipeline(args: argparse.Namespace) -> dict:
         raw_after = raw()
     raw_mean = (raw_before + raw_after) / 2
     pipeline_per_s = result.get("max_rate_per_s", result.get("events_per_s", 0.0))
-    return {"preset": args.preset, "candidates": args.candidates, "max_batch": args.max_batch,
+    return {"preset": args.preset, "item_ids": args.item_ids, "candidates": args.candidates, "max_batch": args.max_batch,
             "raw_rerank_requests_per_s": round(raw_mean, 2),
             "raw_rerank_requests_per_s_before_after": [round(raw_before, 2), round(raw_after, 2)], **result,
             "throughput_ratio": round(pipeline_per_s / raw_mean, 3)}
@@ -243,6 +252,8 @@ def register(commands, bench) -> None:
     p = add_command(bench, "pipeline", run_bench_pipeline,
                     "end-to-end events/s, freshness and per-stage latency against the model's raw re-ranking rate")
     p.add_argument("--preset", default="small", help="VIP5 backbone preset (random weights)")
+    p.add_argument("--item-ids", choices=("tokens", "digits"), default="tokens",
+                   help="one token per item (the default recipe) or the paper's digit-piece ids")
     p.add_argument("--events", type=int, default=300, help="interactions published in the burst (no --rate)")
     p.add_argument("--users", type=int, default=60)
     p.add_argument("--items", type=int, default=240, help="catalogue size (demo photos)")

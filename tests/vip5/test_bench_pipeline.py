@@ -27,3 +27,17 @@ def test_without_a_bound_a_rate_is_sustainable_while_freshness_does_not_grow():
     steady = {"events": 10, "reflected": 10, "freshness_p99_ms": 4000.0, "freshness_p50_ms_by_half": [2000.0, 2300.0]}
     building = {**steady, "freshness_p50_ms_by_half": [2000.0, 6000.0]}
     assert is_bounded(steady, p99_bound_ms=None) and not is_bounded(building, p99_bound_ms=None)
+
+
+def test_the_bench_model_of_the_default_recipe_has_one_token_per_catalogue_item_and_ranks(tmp_path):
+    from vip5.bench_pipeline import build_bench_model, raw_rerank_rate
+
+    items = [f"item{n}" for n in range(30)]
+    model_dir = build_bench_model(tmp_path / "model", preset="tiny", item_ids=items, user_ids=["user0"],
+                                  feature_dim=8, kind="tokens")
+    from model_worker.vip5model.model import VIP5Model
+
+    model = VIP5Model.from_pretrained(model_dir)
+    assert model.item_tokens is not None and model.item_vocabulary.keys == items
+    assert raw_rerank_rate(model_dir, items, candidates=10, batch=4, requests=8, prompt_history_len=5,
+                           feature_dim=8) > 0
