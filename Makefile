@@ -16,7 +16,7 @@ $(BIN)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/vip5 demo
+	$(BIN)/vip5 demo --report runs/demo/report
 
 test: setup
 	$(BIN)/python -m pytest

@@ -14,6 +14,8 @@ throughput_ratio = pipeline events/s / raw requests/s (1.0 would mean streaming 
 Stages (vip5.latency): to_streams, streams, to_model, queue, score, publish, to_subscriber, plus
 freshness (event -> published) and delivered (event -> read by the bench's subscriber).
 The model has random weights: cost does not depend on what it learned.
+--report DIR: also DIR/index.html (vip5.report): freshness, adapter versions and stage latency of every
+recommendation the bench read (warm-up included), a few of them as the demo photos they name.
 """
 
 from __future__ import annotations
@@ -89,15 +91,18 @@ class Collector:
         self.stack, self.stop = stack, threading.Event()
         self.samples: dict[str, dict[str, int]] = {}
         self.delivered_s: dict[str, float] = {}  # event id -> epoch s its recommendation was read
+        self.served: list = []  # every recommendation read (vip5.report.ServedRecommendation), for --report
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         from vip5.latency import stages_of
+        from vip5.report import ServedRecommendation
         from vip5.subscribe import recommendations
 
         for rec in recommendations(self.stack.kafka, self.stack.topics, group_id="bench", stop=self.stop):
             now_s = time.time()
             stages = stages_of(rec, int(now_s * 1000))
+            self.served.append(ServedRecommendation.of(rec, stages))
             for event_id in rec.event_ids:
                 if event_id not in self.samples:  # a repeat is the same event served twice
                     self.samples[event_id], self.delivered_s[event_id] = stages, now_s
@@ -222,10 +227,26 @@ def run_bench_pipeline(args: argparse.Namespace) -> dict:
         raw_after = raw()
     raw_mean = (raw_before + raw_after) / 2
     pipeline_per_s = result.get("max_rate_per_s", result.get("events_per_s", 0.0))
-    return {"preset": args.preset, "item_ids": args.item_ids, "candidates": args.candidates, "max_batch": args.max_batch,
-            "raw_rerank_requests_per_s": round(raw_mean, 2),
-            "raw_rerank_requests_per_s_before_after": [round(raw_before, 2), round(raw_after, 2)], **result,
-            "throughput_ratio": round(pipeline_per_s / raw_mean, 3)}
+    out = {"preset": args.preset, "item_ids": args.item_ids, "candidates": args.candidates, "max_batch": args.max_batch,
+           "raw_rerank_requests_per_s": round(raw_mean, 2),
+           "raw_rerank_requests_per_s_before_after": [round(raw_before, 2), round(raw_after, 2)], **result,
+           "throughput_ratio": round(pipeline_per_s / raw_mean, 3)}
+    if args.report:
+        out["report"] = write_pipeline_report(out, collector.served, catalogue, Path(args.report))
+    return out
+
+
+def write_pipeline_report(result: dict, served: list, catalogue, out_dir: Path) -> str:
+    from vip5.report import CatalogueItem, ReportData, write_report
+
+    data = ReportData(title="vip5 bench pipeline", recommendations=served, summary=result,
+                      no_quality_reason="the bench model has random weights; it measures cost, not quality "
+                                        "(per-stage latency instead)",
+                      catalogue={p.item_id: CatalogueItem(caption=p.article_type, image_path=p.image_path)
+                                 for p in catalogue})
+    index = str(write_report(data, out_dir).index.resolve())
+    log.info("report: %s", index)
+    return index
 
 
 def pipeline_runs(args, stack, collector: Collector, catalogue, *, raw_per_s: float) -> dict:
@@ -270,3 +291,4 @@ def register(commands, bench) -> None:
                    help="--find-max: a rate is sustainable while freshness p99 stays below this (default: while "
                         "freshness does not grow during the run, whatever the model's own latency)")
     p.add_argument("--warmup-events", type=int, default=20, help="a burst before the measured runs (0: none)")
+    p.add_argument("--report", default=None, metavar="DIR", help="also write an HTML report with plots to DIR/index.html")

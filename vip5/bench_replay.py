@@ -22,7 +22,9 @@ source and `all`), `events_per_s` (all replayed interactions over the replay's w
 `freshness_p50_ms`/`_p99_ms` (test recommendations: publish time minus event time, with all test
 events published at once), and with `--trainer`, `halves` (replay metrics of the first and second
 half of the test users in replay order). The catalogue predates the log (its event times are 30
-days back), so no item takes a `fresh` slot.
+days back), so no item takes a `fresh` slot. --report DIR: also DIR/index.html (vip5.report): the
+test recommendations' freshness and adapter versions, replay HR@10 next to the candidates' own order,
+markov and popularity, and a few lists as item titles (the log's catalogue has no photos here).
 """
 
 from __future__ import annotations
@@ -217,8 +219,33 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
             trainer_args=() if args.trainer else None, start_timeout_s=300.0)
         run = run_replay(data, replay_log, stack_cfg, timeout_s=args.timeout)
     result = score(data, replay_log, run["recommendations"], run["requests"], seed=args.seed, halves=args.trainer)
-    return {"data": data.name, "n_items": data.n_items, "train_interactions": len(replay_log.train),
-            "ordered_by": replay_log.ordered_by, **result, **run["timing"]}
+    out = {"data": data.name, "n_items": data.n_items, "train_interactions": len(replay_log.train),
+           "ordered_by": replay_log.ordered_by, **result, **run["timing"]}
+    if args.report:
+        out["report"] = write_replay_report(out, data, replay_log, run["recommendations"], Path(args.report))
+    return out
+
+
+def write_replay_report(result: dict, data, replay_log, recs: list, out_dir: Path) -> str:
+    from vip5.latency import stages_of
+    from vip5.report import CatalogueItem, QualityFigure, ReportData, ServedRecommendation, write_report
+
+    tests = {f"v-{u.user}" for u in replay_log.test}  # only test events ask for a recommendation
+    served = [ServedRecommendation.of(r, stages_of(r)) for r in recs if tests & set(r.event_ids)]
+    title = {key: data.title(item) for item, key in enumerate(data.item_keys, start=1)}
+    quality = QualityFigure(metric="HR@10", values={
+        "replay (published lists)": result["replay"]["hr@10"],
+        "candidates in request order": result["candidates_order"]["hr@10"],
+        **{name: result[name]["hr@10"] for name in ("markov", "popularity") if name in result}},
+        note="the same test users: held-out last item in the top 10 (markov and popularity fitted in process "
+             "on the same training interactions)")
+    report = ReportData(title=f"vip5 bench replay: {data.name}", recommendations=served, summary=result,
+                       quality=quality, catalogue={k: CatalogueItem(caption=t) for k, t in title.items()},
+                       user_notes={u.user: f"held out: {title.get(u.target, u.target)[:40]}"
+                                   for u in replay_log.test})
+    index = str(write_report(report, out_dir).index.resolve())
+    log.info("report: %s", index)
+    return index
 
 
 def register(commands, bench) -> None:
@@ -237,3 +264,4 @@ def register(commands, bench) -> None:
                    help="item-token models add their best K catalogue items to the candidates (0: re-rank only)")
     p.add_argument("--coalesce-ms", type=int, default=50, help="streams worker coalescing window")
     p.add_argument("--timeout", type=float, default=1800.0, help="limit of each phase, seconds")
+    p.add_argument("--report", default=None, metavar="DIR", help="also write an HTML report with plots to DIR/index.html")

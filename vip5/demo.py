@@ -8,6 +8,7 @@
        with new products arriving halfway
     4. subscribe to the recommendations and the explanations that follow them; show both as they arrive
     5. print a summary (events in, recommendations and explanations out, dead letters, freshness), stop
+    6. with --report DIR: write DIR/index.html (vip5.report) from what the subscriber saw, print its path
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from runtime.cli import add_command
 from vip5.latency import stages_of, summarize
+from vip5.report import CatalogueItem, QualityFigure, ReportData, ServedRecommendation, write_report
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,7 @@ class Tally:
         self.recs, self.event_ids, self.freshness_ms, self.stages = 0, set(), [], []
         self.explanations = 0
         self.adapter_versions: dict[str, int] = {}
+        self.served: list[ServedRecommendation] = []  # every recommendation, for --report
         self.top_liked = 0
         self.lock = threading.Lock()
 
@@ -124,6 +127,7 @@ class Tally:
             self.event_ids.update(rec.event_ids)
             self.freshness_ms.append(rec.publish_time_ms - rec.event_time_ms)
             self.stages.append(stages_of(rec, int(time.time() * 1000)))
+            self.served.append(ServedRecommendation.of(rec, self.stages[-1]))
             self.adapter_versions[rec.adapter_version] = self.adapter_versions.get(rec.adapter_version, 0) + 1
             liked = self.likes.get(rec.user_id, set())
             self.top_liked += bool(rec.items) and self.kind.get(rec.items[0].item_id) in liked
@@ -149,7 +153,7 @@ class Tally:
         return f'"{title}, a {self.kind.get(item_id, "product").lower()} like ones you chose" (from the item\'s fields)'
 
 
-def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
+def run_pipeline(cfg: DemoConfig, world, model_dir: Path, tally: Tally, *, show) -> dict:
     from runtime.kafka import read_topic
     from schemas.records import Explanation
     from schemas.topics import DEAD_LETTER, EXPLANATIONS, INTERACTIONS, ITEMS, RECOMMENDATIONS
@@ -166,7 +170,7 @@ def run_pipeline(cfg: DemoConfig, world, model_dir: Path, *, show) -> dict:
     stack_cfg = StackConfig(work_dir=cfg.work_dir, model_dir=model_dir, topic_prefix="demo.",
                             partitions=cfg.partitions, image_size=cfg.image_size, candidates=cfg.candidates,
                             explain=True, trainer_args=trainer)
-    tally, stop = Tally(catalogue, shoppers), threading.Event()
+    stop = threading.Event()
     with LocalStack(stack_cfg) as stack:
         def subscribe():
             for record in follow(stack.kafka, stack.topics, (RECOMMENDATIONS, EXPLANATIONS),
@@ -279,9 +283,30 @@ def run_demo(args: argparse.Namespace) -> dict:
     def show(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    summary = run_pipeline(cfg, world, model_dir, show=show)
+    tally = Tally(catalogue, shoppers)
+    summary = run_pipeline(cfg, world, model_dir, tally, show=show)
     summary.update({"model_preparation_s": round(prepared_s, 1), "elapsed_s": round(time.monotonic() - started, 1)})
+    if args.report:  # matplotlib is imported only here, when a report is drawn
+        files = write_report(demo_report(tally, summary, world), Path(args.report))
+        show(f"report: {files.index.resolve()}")
+        summary["report"] = str(files.index.resolve())
     return summary
+
+
+def demo_report(tally: Tally, summary: dict, world) -> ReportData:
+    """The report of a demo run: what the subscriber saw, its summary, and how often the top item is
+    of a type the shopper likes next to the chance that a random catalogue item is."""
+    catalogue, shoppers = world
+    quality = QualityFigure(
+        metric="share whose top item is of a type the shopper likes",
+        values={"this run (top item)": summary["top1_in_liked_types"],
+                "random catalogue item": summary["liked_share_of_catalogue"]},
+        note="the shoppers are simulated, so the quality figure is whether the top item matches their liked "
+             "types; the baseline is the chance that a random catalogue item does")
+    return ReportData(
+        title="vip5 demo", recommendations=list(tally.served), summary=summary, quality=quality,
+        catalogue={p.item_id: CatalogueItem(caption=p.article_type, image_path=p.image_path) for p in catalogue},
+        user_notes={s.user_id: f"likes {' + '.join(sorted(s.likes))}" for s in shoppers})
 
 
 def register(commands, bench) -> None:
@@ -296,3 +321,5 @@ def register(commands, bench) -> None:
                    help="model preparation: steps training the tiny backbone")
     p.add_argument("--adapt-steps", type=int, default=DemoConfig.adapt_steps,
                    help="model preparation: steps training only the adapters")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write an HTML report with plots and product photos to DIR/index.html")
