@@ -46,7 +46,8 @@ def train_command(args: argparse.Namespace) -> dict:
         threads=args.threads, seed=args.seed, item_ids=args.item_ids, content=args.content,
         max_len=args.max_len, validate_every_s=args.validate_every_s, cold_items_share=args.cold_items_share,
     )
-    tasks = TaskConfig(history_len=args.history_len, train_candidates=args.train_candidates)
+    tasks = TaskConfig(history_len=args.history_len, train_candidates=args.train_candidates,
+                       family_weights=tuple(float(w) for w in args.family_weights.split(",")))
     if args.data is not None:
         data = _data_config(args)
     elif args.resume and (Path(args.out) / "train_config.json").exists():
@@ -131,6 +132,8 @@ def register(commands, bench) -> None:
                        help="wall-clock limit of the run, split across stages in proportion to their steps")
     train.add_argument("--checkpoint-every", type=int, default=200)
     train.add_argument("--history-len", type=int, default=20, help="most recent items written into a prompt")
+    train.add_argument("--family-weights", default="1,1,1",
+                       help="digit ids: sampling weights of the sequential, direct and explanation prompts")
     train.add_argument("--train-candidates", type=int, default=99,
                        help="negatives in a training candidate list (the paper: 99)")
     train.add_argument("--threads", type=int, default=2)
