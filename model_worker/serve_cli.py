@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
+from runtime.cli import add_command, add_kafka_args, add_metrics_args, kafka_config, topic_config
 
 
 def run_serve(args: argparse.Namespace) -> dict:
@@ -53,9 +53,7 @@ def register(commands, bench) -> None:
     p.add_argument("--explain", action="store_true",
                    help="after each batch's recommendations, publish a generated explanation of each one's "
                         "top item on the explanations topic")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="serve /metrics, /healthz, /readyz on this port (off by default)")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    add_metrics_args(p)
     p.add_argument("--prompt-history-len", type=int, default=20, help="latest history items written into the prompt")
     p.add_argument("--catalogue-k", type=int, default=0,
                    help="item-token models: their best K catalogue items join each request's candidates (0: off)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
+from runtime.cli import add_command, add_kafka_args, add_metrics_args, kafka_config, topic_config
 
 
 def _artifacts_dir(args: argparse.Namespace) -> str:
@@ -91,9 +91,7 @@ def register(commands, bench) -> None:
                    help="most users whose history the trainer keeps; the least recently active is forgotten first")
     p.add_argument("--max-fresh-examples", type=int, default=20_000,
                    help="most examples waiting for a round; the oldest are dropped first")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="serve /metrics, /healthz, /readyz on this port (off by default)")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    add_metrics_args(p)
 
     adapters = commands.add_parser("adapters", help="list adapter versions, or roll back to one")
     sub = adapters.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)

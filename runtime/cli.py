@@ -35,6 +35,13 @@ def add_kafka_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=None, help="partitions per topic (env VIP5_PARTITIONS)")
 
 
+def add_metrics_args(parser: argparse.ArgumentParser) -> None:
+    """--metrics-port / --metrics-host of a worker's /metrics, /healthz, /readyz server (runtime.metrics)."""
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve /metrics, /healthz, /readyz on this port (off by default)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+
+
 def kafka_config(args: argparse.Namespace):
     from runtime.kafka import KafkaConfig
 

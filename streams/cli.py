@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
+from runtime.cli import add_command, add_kafka_args, add_metrics_args, kafka_config, topic_config
 
 
 def streams_config(args: argparse.Namespace):
@@ -71,8 +71,6 @@ def register(commands, bench) -> None:
                    help="drop a user's history after this many seconds without an interaction (0: never)")
     p.add_argument("--coalesce-ms", type=int, default=0,
                    help="> 0: a user's interactions within this window become one request")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="serve /metrics, /healthz, /readyz on this port (off by default)")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    add_metrics_args(p)
     p.add_argument("--batched-changelog", action="store_true",
                    help="batch table changelog writes (faster; only correct on Apache Kafka, not on Tansu)")
