@@ -138,8 +138,10 @@ class SequenceSampler:
     """Item-token training batches: whole training sequences, every position a target.
 
     `sample(batch_size, rng)` -> rows (B, L+1) long: [start, i_1, ..., i_L] per user (the last
-    `max_len` training items), right-padded with 0. Users are drawn from one length bucket at a
-    time (sorted chunks of 50 batches), so a batch carries little padding.
+    `max_len` training items), right-padded with 0. A batch is one length bucket: a random pool of
+    50 batches' worth of users is sorted by length and cut into consecutive batches, one of which
+    is returned. So a batch carries little padding, and every user is equally likely to be drawn,
+    the shortest and longest sequences too.
     """
 
     def __init__(self, split: LeaveOneOut, *, bos: int, max_len: int = 50):
@@ -154,7 +156,7 @@ class SequenceSampler:
 
         pool = rng.choice(len(self.sequences), size=min(len(self.sequences), batch_size * 50), replace=False)
         pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-        start = int(rng.integers(0, max(1, len(pool) - batch_size + 1)))
+        start = batch_size * int(rng.integers(0, -(-len(pool) // batch_size)))
         chosen = [self.sequences[i] for i in pool[start:start + batch_size]]
         rows = np.zeros((len(chosen), max(len(s) for s in chosen) + 1), dtype=np.int64)
         for row, items in enumerate(chosen):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from model_worker.offline.data import leave_one_out, load_amazon_reviews, load_p5_folder
-from model_worker.offline.tasks import TaskConfig, TrainingSampler
+from model_worker.offline.data import LeaveOneOut, leave_one_out, load_amazon_reviews, load_p5_folder
+from model_worker.offline.tasks import SequenceSampler, TaskConfig, TrainingSampler
 from model_worker.vip5model.prompts import TEMPLATES
 
 
@@ -39,3 +39,18 @@ def test_task_config_names_the_bad_field():
         TaskConfig(history_len=0)
     with pytest.raises(ValueError, match="family_weights"):
         TaskConfig(family_weights=(0, 0, 0))
+
+
+def test_sequence_batches_draw_every_user_alike_the_longest_too():
+    # 1,000 users whose lengths 1..1,000 name them; batches of 10 are cut from sorted pools of 500
+    sequences = [list(range(1, 2 + n)) for n in range(1000)]
+    sampler = SequenceSampler(LeaveOneOut(train=sequences, valid=[], test=[]), bos=1001, max_len=1000)
+    rng = np.random.default_rng(0)
+    drawn = np.zeros(len(sequences))
+    for _ in range(3000):
+        rows = sampler.sample(10, rng)
+        assert rows.shape[0] == 10 and (rows[:, 0] == 1001).all()
+        drawn[(rows > 0).sum(dim=1).numpy() - 2] += 1
+    # each user is drawn about 3000 * 10 / 1000 = 30 times, the shortest and the longest too
+    assert drawn.sum() == 30000
+    assert drawn[:10].mean() > 15 and drawn[-10:].mean() > 15
