@@ -45,6 +45,8 @@ def train_command(args: argparse.Namespace) -> dict:
         grad_clip=args.grad_clip, time_budget_s=args.time_budget_s, checkpoint_every=args.checkpoint_every,
         threads=args.threads, seed=args.seed, item_ids=args.item_ids, content=args.content,
         max_len=args.max_len, validate_every_s=args.validate_every_s, cold_items_share=args.cold_items_share,
+        **{name: value for name, value in (("dropout_rate", args.dropout), ("weight_decay", args.weight_decay))
+           if value is not None},
     )
     tasks = TaskConfig(history_len=args.history_len, train_candidates=args.train_candidates,
                        family_weights=tuple(float(w) for w in args.family_weights.split(",")))
@@ -128,6 +130,10 @@ def register(commands, bench) -> None:
     train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     train.add_argument("--warmup", type=float, default=0.05, help="warmup share of each stage's steps")
     train.add_argument("--grad-clip", type=float, default=1.0)
+    train.add_argument("--dropout", type=float, default=None,
+                       help="backbone dropout (default: TrainConfig.dropout_rate)")
+    train.add_argument("--weight-decay", type=float, default=None,
+                       help="AdamW weight decay of weight matrices (default: TrainConfig.weight_decay)")
     train.add_argument("--time-budget-s", type=float, default=None,
                        help="wall-clock limit of the run, split across stages in proportion to their steps")
     train.add_argument("--checkpoint-every", type=int, default=200)
