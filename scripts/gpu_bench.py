@@ -6,7 +6,7 @@ Out: one JSON file (`--out`), rewritten after every section so a run cut short k
 - `item_token_scoring`: item-token models (`item_ids="tokens"`, I items): `next_item_scores` of B
   histories of L items, requests/s per preset and batch size (one request = one history).
 - `item_token_training`: optimizer steps/s of the item-token recipe (`sequence_loss`: every
-  position a target, softmax over all I items; AdamW as `offline.train.make_optimizer`) on random
+  position a target, softmax over all I items; AdamW as `training.make_optimizer`) on random
   sequences of B x (L+1) rows.
 A section that fails records its error and the run goes on. CUDA timings synchronise before the
 clock stops; weights are random (speed does not depend on them), float32 as served.
@@ -151,12 +151,14 @@ def scoring(preset: str, args) -> dict:
 
 
 def training(preset: str, args) -> dict:
-    from model_worker.offline.train import TrainConfig, make_optimizer, train_step
+    from model_worker.offline.train import TrainConfig
+    from model_worker.training import make_optimizer, train_step
 
     model = item_token_model(preset, args, dropout_rate=0.1)  # the recipe's dropout
     model.set_stage("pretrain")
     model.train()
-    optimizer = make_optimizer(model, TrainConfig(out_dir="unused", preset=preset))
+    recipe = TrainConfig(out_dir="unused", preset=preset)
+    optimizer = make_optimizer(model, lr=recipe.lr, weight_decay=recipe.weight_decay)
     out = {"preset": preset, "n_items": args.n_items, "seq_len": args.history_len}
     for batch in args.train_batches:
         rows = random_rows(batch, args.history_len, args.n_items, bos=model.item_tokens.bos, device=args.device)
