@@ -118,11 +118,10 @@ class VIP5Ranker:
 
     @torch.inference_mode()
     def explain(self, pairs: Sequence[tuple[str, str]], features: Mapping[str, np.ndarray]) -> list[str]:
-        """A generated explanation per (user_id, item_id), greedy, all pairs in one batch."""
+        """A generated explanation per (user_id, item_id), all pairs in one batch (decoding: model.EXPLANATION_DECODING)."""
         if not pairs:
             return []
         prompts = [explanation_prompt(self.config.explanation_template, user, item) for user, item in pairs]
         batch = self.model.encoder.encode(prompts, features, with_labels=False)
         batch = batch.to(next(self.model.parameters()).device)
-        return self.model.generate_text(batch, max_new_tokens=self.config.explanation_max_tokens, num_beams=1,
-                                        do_sample=False, no_repeat_ngram_size=2)
+        return self.model.explain_text(batch, max_new_tokens=self.config.explanation_max_tokens)

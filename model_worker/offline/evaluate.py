@@ -65,7 +65,7 @@ class EvalConfig:
     search (num_beams results); history_len: items in a
     prompt; batch_size: prompts per forward pass; exclude_history: rank history items last;
     negatives_seed/direct_negatives: the direct task's untouched negatives (99 as the paper); baselines: which to run; max_explanations: seeded
-    sample of explanation pairs; explanation_tokens: generation length; catalogue_chunk: items per
+    sample of explanation pairs; explanation_tokens: generation length (decoding: model.EXPLANATION_DECODING); catalogue_chunk: items per
     trie in exact catalogue scoring (tree attention costs grow with its square; 128 was fastest
     here); threads: torch threads."""
 
@@ -370,8 +370,7 @@ def explanation_scores(model, context: EvalContext, template: str) -> dict:
     for chunk in _progress(batches(pool, config.batch_size), n_batches, f"explanation {template}"):
         prompts = [explanation_from(TEMPLATES[template], e) for e in chunk]
         batch = model.encoder.encode(prompts, images, with_labels=False)
-        generated += model.generate_text(batch, max_new_tokens=config.explanation_tokens, num_beams=1,
-                                         do_sample=False)
+        generated += model.explain_text(batch, max_new_tokens=config.explanation_tokens)
     result = {"template": template, "n": len(pool), **text_metrics(generated, [e.text for e in pool])}
     result["examples"] = [{"generated": g, "reference": e.text} for g, e in list(zip(generated, pool, strict=True))[:3]]
     train = [e for e in context.data.explanations if e.split == "train"]

@@ -37,6 +37,13 @@ from .items import ItemTokens, ItemVocabulary
 GROUPS = ("backbone", "layer_norms", "adapters", "image_mapping", "id_embeddings", "item_embeddings")
 
 
+# How explanations are decoded, offline and live: beam search of 4, at least 10 new tokens, no
+# repeated trigram. Chosen on the validation split of the Musical Instruments reviews, where greedy
+# decoding wrote 6-word generic sentences (BLEU-4 0.0) and this reached BLEU-4 1.53 / ROUGE-L 20.6
+# against 0.65 / 17.4 for the retrieval baseline.
+EXPLANATION_DECODING = {"num_beams": 4, "min_new_tokens": 10, "no_repeat_ngram_size": 3, "do_sample": False}
+
+
 class ImageMapping(nn.Module):
     """(..., F) -> (..., k, D): Linear(F, kD/2), Tanh, Linear(kD/2, kD), LayerNorm(kD), split in k."""
 
@@ -167,6 +174,12 @@ class VIP5Model(nn.Module):
     def generate_text(self, batch: EncodedBatch, **generate_kwargs) -> list[str]:
         ids = self.generate(batch, **generate_kwargs)
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def explain_text(self, batch: EncodedBatch, *, max_new_tokens: int) -> list[str]:
+        """Explanations of explanation prompts, decoded as `EXPLANATION_DECODING` says (at most
+        `max_new_tokens`, at least `min_new_tokens` of it when room allows)."""
+        decoding = {**EXPLANATION_DECODING, "min_new_tokens": min(EXPLANATION_DECODING["min_new_tokens"], max_new_tokens)}
+        return self.generate_text(batch, max_new_tokens=max_new_tokens, **decoding)
 
     # ---- item tokens: next item over the whole catalogue ------------------------------------------
 
