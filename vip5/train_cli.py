@@ -47,6 +47,7 @@ def train_command(args: argparse.Namespace) -> dict:
         max_len=args.max_len, validate_every_s=args.validate_every_s, cold_items_share=args.cold_items_share,
         **{name: value for name, value in (("dropout_rate", args.dropout), ("weight_decay", args.weight_decay))
            if value is not None},
+        model_overrides={} if args.content_loss_weight is None else {"content_loss_weight": args.content_loss_weight},
     )
     tasks = TaskConfig(history_len=args.history_len, train_candidates=args.train_candidates,
                        family_weights=tuple(float(w) for w in args.family_weights.split(",")))
@@ -134,6 +135,9 @@ def register(commands, bench) -> None:
                        help="backbone dropout (default: TrainConfig.dropout_rate)")
     train.add_argument("--weight-decay", type=float, default=None,
                        help="AdamW weight decay of weight matrices (default: TrainConfig.weight_decay)")
+    train.add_argument("--content-loss-weight", type=float, default=None,
+                       help="item tokens: weight of the content-only loss that sharpens the content tokens of "
+                       "items arriving after training (default: VIP5Config.content_loss_weight, 0)")
     train.add_argument("--time-budget-s", type=float, default=None,
                        help="wall-clock limit of the run, split across stages in proportion to their steps")
     train.add_argument("--checkpoint-every", type=int, default=200)

@@ -74,9 +74,11 @@ class VIP5Config:
     """item tokens ("tokens" only): size of the item vocabulary (rows 1..n_items)"""
     item_id_dropout: float = 0.0
     """item tokens: share of id embeddings dropped per training step (0.1 slowed learning 2x here)"""
-    content_loss_weight: float = 0.25
-    """item tokens: weight of the training loss in which items are named by their content part
-    alone; this is what lets an item that arrives after training be recommended from its content"""
+    content_loss_weight: float = 0.0
+    """item tokens: weight of an extra training loss in which items are named by their content part
+    alone, to sharpen the content tokens of items that arrive after training. Off by default: on
+    Toys, 0.25 held validation HR@10 at 0.087 where 0 reached 0.1055 in the same time; the content
+    part still trains through the id + content sum"""
     sequence_prompt: str = "sequential recommendation : which item will the user interact with next ?"
     """item tokens: the task prompt the encoder reads for next-item recommendation"""
 

@@ -11,8 +11,9 @@ Letters: I items, D d_model, F feature size, k image tokens per item (the mappin
 
 New items: `ItemVocabulary.add` gives an item that arrived after training a row whose id part is
 zero, so its token is its content vector through the mapping network: a new product is scored
-(and retrieved) before anyone has clicked it. Training adds a loss in which every item is its
-content part alone (`VIP5Config.content_loss_weight`), so the content part names items by itself.
+(and retrieved) before anyone has clicked it. The content part trains through the id + content
+sum; `VIP5Config.content_loss_weight` > 0 adds a loss in which every item is its content part
+alone, so the content part names items by itself (off by default: it cost next-item accuracy).
 """
 
 from __future__ import annotations
