@@ -49,6 +49,8 @@ class WorkerMetrics:
         self.adapter_rejections = Counter("vip5_adapter_rejections", "adapter updates rejected", registry=r)
         self.trainer_rounds = Counter("vip5_trainer_rounds", "adapter training rounds by outcome (published, rejected)",
                                       ["outcome"], registry=r)
+        self.users_evicted = Counter("vip5_users_evicted", "user histories dropped by the history bound "
+                                     "(max users or idle age)", registry=r)
         self.alive = threading.Event()
         self.ready = threading.Event()
         self._checks: dict[str, Callable[[], bool]] = {}  # background parts the worker needs (followers)
@@ -73,9 +75,12 @@ class WorkerMetrics:
     def update_lag(self, consumer) -> None:
         """Lag from the fetch high watermark (exact on every broker, unlike ListOffsets)."""
         for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is not None:
-                self.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(high - consumer.position(tp))
+            self.set_lag(tp.topic, tp.partition, consumer.highwater(tp), consumer.position(tp))
+
+    def set_lag(self, topic: str, partition: int, highwater: int | None, position: int | None) -> None:
+        """One partition's lag; nothing while either offset is unknown (before the first fetch)."""
+        if highwater is not None and position is not None:
+            self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, highwater - position))
 
 
 def serve_metrics(metrics: WorkerMetrics, *, host: str = "127.0.0.1", port: int) -> ThreadingHTTPServer:

@@ -11,11 +11,13 @@ Values travel as raw bytes and are decoded by the handlers, so a bad record beco
 faust's deserializer. Processing is at-least-once: faust commits an offset only after the agent
 has handled the event, and sends from an agent are flushed before the commit. Records faust skips
 after a crash are read back directly (streams.gaps) and handled before the message that follows.
+A timer reports the input partitions' `vip5_consumer_lag` every `lag_interval_s`.
 """
 
 from __future__ import annotations
 
 import faust
+from aiokafka.errors import IllegalStateError
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 
@@ -109,6 +111,18 @@ def build_app(cfg: StreamsConfig, ctx: StreamsContext) -> faust.App:
     @app.task
     async def on_started() -> None:  # runs once the worker has started its agents
         ctx.metrics.ready.set()
+
+    sources = {cfg.topics.name(spec) for spec in (ITEMS, INTERACTIONS)}
+
+    @app.timer(interval=cfg.lag_interval_s)
+    async def report_lag() -> None:  # vip5_consumer_lag of the input partitions this worker owns
+        for tp in app.consumer.assignment():
+            if tp.topic not in sources:
+                continue
+            try:
+                ctx.metrics.set_lag(tp.topic, tp.partition, app.consumer.highwater(tp), await app.consumer.position(tp))
+            except (AssertionError, IllegalStateError):  # revoked while we looked: the next round has it right
+                continue
 
     app.history_table = history
     return app

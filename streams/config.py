@@ -51,10 +51,11 @@ class StreamsConfig:
     # table recovery depends on them. True costs throughput; set False against Apache Kafka.
     one_record_per_batch: bool = True
     replica_wait_s: float = 30.0  # how long start-up waits for the embeddings replica to catch up
+    lag_interval_s: float = 5.0  # how often vip5_consumer_lag is read for the input partitions
 
     def __post_init__(self) -> None:
         positive = ("history_len", "dedupe_window", "max_users", "coalesce_max", "image_batch_size",
-                    "image_batch_wait_ms", "stream_buffer_maxsize")
+                    "image_batch_wait_ms", "stream_buffer_maxsize", "lag_interval_s")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

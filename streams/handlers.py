@@ -224,6 +224,7 @@ class InteractionsHandler:
             if key in self.history:  # not .pop: faust's table answers a missing key with its default
                 del self.history[key]
             self.ctx.stats["users_evicted"] += 1
+            self.ctx.metrics.users_evicted.inc()
 
     def restore_retention(self) -> None:
         """Once the table holds what it restored (a start or a rebalance): rebuild the order from the

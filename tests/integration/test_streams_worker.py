@@ -1,6 +1,9 @@
 """The streams worker against the embedded broker: items become embeddings, interactions become
 re-rank requests, bad input becomes dead letters, user histories survive a restart, and users
-evicted by the history bound stay evicted after one."""
+evicted by the history bound stay evicted after one (and are counted in the worker's metrics)."""
+
+import time
+import urllib.request
 
 import pytest
 
@@ -9,9 +12,24 @@ from schemas.records import DeadLetter, ItemEmbedding, ItemUpsert, RerankRequest
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RERANK_REQUESTS
 from streams.worker import READY_LINE
 from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
+from vip5.broker import free_port
 from vip5.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def wait_for(condition, *, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def start_streams(kafka_cfg, topics, tmp_path, name, *extra):
@@ -76,12 +94,18 @@ def test_a_user_evicted_by_the_history_bound_is_not_restored_after_a_restart(bro
     create_topics(kafka_cfg, topics)
     items = fashion_items(6)
     publish(kafka_cfg, topics, items)
-    worker = start_streams(kafka_cfg, topics, tmp_path, "bounded", "--max-users", "2", "--text-encoder", "none")
+    port = free_port()
+    worker = start_streams(kafka_cfg, topics, tmp_path, "bounded", "--max-users", "2", "--text-encoder", "none",
+                           "--metrics-port", str(port))
     try:
         records_on(kafka_cfg, topics, ITEM_EMBEDDINGS, count=len(items))
         for n in range(3):  # one at a time, so u0 is the least recently active when u2 arrives
             publish(kafka_cfg, topics, [click(f"e{n}", f"u{n}", items[n].item_id)])
             records_on(kafka_cfg, topics, RERANK_REQUESTS, count=n + 1)
+        # the eviction is counted, and the input partitions report their lag (all read: 0)
+        lag = [f'vip5_consumer_lag{{partition="{p}",topic="{topics.prefix}interactions"}} 0.0' for p in range(3)]
+        assert wait_for(lambda: all(line in scrape(port) for line in lag), timeout_s=30), scrape(port)
+        assert "vip5_users_evicted_total 1.0" in scrape(port)
     finally:
         assert worker.stop() == 0
 
