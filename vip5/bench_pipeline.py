@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import shlex
 import tempfile
 import threading
 import time
@@ -217,7 +218,8 @@ def run_bench_pipeline(args: argparse.Namespace) -> dict:
                                    requests=args.raw_requests, prompt_history_len=5, feature_dim=1280)
 
         stack_cfg = StackConfig(work_dir=work, model_dir=model_dir, topic_prefix="bench.", partitions=3,
-                                candidates=args.candidates, serve_args=("--max-batch", str(args.max_batch)))
+                                candidates=args.candidates, serve_args=("--max-batch", str(args.max_batch)),
+                                streams_args=tuple(shlex.split(args.streams_args)))
         # raw rate before and after the pipeline runs: a shared machine drifts, the mean brackets it
         raw_before = raw()
         with LocalStack(stack_cfg) as stack:
@@ -292,3 +294,6 @@ def register(commands, bench) -> None:
                         "freshness does not grow during the run, whatever the model's own latency)")
     p.add_argument("--warmup-events", type=int, default=20, help="a burst before the measured runs (0: none)")
     p.add_argument("--report", default=None, metavar="DIR", help="also write an HTML report with plots to DIR/index.html")
+    p.add_argument("--streams-args", default="", metavar="ARGS",
+                   help="extra arguments of the streams worker, e.g. --streams-args=--batched-changelog (Apache "
+                   "Kafka: changelog and requests in multi-record produce batches)")
