@@ -55,10 +55,12 @@ class StreamsConfig:
 
     def __post_init__(self) -> None:
         positive = ("history_len", "dedupe_window", "max_users", "coalesce_max", "image_batch_size",
-                    "image_batch_wait_ms", "stream_buffer_maxsize", "lag_interval_s")
+                    "image_batch_wait_ms", "stream_buffer_maxsize")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lag_interval_s <= 0:
+            raise ValueError(f"lag_interval_s: must be > 0, got {self.lag_interval_s}")
         for name in ("coalesce_ms", "user_idle_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")

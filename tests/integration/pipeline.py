@@ -61,3 +61,14 @@ def worker_args(command: str, cfg: KafkaConfig, topics: TopicConfig, *extra: str
 def worker_env(cfg: KafkaConfig) -> dict[str, str]:
     return {"VIP5_KAFKA_SESSION_TIMEOUT_MS": str(cfg.session_timeout_ms),
             "VIP5_KAFKA_HEARTBEAT_INTERVAL_MS": str(cfg.heartbeat_interval_ms)}
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    """predicate()'s first truthy value, polled every second; AssertionError naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")

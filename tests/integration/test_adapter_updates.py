@@ -18,20 +18,10 @@ from model_worker.vip5model.tokenizer import build_template_tokenizer
 from schemas.codec import encode
 from schemas.records import AdapterUpdate, Recommendation
 from schemas.topics import ADAPTER_UPDATES, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RECOMMENDATIONS
-from tests.integration.pipeline import click, fashion_items, records_on
+from tests.integration.pipeline import click, fashion_items, records_on, wait_for
 from vip5.stack import LocalStack, StackConfig
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_trainer_publishes_v2_worker_swaps_rejects_corruption_and_rolls_back(tmp_path):

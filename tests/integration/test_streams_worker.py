@@ -2,16 +2,22 @@
 re-rank requests, bad input becomes dead letters, user histories survive a restart, and users
 evicted by the history bound stay evicted after one (and are counted in the worker's metrics)."""
 
-import time
-import urllib.request
-
 import pytest
 
 from runtime.kafka import create_topics
 from schemas.records import DeadLetter, ItemEmbedding, ItemUpsert, RerankRequest
 from schemas.topics import DEAD_LETTER, ITEM_EMBEDDINGS, RERANK_REQUESTS
 from streams.worker import READY_LINE
-from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
+from tests.integration.pipeline import (
+    click,
+    fashion_items,
+    publish,
+    records_on,
+    wait_for,
+    worker_args,
+    worker_env,
+)
+from tests.runtime.test_metrics import get
 from vip5.broker import free_port
 from vip5.processes import WorkerProcess
 
@@ -19,17 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
-
-
-def wait_for(condition, *, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
+    return get(f"http://127.0.0.1:{port}/metrics")[1].decode()
 
 
 def start_streams(kafka_cfg, topics, tmp_path, name, *extra):
@@ -104,7 +100,7 @@ def test_a_user_evicted_by_the_history_bound_is_not_restored_after_a_restart(bro
             records_on(kafka_cfg, topics, RERANK_REQUESTS, count=n + 1)
         # the eviction is counted, and the input partitions report their lag (all read: 0)
         lag = [f'vip5_consumer_lag{{partition="{p}",topic="{topics.prefix}interactions"}} 0.0' for p in range(3)]
-        assert wait_for(lambda: all(line in scrape(port) for line in lag), timeout_s=30), scrape(port)
+        wait_for(lambda: all(line in scrape(port) for line in lag), 30, "the lag of every interactions partition")
         assert "vip5_users_evicted_total 1.0" in scrape(port)
     finally:
         assert worker.stop() == 0
