@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from index.item_index import IndexConfig, ItemIndex
 from runtime.features import feature_handler
 from runtime.tail import TopicTail
 from schemas.records import ItemEmbedding
+
+if TYPE_CHECKING:
+    from index.retriever import SequentialRetriever
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +115,12 @@ class CatalogReplica:
         return out
 
     def candidates(self, history: Sequence[str], popularity: PopularityTracker, config: CandidateConfig,
-                   *, now_s: float, covisitation: Covisitation | None = None) -> list[RetrievedItem]:
+                   *, now_s: float, covisitation: Covisitation | None = None,
+                   retriever: SequentialRetriever | None = None) -> list[RetrievedItem]:
         with self._lock:
             indexes = [index for index in self.by_dim.values() if len(index)] or [self.index]
             return generate_candidates(history, indexes, popularity, self.freshness, config, now_s=now_s,
-                                       covisitation=covisitation)
+                                       covisitation=covisitation, retriever=retriever)
 
     def __contains__(self, item_id: str) -> bool:
         return any(item_id in index for index in self.by_dim.values())

@@ -12,6 +12,9 @@ with it on the wire. Times are epoch milliseconds (`*_time_ms`). Encoding: `sche
     Explanation     explanations, key user_id             why the top item suits the user; follows its
                                                           Recommendation (same request_id)
     AdapterUpdate   adapter-updates, key "adapter"        a new adapter version to load
+    RetrieverModel  retriever-models (compacted), key "sequential"   the learned retriever's query
+                                                          network; its item vectors are ItemEmbeddings
+                                                          on retriever-vectors (encoder_id = version)
     DeadLetter      dead-letter, key source topic         what could not be processed, and why
 """
 
@@ -30,7 +33,7 @@ ID = F.Id(max_len=LIMITS.max_id_len)
 TIME_MS = F.Int(lo=LIMITS.min_time_ms, hi=LIMITS.max_time_ms)
 SCORE = F.Float()
 INTERACTION_KINDS = ("view", "click", "add_to_cart", "purchase", "rating", "review")
-CANDIDATE_SOURCES = ("covisit", "visual", "popular", "fresh", "history", "other")
+CANDIDATE_SOURCES = ("covisit", "visual", "popular", "fresh", "history", "other", "sequential")
 
 REGISTRY: dict[str, type[Record]] = {}
 
@@ -221,6 +224,27 @@ class AdapterUpdate(Record):
     metrics: dict[str, float] | None = F.field(F.Map(max_items=LIMITS.max_metrics, optional=True))
     # hex HMAC-SHA256 of the artifact's manifest.json under the trainer's key (model_worker.artifacts)
     signature: str | None = F.field(F.Str(max_len=64, min_len=64, pattern="[0-9a-f]{64}", optional=True))
+
+
+@record("retriever_model", 1)
+class RetrieverModel(Record):
+    """A SASRec query network without its item table (`index.retriever`): safetensors `weights`
+    (plain tensors, never pickle), the shape they must have, and how many item vectors this version
+    published on retriever-vectors."""
+
+    version: str = F.field(ID)
+    hidden: int = F.field(F.Int(lo=1, hi=LIMITS.max_vector_dim))
+    n_blocks: int = F.field(F.Int(lo=1, hi=16))
+    n_heads: int = F.field(F.Int(lo=1, hi=64))
+    max_len: int = F.field(F.Int(lo=1, hi=LIMITS.max_history_len))
+    loss: str = F.field(F.Choice(choices=("ce", "bce")))  # "bce" scales item vectors by sqrt(hidden)
+    weights: bytes = F.field(F.Bytes(max_len=LIMITS.max_message_bytes - 64 * 1024))
+    n_items: int = F.field(F.Int(lo=1))
+    created_time_ms: int = F.field(TIME_MS)
+
+    def check(self) -> None:
+        if self.hidden % self.n_heads:
+            raise SchemaError("n_heads", f"hidden {self.hidden} is not divisible by n_heads {self.n_heads}")
 
 
 @record("dead_letter", 1)

@@ -24,6 +24,7 @@ from schemas.records import (
     Recommendation,
     Record,
     RerankRequest,
+    RetrieverModel,
 )
 
 
@@ -42,6 +43,10 @@ INTERACTIONS = TopicSpec("interactions", Interaction, key="user_id",
 ITEMS = TopicSpec("items", ItemUpsert, key="item_id", description="new and changed products with images")
 ITEM_EMBEDDINGS = TopicSpec("item-embeddings", ItemEmbedding, key="item_id", cleanup_policy="compact",
                             description="visual vector per item; the source every index replica rebuilds from")
+RETRIEVER_VECTORS = TopicSpec("retriever-vectors", ItemEmbedding, key="item_id", cleanup_policy="compact",
+                              description="the learned retriever's vector per item (encoder_id = its version)")
+RETRIEVER_MODELS = TopicSpec("retriever-models", RetrieverModel, key="retriever name", cleanup_policy="compact",
+                             partitions=1, description="the learned retriever's query network, newest version")
 RERANK_REQUESTS = TopicSpec("rerank-requests", RerankRequest, key="user_id",
                             description="user history plus retrieved candidates, for the model worker")
 RECOMMENDATIONS = TopicSpec("recommendations", Recommendation, key="user_id",
@@ -54,8 +59,8 @@ DEAD_LETTER = TopicSpec("dead-letter", DeadLetter, key="source topic",
                         description="records that could not be processed, with the reason and raw bytes")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    INTERACTIONS, ITEMS, ITEM_EMBEDDINGS, RERANK_REQUESTS, RECOMMENDATIONS, EXPLANATIONS, ADAPTER_UPDATES,
-    DEAD_LETTER,
+    INTERACTIONS, ITEMS, ITEM_EMBEDDINGS, RETRIEVER_VECTORS, RETRIEVER_MODELS, RERANK_REQUESTS, RECOMMENDATIONS,
+    EXPLANATIONS, ADAPTER_UPDATES, DEAD_LETTER,
 )
 
 _LEGAL_NAME = re.compile(r"[A-Za-z0-9._-]*")

@@ -23,10 +23,9 @@ def streams_config(args: argparse.Namespace):
         encoder=EncoderConfig(kind=args.encoder, model=args.encoder_model, image_size=args.image_size,
                               device=args.device,
                               limits=ImageLimits(base_dir=os.path.abspath(image_dir) if image_dir else None)),
-        # half the slots for co-visited items, a fifth each for popular and fresh items (new users,
-        # new products), the rest visual; slots a source cannot fill go to the others
-        candidates=CandidateConfig(k=args.candidates, covisit_k=min(50, args.candidates // 2),
-                                   popular_k=min(10, args.candidates // 5), fresh_k=min(10, args.candidates // 5)),
+        # each source's default share of the slots (index.candidates), scaled to the count asked for;
+        # slots a source cannot fill go to the others
+        candidates=CandidateConfig.sized(args.candidates),
         app_id=args.app_id or f"{topic_config(args).prefix}streams",
         data_dir=args.data_dir,
         history_len=args.history_len,
@@ -34,6 +33,7 @@ def streams_config(args: argparse.Namespace):
         user_idle_s=args.user_idle_s,
         coalesce_ms=args.coalesce_ms,
         text_encoder=args.text_encoder,
+        retriever=not args.no_retriever,
         one_record_per_batch=not args.batched_changelog,
     )
 
@@ -64,6 +64,8 @@ def register(commands, bench) -> None:
                         "default: none, items must carry image_bytes)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
+    p.add_argument("--no-retriever", action="store_true",
+                   help="do not follow the learned retriever's topics (`vip5 retriever publish`)")
     p.add_argument("--history-len", type=int, default=50, help="items kept per user")
     p.add_argument("--max-users", type=int, default=20_000,
                    help="most users whose history this worker keeps; the least recently active is evicted first")

@@ -43,6 +43,10 @@ class StreamsConfig:
     # On by default because logs without images (the Amazon data) otherwise have no content at all;
     # it costs ~90 MB and a second at start-up, and items with images never use it.
     text_encoder: str = "minilm"
+    # Follow the learned retriever's topics (retriever-vectors, retriever-models; index.retriever)
+    # and give its items `candidates.sequential_k` slots once a model is published; until then, or
+    # with False, those slots go to the other sources.
+    retriever: bool = True
     # Backpressure: faust stops fetching a partition while this many of its records wait unprocessed.
     stream_buffer_maxsize: int = 1024
     popularity_half_life_s: float = 3600.0

@@ -65,6 +65,9 @@ class StreamsContext:
     # Items without an image get a vector of their title and category from this encoder
     # (index.text_encoder.TextEncoder: encode(texts) -> (N, D), encoder_id); None: they get none.
     text_encoder: object | None = None
+    # The learned sequential retriever's replica (index.retriever), fed by its own follower threads;
+    # None: no such candidates.
+    retriever: object | None = None
 
 
 class Intake:
@@ -202,7 +205,7 @@ class InteractionsHandler:
         # lost in a crash between the table update and the send; consumers drop repeated ids.
         reflected = [i for _, i in live if i.event_id in fresh_ids] or [i for _, i in live]
         candidates = ctx.replica.candidates(state["items"], ctx.popularity, cfg.candidates, now_s=time.time(),
-                                            covisitation=ctx.covisitation)
+                                            covisitation=ctx.covisitation, retriever=ctx.retriever)
         if not candidates:
             ctx.stats["requests_without_candidates"] += 1
             log.warning("no candidates for user %s yet (empty catalogue?)", user_id)

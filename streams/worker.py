@@ -17,7 +17,7 @@ from runtime.kafka import consumer, create_topics
 from runtime.logs import logging_config
 from runtime.metrics import WorkerMetrics, serve_metrics
 from runtime.tail import TopicTail
-from schemas.topics import ITEM_EMBEDDINGS
+from schemas.topics import ITEM_EMBEDDINGS, RETRIEVER_MODELS, RETRIEVER_VECTORS
 from streams.app import build_app
 from streams.config import StreamsConfig
 from streams.handlers import StreamsContext
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 READY_LINE = "[^Worker]: Ready"  # faust logs this once partitions are assigned and tables recovered
 
 
-def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, TopicTail]:
+def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, list[TopicTail]]:
+    """The handlers' context and the follower threads that keep its replicas current (not started)."""
     encoder = build_encoder(cfg.encoder)
     text_encoder = None
     if cfg.text_encoder == "minilm":
@@ -37,12 +38,19 @@ def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, TopicTail]:
     # image vectors and text vectors live in one index each; content neighbours search both
     extra = (IndexConfig(dim=text_encoder.dim),) if text_encoder is not None and text_encoder.dim != encoder.dim else ()
     replica = CatalogReplica(IndexConfig(dim=encoder.dim), fresh_max_age_s=cfg.fresh_max_age_s, extra_indexes=extra)
-    follower = embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    followers = [embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)]
+    retriever = None
+    if cfg.retriever:
+        from index.retriever import SequentialRetriever, retriever_followers
+
+        retriever = SequentialRetriever()
+        followers += retriever_followers(lambda: consumer(cfg.kafka, None), cfg.topics.name(RETRIEVER_VECTORS),
+                                         cfg.topics.name(RETRIEVER_MODELS), retriever)
     popularity = PopularityTracker(half_life_s=cfg.popularity_half_life_s)
     context = StreamsContext(encoder=encoder, replica=replica, popularity=popularity, stats=Counter(),
                              covisitation=Covisitation(cfg.covisitation), text_encoder=text_encoder,
-                             metrics=WorkerMetrics("streams"))
-    return context, follower
+                             metrics=WorkerMetrics("streams"), retriever=retriever)
+    return context, followers
 
 
 def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", log_format: str = "text",
@@ -50,11 +58,13 @@ def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", log_format: str = 
     import faust
 
     create_topics(cfg.kafka, cfg.topics)
-    ctx, follower = build_context(cfg)
-    follower.start()
-    ctx.metrics.require("item-embeddings follower", follower.healthy)  # stopped: /healthz and /readyz red
-    if not follower.wait_caught_up(cfg.replica_wait_s):
-        log.warning("embeddings replica not caught up after %.0fs; starting anyway", cfg.replica_wait_s)
+    ctx, followers = build_context(cfg)
+    for follower in followers:
+        follower.start()
+        ctx.metrics.require(f"{follower.topic} follower", follower.healthy)  # stopped: /healthz and /readyz red
+    for follower in followers:
+        if not follower.wait_caught_up(cfg.replica_wait_s):
+            log.warning("%s replica not caught up after %.0fs; starting anyway", follower.topic, cfg.replica_wait_s)
     log.info("catalogue replica holds %d items (encoder %s, dim %d)", len(ctx.replica), ctx.encoder.encoder_id,
              ctx.encoder.dim)
     app = build_app(cfg, ctx)
@@ -66,7 +76,8 @@ def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", log_format: str = 
         worker.execute_from_commandline()  # returns/raises SystemExit on SIGINT/SIGTERM
     finally:
         ctx.metrics.alive.clear()
-        follower.stop()
+        for follower in followers:
+            follower.stop()
         if http is not None:
             http.shutdown()
         log.info("streams worker stopped: %s", dict(ctx.stats))

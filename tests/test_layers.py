@@ -1,12 +1,13 @@
 """The packages' layers, read from the source (ast), imports inside functions included.
 
     vip5/                     the top: command line, demo, local stack, benches; may import anything
-    streams/   index/   model_worker/
+    streams/   model_worker/     streams may use index/; model_worker may use index/
+    index/                    retrieval: encoders, FAISS index, candidate sources, SASRec
     runtime/                  Kafka clients, tailing, item features, metrics, logs, CLI helpers
     schemas/                  the records
 
-`index/` and `model_worker/` import neither each other nor `streams/`; `streams/` may use `index/`
-but not `model_worker/`; no package imports `vip5/`; no cycle between packages or between files.
+`index/` imports neither `model_worker/` nor `streams/`; `streams/` and `model_worker/` may use
+`index/` but not each other; no package imports `vip5/`; no cycle between packages or between files.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ALLOWED = {
     "schemas": set(),
     "runtime": {"schemas"},
     "index": {"schemas", "runtime"},
-    "model_worker": {"schemas", "runtime"},
+    "model_worker": {"schemas", "runtime", "index"},
     "streams": {"schemas", "runtime", "index"},
     "vip5": {"schemas", "runtime", "index", "streams", "model_worker"},
 }

@@ -134,7 +134,7 @@ def collect(stack, spec, record_type, stop: threading.Event, into: list, group: 
     return thread
 
 
-def run_replay(data, replay_log, stack_cfg, *, timeout_s: float) -> dict:
+def run_replay(data, replay_log, stack_cfg, *, timeout_s: float, retriever_dir: Path | None = None) -> dict:
     from schemas.codec import encode
     from schemas.records import Interaction, Recommendation, RerankRequest
     from schemas.topics import INTERACTIONS, RECOMMENDATIONS, RERANK_REQUESTS
@@ -146,6 +146,13 @@ def run_replay(data, replay_log, stack_cfg, *, timeout_s: float) -> dict:
         embedded = publish_catalogue(stack, data, timeout_s=timeout_s)
         catalogue_s = time.monotonic() - started
         log.info("catalogue: %d embeddings in %.0f s", embedded, catalogue_s)
+        retriever = None
+        if retriever_dir is not None:
+            from index.retriever import publish_retriever
+
+            retriever = publish_retriever(retriever_dir, stack.send)
+            stack.flush()
+            log.info("retriever %s: %d item vectors published", retriever["version"], retriever["vectors"])
         threads = [collect(stack, RECOMMENDATIONS, Recommendation, stop, recs, "replay-recs"),
                    collect(stack, RERANK_REQUESTS, RerankRequest, stop, requests, "replay-requests")]
         time.sleep(2 * stack.kafka.session_timeout_ms / 1000)  # the collectors join their groups
@@ -169,7 +176,7 @@ def run_replay(data, replay_log, stack_cfg, *, timeout_s: float) -> dict:
     timing = {"catalogue_embedded": embedded, "catalogue_s": round(catalogue_s, 1), "backfill_s": round(backfill_s, 1),
               "test_phase_s": round(replay_s - backfill_s, 1), "replay_s": round(replay_s, 1),
               "events_per_s": round((len(replay_log.train) + len(replay_log.test)) / replay_s, 1)}
-    return {"recommendations": recs, "requests": requests, "timing": timing}
+    return {"recommendations": recs, "requests": requests, "timing": timing, "retriever": retriever}
 
 
 def score(data, replay_log, recs, requests, *, seed: int, halves: bool) -> dict:
@@ -217,10 +224,11 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
             streams_args=("--coalesce-ms", str(args.coalesce_ms),
                           "--max-users", str(max(20_000, len({user for user, _ in replay_log.train})))),
             trainer_args=() if args.trainer else None, start_timeout_s=300.0)
-        run = run_replay(data, replay_log, stack_cfg, timeout_s=args.timeout)
+        run = run_replay(data, replay_log, stack_cfg, timeout_s=args.timeout,
+                         retriever_dir=Path(args.retriever) if args.retriever else None)
     result = score(data, replay_log, run["recommendations"], run["requests"], seed=args.seed, halves=args.trainer)
     out = {"data": data.name, "n_items": data.n_items, "train_interactions": len(replay_log.train),
-           "ordered_by": replay_log.ordered_by, **result, **run["timing"]}
+           "ordered_by": replay_log.ordered_by, **result, **run["timing"], "retriever": run["retriever"]}
     if args.report:
         out["report"] = write_replay_report(out, data, replay_log, run["recommendations"], Path(args.report))
     return out
@@ -256,6 +264,8 @@ def register(commands, bench) -> None:
     p.add_argument("--users", type=int, default=5000, help="seeded sample of test users; 0 = all")
     p.add_argument("--seed", type=int, default=0, help="user sample, interleaving and tie-breaking")
     p.add_argument("--trainer", action="store_true", help="run the adapter trainer too; report `halves`")
+    p.add_argument("--retriever", default=None, metavar="RDIR",
+                   help="publish this `vip5 retriever train` folder before the log: the sequential candidates")
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
     p.add_argument("--prompt-history-len", type=int, default=20)

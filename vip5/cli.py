@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "streams.cli",
     "index.cli",
     "model_worker.cli", "model_worker.serve_cli", "model_worker.trainer_cli", "model_worker.bench_adapters",
-    "vip5.train_cli",
+    "vip5.train_cli", "vip5.retriever_cli",
 )
 
 def emit(result: dict, *, as_json: bool) -> None:

@@ -78,7 +78,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
     from model_worker.offline.evaluate import EvalConfig, evaluate
-    from model_worker.offline.sasrec import SASRecConfig
+    from index.sasrec import SASRecConfig
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     config = EvalConfig(

@@ -44,7 +44,7 @@ from .data import (
     training_split,
 )
 from .metrics import rank_in_list, rank_metrics, rank_of_target, text_metrics
-from .sasrec import SASRecConfig, SASRecScorer
+from index.sasrec import SASRecConfig, SASRecScorer
 from .tasks import explanation_from, image_lookup, shuffled
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ def trackers() -> tuple[PopularityTracker, FreshnessTracker]:
 
 def test_new_user_gets_popular_then_fresh_items(trackers):
     popularity, freshness = trackers
-    config = CandidateConfig(k=10, covisit_k=0, popular_k=2, fresh_k=1)
+    config = CandidateConfig(k=10, covisit_k=0, sequential_k=0, popular_k=2, fresh_k=1)
     got = generate_candidates([], two_cluster_catalogue(), popularity, freshness, config, now_s=NOW_S)
     assert [(c.item_id, c.source) for c in got] == [("a0", "popular"), ("a1", "popular"), ("a2", "popular"),
                                                    ("b29", "fresh")]  # grouped by source
@@ -48,7 +48,7 @@ def test_new_user_gets_popular_then_fresh_items(trackers):
 
 def test_user_with_history_gets_visual_neighbours_and_never_seen_items(trackers):
     popularity, freshness = trackers
-    config = CandidateConfig(k=20, covisit_k=0, popular_k=2, fresh_k=1)
+    config = CandidateConfig(k=20, covisit_k=0, sequential_k=0, popular_k=2, fresh_k=1)
     history = ["b3", "b4"]
     got = generate_candidates(history, two_cluster_catalogue(), popularity, freshness, config, now_s=NOW_S,
                               exclude={"b5"})
@@ -63,7 +63,7 @@ def test_user_with_history_gets_visual_neighbours_and_never_seen_items(trackers)
 
 def test_recent_history_items_weigh_more_in_the_query():
     index = two_cluster_catalogue()
-    config = CandidateConfig(k=10, covisit_k=0, popular_k=0, fresh_k=0, recency_half_life=1.0)
+    config = CandidateConfig(k=10, covisit_k=0, sequential_k=0, popular_k=0, fresh_k=0, recency_half_life=1.0)
     query = history_query(["a1", "a2", "b1"], index, config)  # latest is b1: weights 0.25, 0.5, 1
     assert query @ np.eye(DIM)[1] > query @ np.eye(DIM)[0]
     got = generate_candidates(["a1", "a2", "b1"], index, PopularityTracker(), FreshnessTracker(), config, now_s=NOW_S)
@@ -75,7 +75,7 @@ def test_a_new_product_reaches_users_before_any_interaction(trackers):
     index = two_cluster_catalogue()
     index.upsert(["new-product"], np.eye(DIM)[5:6])  # unlike anything the user saw
     freshness.add("new-product", NOW_S - 1)
-    config = CandidateConfig(k=5, covisit_k=0, popular_k=1, fresh_k=1)
+    config = CandidateConfig(k=5, covisit_k=0, sequential_k=0, popular_k=1, fresh_k=1)
     got = generate_candidates(["a3"], index, popularity, freshness, config, now_s=NOW_S)
     assert ("new-product", "fresh") in [(c.item_id, c.source) for c in got]
 
@@ -83,14 +83,14 @@ def test_a_new_product_reaches_users_before_any_interaction(trackers):
 def test_a_new_product_is_found_visually_once_embedded():
     index = two_cluster_catalogue()
     index.upsert(["new-a"], np.eye(DIM)[0:1])  # exactly on cluster a's axis
-    config = CandidateConfig(k=3, covisit_k=0, popular_k=0, fresh_k=0)
+    config = CandidateConfig(k=3, covisit_k=0, sequential_k=0, popular_k=0, fresh_k=0)
     got = generate_candidates(["a1", "a2"], index, PopularityTracker(), FreshnessTracker(), config, now_s=NOW_S)
     assert "new-a" in [c.item_id for c in got]
 
 
 def test_history_items_without_vectors_are_ignored():
     index = two_cluster_catalogue()
-    config = CandidateConfig(k=3, covisit_k=0, popular_k=0, fresh_k=0)
+    config = CandidateConfig(k=3, covisit_k=0, sequential_k=0, popular_k=0, fresh_k=0)
     assert history_query(["unknown"], index, config) is None
     got = generate_candidates(["unknown", "b2"], index, PopularityTracker(), FreshnessTracker(), config, now_s=NOW_S)
     assert all(c.item_id.startswith("b") for c in got)
@@ -131,7 +131,9 @@ def test_freshness_forgets_items_past_max_age_and_keeps_the_newest():
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"k": 0}, "k"), ({"k": 5, "covisit_k": 0, "popular_k": 6}, "popular_k"), ({"k": 5, "covisit_k": 6}, "covisit_k"), ({"fresh_k": -1}, "fresh_k"),
+    [({"k": 0}, "k"), ({"k": 5, "covisit_k": 0, "sequential_k": 0, "popular_k": 6}, "popular_k"),
+     ({"k": 5, "covisit_k": 6}, "covisit_k"), ({"k": 5, "covisit_k": 0, "sequential_k": 6}, "sequential_k"),
+     ({"fresh_k": -1}, "fresh_k"),
      ({"history_len": 0}, "history_len"), ({"recency_half_life": 0}, "recency_half_life")],
 )
 def test_candidate_config_rejects_invalid_field_naming_it(kwargs, field):

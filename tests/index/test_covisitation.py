@@ -131,13 +131,14 @@ def test_covisitation_config_rejects_invalid_field_naming_it(kwargs, field):
 
 
 def test_each_source_gets_its_slots_and_visual_the_rest():
-    config = CandidateConfig(k=10, covisit_k=4, popular_k=2, fresh_k=1)
-    assert slots(config) == {"visual": 3, "covisit": 4, "popular": 2, "fresh": 1}
+    config = CandidateConfig(k=12, covisit_k=4, sequential_k=2, popular_k=2, fresh_k=1)
+    assert slots(config) == {"visual": 3, "covisit": 4, "sequential": 2, "popular": 2, "fresh": 1}
     ranked = {source: [(f"{source}{i}", float(-i)) for i in range(10)]
-              for source in ("covisit", "visual", "popular", "fresh")}
+              for source in ("covisit", "sequential", "visual", "popular", "fresh")}
     got = merge_sources(ranked, slots(config), config.k)
     assert [(c.item_id, c.source) for c in got] == (
-        [(f"covisit{i}", "covisit") for i in range(4)] + [(f"visual{i}", "visual") for i in range(3)]
+        [(f"covisit{i}", "covisit") for i in range(4)] + [(f"sequential{i}", "sequential") for i in range(2)]
+        + [(f"visual{i}", "visual") for i in range(3)]
         + [("popular0", "popular"), ("popular1", "popular"), ("fresh0", "fresh")])
 
 
@@ -159,12 +160,12 @@ def test_co_visited_items_lead_the_candidates_of_a_user_without_images():
     popularity = PopularityTracker(refresh_every=1)
     for item in ["p1", "p1", "b"]:
         popularity.record(item, 0.0)
-    config = CandidateConfig(k=4, covisit_k=2, popular_k=1, fresh_k=0)
+    config = CandidateConfig(k=4, covisit_k=2, sequential_k=0, popular_k=1, fresh_k=0)
     got = generate_candidates(["a"], ItemIndex(IndexConfig(dim=4, kind="flat")), popularity, FreshnessTracker(),
                               config, now_s=0.0, covisitation=cov)
     assert [(c.item_id, c.source) for c in got] == [("b", "covisit"), ("c", "covisit"), ("p1", "popular")]
 
 
 def test_candidate_config_rejects_more_reserved_slots_than_k():
-    with pytest.raises(ValueError, match="covisit_k \\+ popular_k \\+ fresh_k must be <= k=20"):
-        CandidateConfig(k=20, covisit_k=15, popular_k=5, fresh_k=1)
+    with pytest.raises(ValueError, match="covisit_k \\+ sequential_k \\+ popular_k \\+ fresh_k must be <= k=20"):
+        CandidateConfig(k=20, covisit_k=15, sequential_k=0, popular_k=5, fresh_k=1)

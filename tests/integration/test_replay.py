@@ -1,5 +1,6 @@
 """`vip5 bench replay` through the real broker and worker processes, on a slice of Amazon Beauty:
-every test user gets a recommendation, and the published lists beat popularity on the same users."""
+every test user gets a recommendation, the published lists beat popularity on the same users, and
+a retriever published on its topics feeds the candidates."""
 
 import time
 from pathlib import Path
@@ -28,8 +29,19 @@ def slice_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_a_replayed_slice_recommends_to_every_test_user_and_beats_popularity(slice_run):
+@pytest.fixture(scope="session")
+def slice_retriever(tmp_path_factory) -> Path:
+    """`vip5 retriever train` on the slice for a few seconds."""
+    out = tmp_path_factory.mktemp("slice-retriever")
+    args = build_parser().parse_args(["retriever", "train", "--data", str(SLICE), "--out", str(out),
+                                      "--time-budget-s", "10", "--threads", "1", "--json"])
+    assert args.handler(args)["version"].startswith("sasrec-")
+    return out
+
+
+def test_a_replayed_slice_recommends_to_every_test_user_and_beats_popularity(slice_run, slice_retriever):
     args = build_parser().parse_args(["bench", "replay", "--data", str(SLICE), "--model-dir", str(slice_run),
+                                      "--retriever", str(slice_retriever),
                                       "--users", str(USERS), "--timeout", "240", "--json"])
     started = time.monotonic()
     result = args.handler(args)
@@ -37,6 +49,8 @@ def test_a_replayed_slice_recommends_to_every_test_user_and_beats_popularity(sli
     assert result["users_with_recommendation"] == USERS, result
     assert result["replay"]["n_users"] == result["popularity"]["n_users"] == USERS
     assert result["replay"]["hr@10"] > result["popularity"]["hr@10"], result
-    assert set(result["recall_at_100"]) == {"covisit", "visual", "popular", "fresh", "all"}
+    assert set(result["recall_at_100"]) == {"covisit", "sequential", "visual", "popular", "fresh", "all"}
+    # the published retriever reached the streams worker through its topics and fed the candidates
+    assert result["retriever"]["vectors"] > 0 and result["recall_at_100"]["sequential"] > 0, result
     assert result["events_per_s"] > 0 and result["freshness_p99_ms"] >= result["freshness_p50_ms"] > 0
     assert elapsed < 240, elapsed

@@ -18,6 +18,7 @@ from schemas.records import (
     RankedItem,
     Recommendation,
     RerankRequest,
+    RetrieverModel,
 )
 
 T = 1_764_000_000_000
@@ -45,7 +46,15 @@ EXAMPLES = [
                raw=b"\x81\xa1x\x01", failed_time_ms=T),
     Explanation(request_id="r1", user_id="u1", item_id="i3", text="Matches your lipsticks.",
                 model_version="vip5-tiny", adapter_version="v1", event_time_ms=T, publish_time_ms=T + 90),
+    RetrieverModel(version="sasrec-0123", hidden=64, n_blocks=2, n_heads=1, max_len=50, loss="ce",
+                   weights=b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ", n_items=12101, created_time_ms=T),
 ]
+
+
+def test_a_retriever_model_whose_heads_do_not_divide_its_width_is_refused():
+    with pytest.raises(SchemaError, match="n_heads"):
+        RetrieverModel(version="v", hidden=64, n_blocks=2, n_heads=3, max_len=50, loss="ce", weights=b"x",
+                       n_items=1, created_time_ms=T)
 
 
 def test_examples_cover_every_record():
@@ -176,7 +185,7 @@ def test_older_recommendations_with_an_explanation_on_the_top_item_still_decode_
 
 
 def test_an_explanation_may_be_empty_but_not_longer_than_the_text_limit():
-    explanation = EXAMPLES[-1]
+    explanation = next(r for r in EXAMPLES if isinstance(r, Explanation))
     body = msgpack.unpackb(encode(explanation))
     assert decode(msgpack.packb({**body, "text": ""}), Explanation).text == ""
     with pytest.raises(SchemaError, match=r"^text: length 8193"):

@@ -3,16 +3,19 @@
 import pytest
 
 from streams.cli import streams_config
+from index.candidates import CandidateConfig
 from streams.config import StreamsConfig
 from vip5.cli import build_parser
 
 
 @pytest.mark.parametrize("k", [1, 5, 20, 100, 300])
-def test_every_candidates_count_gives_valid_slots_with_co_visitation_first(k):
+def test_every_candidates_count_gives_valid_slots_in_the_default_shares(k):
     args = build_parser().parse_args(["streams", "--candidates", str(k)])
     config = streams_config(args).candidates
-    assert config.k == k and config.covisit_k + config.popular_k + config.fresh_k <= k
-    assert config.covisit_k == min(50, k // 2)
+    assert config.k == k and config.covisit_k + config.sequential_k + config.popular_k + config.fresh_k <= k
+    default = CandidateConfig()
+    assert config.covisit_k == default.covisit_k * k // default.k
+    assert config.sequential_k == default.sequential_k * k // default.k
 
 
 def test_the_history_bound_flags_reach_the_config_and_bad_values_name_the_field():

@@ -68,7 +68,7 @@ def test_the_replica_keeps_image_and_text_vectors_apart_and_retrieves_neighbours
                    embedding("txt1", [0, 1, 0]), embedding("txt2", [0, 1, 0.1]), embedding("odd", [1, 1])])
     assert len(replica) == 4 and "txt1" in replica and "odd" not in replica
     assert replica.features(["img1", "txt1"])["txt1"].shape == (3,)
-    config = CandidateConfig(k=4, covisit_k=0, popular_k=0, fresh_k=0)
+    config = CandidateConfig(k=4, covisit_k=0, sequential_k=0, popular_k=0, fresh_k=0)
     got = replica.candidates(["img1", "txt1"], PopularityTracker(), config, now_s=1.0)
     assert {c.item_id for c in got} == {"img2", "txt2"} and {c.source for c in got} == {"visual"}
     replica.apply([embedding("txt1", [1, 0, 0, 0])])  # an image arrives for a text-only item

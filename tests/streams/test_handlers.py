@@ -40,7 +40,7 @@ class FixedCandidates:
     def __init__(self, items):
         self.items = items
 
-    def candidates(self, history, popularity, config, *, now_s, covisitation=None):
+    def candidates(self, history, popularity, config, *, now_s, covisitation=None, retriever=None):
         return [RetrievedItem(i, 1.0, "visual") for i in self.items if i not in history]
 
 

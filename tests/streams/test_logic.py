@@ -58,7 +58,7 @@ def test_an_interaction_updates_co_visitation_and_shows_in_the_next_requests_can
 
     replica = CatalogReplica(IndexConfig(dim=4, kind="flat", use_gpu=False))
     popularity, covisitation = PopularityTracker(), Covisitation()
-    config = CandidateConfig(k=5, covisit_k=3, popular_k=1, fresh_k=0)
+    config = CandidateConfig(k=5, covisit_k=3, sequential_k=0, popular_k=1, fresh_k=0)
     states: dict[str, dict] = {}
 
     def handle(interaction: Interaction):

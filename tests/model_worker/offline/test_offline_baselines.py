@@ -3,7 +3,7 @@
 import numpy as np
 
 from model_worker.offline.baselines import Markov, NextId, Popularity
-from model_worker.offline.sasrec import SASRec, SASRecConfig, SASRecScorer, left_pad
+from index.sasrec import SASRec, SASRecConfig, SASRecScorer, left_pad
 
 TOY = [(1, 2, 3, 1, 2), (2, 3, 4), (1, 2, 3)]
 

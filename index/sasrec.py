@@ -99,13 +99,14 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def attention_mask(self, seqs: torch.Tensor) -> torch.Tensor:
-        """(B*heads, L, L), True = blocked: future positions and padding keys; the diagonal stays
-        open so a padding query has something to attend to (its output is zeroed anyway)."""
-        length = seqs.shape[1]
-        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=seqs.device), diagonal=1)
-        blocked = future[None] | (seqs == 0)[:, None, :]  # (B, L, L)
-        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=seqs.device)[None]
+    def attention_mask(self, present: torch.Tensor) -> torch.Tensor:
+        """present (B, L) False at padding -> (B*heads, L, L), True = blocked: future positions and
+        padding keys; the diagonal stays open so a padding query has something to attend to (its
+        output is zeroed anyway)."""
+        length = present.shape[1]
+        future = torch.triu(torch.ones(length, length, dtype=torch.bool, device=present.device), diagonal=1)
+        blocked = future[None] | ~present[:, None, :]  # (B, L, L)
+        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=present.device)[None]
         return blocked.repeat_interleave(self.config.n_heads, dim=0)
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
@@ -113,12 +114,18 @@ class SASRec(nn.Module):
 
         Positions count back from the last column, so trimming all-padding columns on the left
         gives exactly the same outputs."""
-        length = seqs.shape[1]
-        positions = torch.arange(self.config.max_len - length, self.config.max_len, device=seqs.device)
-        x = self.item_emb(seqs) * self.embedding_scale + self.pos_emb(positions)[None]
-        keep = (seqs > 0).unsqueeze(-1).float()  # (B, T, 1)
+        return self.encode(self.item_emb(seqs), seqs > 0)
+
+    def encode(self, items: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """items (B, T, D) item vectors, present (B, T) False at padding -> hidden states (B, T, D).
+        The item table is only read by the caller, so a replica holding the vectors elsewhere (the
+        streams worker's retriever, `index.retriever`) runs the same network without it."""
+        length = items.shape[1]
+        positions = torch.arange(self.config.max_len - length, self.config.max_len, device=items.device)
+        x = items * self.embedding_scale + self.pos_emb(positions)[None]
+        keep = present.unsqueeze(-1).float()  # (B, T, 1)
         x = self.dropout(x) * keep
-        blocked = self.attention_mask(seqs)
+        blocked = self.attention_mask(present)
         for block in self.blocks:
             x = block(x, blocked, keep)
         return self.final_norm(x)

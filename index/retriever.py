@@ -1,0 +1,262 @@
+"""The learned sequential retriever: SASRec item vectors, searched with a query from the recent history.
+
+    trained SASRec (index.sasrec) ──► save_retriever(dir): retriever.safetensors + retriever.json
+    dir ──► retriever_records ──► one ItemEmbedding per item (encoder_id = version) for retriever-vectors
+                              ──► one RetrieverModel (the network without its item table) for retriever-models
+    both compacted topics ──► SequentialRetriever (a replica in every streams worker)
+    SequentialRetriever.candidates(history, k) ──► [(item id, score)], best first (source "sequential")
+
+The query is SASRec's hidden state after the user's latest items (up to `max_len`), computed with
+the replica's own copy of the item vectors; the score of an item is the inner product with its
+vector, searched exactly in FAISS (`ItemIndex`, not normalised). Items the version has no vector
+for (new since training) are skipped in the history and never retrieved; the content and
+co-visitation sources cover them.
+
+A new version replaces the old without a restart: vectors are kept per version (the old version
+answers while the new one's vectors arrive), and when a RetrieverModel arrives it becomes the one
+queried and the vectors of every other version are dropped. Publishing sends the vectors first and
+the model last, so a worker switches once the new vectors are (mostly) there; a replica that starts
+later reads both topics from the beginning, where compaction has left the newest vector of each
+item and the newest model. Memory: items x D x 4 bytes per version held (two during a switch). Weights travel as
+safetensors (plain tensors; nothing on the topic is unpickled or run) and must match the
+record's declared shapes exactly, or the record is refused and the current version stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import load_file, save, save_file
+
+from index.item_index import IndexConfig, ItemIndex
+from index.sasrec import SASRec, SASRecConfig
+from runtime.tail import TopicTail
+from schemas.codec import decode
+from schemas.errors import SchemaError
+from schemas.records import ItemEmbedding, RetrieverModel
+from schemas.topics import RETRIEVER_MODELS, RETRIEVER_VECTORS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE, META_FILE = "retriever.safetensors", "retriever.json"
+MODEL_KEY = "sequential"  # the retriever-models key: one retriever per deployment
+ITEM_TABLE = "item_emb.weight"
+
+
+# ----------------------------------------------------------------------------- on disk
+
+
+def save_retriever(model: SASRec, item_keys: Sequence[str], out: str | Path, *, info: dict | None = None) -> str:
+    """Write a trained SASRec (item j = item_keys[j - 1]) to `out`; returns its version (a hash of
+    the weights, so the same model always publishes as the same version)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(item_keys) != model.n_items:
+        raise ValueError(f"item_keys: {len(item_keys)} keys for a model of {model.n_items} items")
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    version = "sasrec-" + hashlib.sha256(save(state)).hexdigest()[:16]
+    save_file(state, str(out / WEIGHTS_FILE))
+    config = {k: getattr(model.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "loss")}
+    (out / META_FILE).write_text(json.dumps({"version": version, "config": config, "item_keys": list(item_keys),
+                                             "info": info or {}}, indent=1))
+    return version
+
+
+def load_retriever(path: str | Path) -> tuple[str, SASRec, list[str]]:
+    """(version, model in eval mode, item keys) from a `save_retriever` folder."""
+    path = Path(path)
+    meta = json.loads((path / META_FILE).read_text())
+    model = SASRec(len(meta["item_keys"]), SASRecConfig(**meta["config"], dropout=0.0))
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+    return meta["version"], model.eval(), list(meta["item_keys"])
+
+
+def retriever_records(path: str | Path, *, now_ms: int | None = None) -> tuple[list[ItemEmbedding], RetrieverModel]:
+    """The records that publish the folder's retriever: item vectors first, then the model."""
+    version, model, keys = load_retriever(path)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    table = model.item_emb.weight.detach()[1:].numpy().astype(np.float32)  # (I, D): row j-1 = item j
+    vectors = [ItemEmbedding(item_id=key, vector=row, encoder_id=version, event_time_ms=now_ms,
+                             embedded_time_ms=now_ms) for key, row in zip(keys, table, strict=True)]
+    body = {name: t.detach().contiguous() for name, t in model.state_dict().items() if name != ITEM_TABLE}
+    c = model.config
+    record = RetrieverModel(version=version, hidden=c.hidden, n_blocks=c.n_blocks, n_heads=c.n_heads,
+                            max_len=c.max_len, loss=c.loss, weights=save(body), n_items=len(keys),
+                            created_time_ms=now_ms)
+    return vectors, record
+
+
+def query_network(record: RetrieverModel) -> SASRec:
+    """The record's network in eval mode; ValueError if its weights are not exactly the declared shapes."""
+    config = SASRecConfig(hidden=record.hidden, n_blocks=record.n_blocks, n_heads=record.n_heads,
+                          max_len=record.max_len, loss=record.loss, dropout=0.0)
+    model = SASRec(0, config)
+    try:
+        body = load_tensors(record.weights)
+    except Exception as err:  # safetensors raises its own error types for malformed bytes
+        raise ValueError(f"weights are not a safetensors file: {err}") from err
+    expected = {name: t.shape for name, t in model.state_dict().items() if name != ITEM_TABLE}
+    got = {name: t.shape for name, t in body.items()}
+    if got != expected:
+        wrong = sorted(set(got.items()) ^ set(expected.items()))[:3]
+        raise ValueError(f"weights do not match the declared network (first differences: {wrong})")
+    if not all(torch.isfinite(t).all() for t in body.values()):
+        raise ValueError("weights hold NaN or infinity")
+    model.load_state_dict({**body, ITEM_TABLE: model.item_emb.weight.detach()})
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- the replica
+
+
+class SequentialRetriever:
+    """Item vectors per version plus the current version's query network; safe to update from the
+    follower threads while queried. `apply`/`remove`/`decode_errors` make it a store for
+    `runtime.features.feature_handler`, like the catalogue replica."""
+
+    def __init__(self) -> None:
+        self._indexes: dict[str, ItemIndex] = {}  # version -> its item vectors
+        self._network: SASRec | None = None
+        self.version: str | None = None
+        self._lock = threading.Lock()
+        self.updates = 0
+        self.decode_errors = 0
+        self.rejected = 0  # vectors or models refused (counted, skipped)
+
+    def apply(self, records: Sequence[ItemEmbedding]) -> int:
+        """Upsert item vectors, each into its version's index. Returns how many applied."""
+        by_version: dict[str, list[ItemEmbedding]] = {}
+        for record in records:
+            by_version.setdefault(record.encoder_id, []).append(record)
+        applied = 0
+        with self._lock:
+            for version, group in by_version.items():
+                index = self._indexes.get(version)
+                dim = group[0].vector.shape[0] if index is None else index.config.dim
+                fits = [r for r in group if r.vector.shape == (dim,)]
+                if self._network is not None and version == self.version and dim != self._network.config.hidden:
+                    fits = []
+                if len(fits) < len(group):
+                    self.rejected += len(group) - len(fits)
+                    log.error("skipping %d retriever vectors of %s whose dimension does not fit", len(group) - len(fits),
+                              version)
+                if not fits:
+                    continue
+                if index is None:
+                    index = self._indexes[version] = ItemIndex(IndexConfig(dim=dim, normalize=False))
+                index.upsert([r.item_id for r in fits], np.stack([r.vector for r in fits]))
+                applied += len(fits)
+            self.updates += applied
+        return applied
+
+    def remove(self, item_ids: Collection[str]) -> None:
+        with self._lock:
+            for index in self._indexes.values():
+                index.remove(item_ids)
+
+    def apply_model(self, record: RetrieverModel) -> bool:
+        """Switch to `record`'s version (dropping every other version's vectors); False, and the
+        current version kept, if its weights are refused."""
+        try:
+            network = query_network(record)
+        except ValueError as err:
+            self.rejected += 1
+            log.error("refusing retriever model %s: %s", record.version, err)
+            return False
+        with self._lock:
+            held = self._indexes.get(record.version)
+            if held is not None and held.config.dim != record.hidden:
+                self.rejected += 1
+                log.error("refusing retriever model %s: its vectors have dimension %d, the network %d",
+                          record.version, held.config.dim, record.hidden)
+                return False
+            self._network, self.version = network, record.version
+            for version in [v for v in self._indexes if v != record.version]:
+                del self._indexes[version]
+        log.info("sequential retriever: now version %s (%d of %d item vectors here)", record.version,
+                 len(self._indexes.get(record.version, ())), record.n_items)
+        return True
+
+    def candidates(self, history: Sequence[str], k: int, *, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """Up to k (item id, score) by the current version, best first, none of `exclude`; none
+        before a model arrived or when no history item has a vector."""
+        with self._lock:
+            network, index = self._network, self._indexes.get(self.version) if self.version else None
+        if network is None or index is None or not len(index):
+            return []
+        query = self.query(network, index, history)
+        if query is None:
+            return []
+        return [(hit.item_id, hit.score) for hit in index.search_one(query, k, exclude=exclude)]
+
+    @staticmethod
+    @torch.no_grad()
+    def query(network: SASRec, index: ItemIndex, history: Sequence[str]) -> np.ndarray | None:
+        """(D,) the network's state after the latest history items that have vectors."""
+        recent = list(history)[-4 * network.config.max_len:]
+        vectors = index.get_vectors(recent)
+        rows = [vectors[item] for item in recent if item in vectors][-network.config.max_len:]
+        if not rows:
+            return None
+        items = torch.from_numpy(np.stack(rows))[None]  # (1, T, D)
+        hidden = network.encode(items, torch.ones(items.shape[:2], dtype=torch.bool))
+        return hidden[0, -1].numpy().astype(np.float32)
+
+    def __len__(self) -> int:
+        with self._lock:
+            index = self._indexes.get(self.version) if self.version else None
+        return len(index) if index is not None else 0
+
+    def stats(self) -> dict:
+        return {"version": self.version, "vectors": len(self), "updates": self.updates,
+                "rejected": self.rejected, "decode_errors": self.decode_errors}
+
+
+def model_handler(retriever: SequentialRetriever) -> Callable[[list], None]:
+    """Apply a poll's worth of retriever-models messages: the last decodable model wins."""
+
+    def handle(messages: list) -> None:
+        latest = None
+        for message in messages:
+            if message.value is None:
+                continue
+            try:
+                latest = decode(message.value, RetrieverModel)
+            except SchemaError as err:
+                retriever.decode_errors += 1
+                log.warning("skipping bad retriever model at %s[%d]@%d: %s", message.topic, message.partition,
+                            message.offset, err)
+        if latest is not None and latest.version != retriever.version:
+            retriever.apply_model(latest)
+
+    return handle
+
+
+def retriever_followers(consumer_factory: Callable[[], object], vectors_topic: str, models_topic: str,
+                        retriever: SequentialRetriever) -> tuple[TopicTail, TopicTail]:
+    """The two threads that keep `retriever` in step with its topics."""
+    from runtime.features import feature_handler
+
+    return (TopicTail(consumer_factory, vectors_topic, feature_handler(retriever)),
+            TopicTail(consumer_factory, models_topic, model_handler(retriever)))
+
+
+def publish_retriever(path: str | Path, send: Callable[[TopicSpec, str, bytes], object]) -> dict:
+    """Send the folder's vectors (key item id), then its model (key MODEL_KEY), through
+    `send(topic spec, key, value)`; the caller flushes. Returns what was sent."""
+    from schemas.codec import encode
+
+    vectors, record = retriever_records(path)
+    for vector in vectors:
+        send(RETRIEVER_VECTORS, vector.item_id, encode(vector))
+    send(RETRIEVER_MODELS, MODEL_KEY, encode(record))
+    return {"version": record.version, "vectors": len(vectors), "model_bytes": len(record.weights)}

@@ -1,0 +1,121 @@
+"""The learned sequential retriever's replica: what it retrieves is what the trained SASRec ranks
+highest, versions switch when a model arrives, and weights that do not fit are refused."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from index.candidates import CandidateConfig, FreshnessTracker, PopularityTracker, generate_candidates
+from index.item_index import IndexConfig, ItemIndex
+from index.retriever import SequentialRetriever, load_retriever, retriever_records, save_retriever
+from index.sasrec import SASRecConfig, SASRecScorer
+from schemas.codec import decode, encode
+from schemas.records import RetrieverModel
+
+N_ITEMS = 30
+KEYS = [f"item-{j}" for j in range(1, N_ITEMS + 1)]
+
+
+def trained_folder(tmp_path, *, seed=0, hidden=16):
+    """SASRec fitted for a few epochs on a log where item j is followed by item j + 1."""
+    rng = np.random.default_rng(seed)
+    train = []
+    for _ in range(200):
+        start = int(rng.integers(1, N_ITEMS - 6))
+        train.append(list(range(start, start + 6)))
+    scorer = SASRecScorer(train, N_ITEMS, SASRecConfig(hidden=hidden, max_len=8, max_epochs=40, time_budget_s=30, lr=1e-2, dropout=0.1,
+                                                       seed=seed))
+    folder = tmp_path / f"retriever-{seed}"
+    save_retriever(scorer.model, KEYS, folder)
+    return folder, scorer
+
+
+def replica_of(*folders):
+    retriever = SequentialRetriever()
+    for folder in folders:
+        vectors, model = retriever_records(folder)
+        retriever.apply([decode(encode(v), type(v)) for v in vectors])  # as they arrive from the topic
+        assert retriever.apply_model(decode(encode(model), RetrieverModel))
+    return retriever
+
+
+def test_the_replica_retrieves_what_sasrec_ranks_highest(tmp_path):
+    folder, scorer = trained_folder(tmp_path)
+    retriever = replica_of(folder)
+    history = [3, 4, 5]
+    scores = scorer.scores([history])[0]
+    scores[history] = -np.inf
+    expected = [KEYS[j - 1] for j in np.argsort(-scores)[:5]]
+    got = retriever.candidates([KEYS[j - 1] for j in history], 5, exclude={KEYS[j - 1] for j in history})
+    assert [item for item, _ in got] == expected
+    assert got[0][0] == "item-6"  # it learned the log: after 3, 4, 5 comes 6
+    assert np.allclose([s for _, s in got], np.sort(scores)[::-1][:5], atol=1e-4)
+
+
+def test_a_saved_retriever_loads_back_with_the_same_version_and_weights(tmp_path):
+    folder, scorer = trained_folder(tmp_path)
+    version, model, keys = load_retriever(folder)
+    assert keys == KEYS and version.startswith("sasrec-")
+    assert save_retriever(model, keys, tmp_path / "again") == version
+    for name, tensor in scorer.model.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name])
+
+
+def test_a_new_version_replaces_the_old_when_its_model_arrives(tmp_path):
+    old, _ = trained_folder(tmp_path, seed=0)
+    new, _ = trained_folder(tmp_path, seed=1)
+    retriever = replica_of(old)
+    old_version = retriever.version
+    vectors, model = retriever_records(new)
+    retriever.apply(vectors)  # the new vectors come first: the old version still answers
+    assert retriever.version == old_version and retriever.candidates(["item-3"], 3)
+    assert retriever.apply_model(model)
+    assert retriever.version == model.version != old_version
+    assert len(retriever) == N_ITEMS and retriever.candidates(["item-3"], 3)
+
+
+def test_weights_that_do_not_match_the_declared_network_are_refused_and_the_current_version_stays(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    retriever = replica_of(folder)
+    _, model = retriever_records(folder)
+    for bad in (dataclasses.replace(model, version="wider", hidden=32, n_heads=1),
+                dataclasses.replace(model, version="garbage", weights=b"not safetensors at all")):
+        assert not retriever.apply_model(bad)
+        assert retriever.version == model.version
+    assert retriever.rejected == 2
+
+
+def test_no_candidates_before_a_model_or_for_a_history_without_vectors(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    vectors, _ = retriever_records(folder)
+    waiting = SequentialRetriever()
+    waiting.apply(vectors)
+    assert waiting.candidates(["item-3"], 5) == []
+    assert replica_of(folder).candidates(["never-seen"], 5) == []
+
+
+def test_candidates_reserve_slots_for_the_retriever_and_label_them_sequential(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    retriever = replica_of(folder)
+    popularity = PopularityTracker()
+    for key in KEYS[:10]:
+        popularity.record(key, 0.0)
+    config = CandidateConfig(k=8, covisit_k=0, sequential_k=4, popular_k=4, fresh_k=0)
+    got = generate_candidates(["item-3", "item-4"], ItemIndex(IndexConfig(dim=4)), popularity,
+                              FreshnessTracker(), config, now_s=0.0, retriever=retriever)
+    sources = [c.source for c in got]
+    assert sources[:4] == ["sequential"] * 4 and got[0].item_id == "item-5"
+    assert len(got) == 8 and not {"item-3", "item-4"} & {c.item_id for c in got}
+
+
+def test_the_model_record_carries_the_network_without_its_item_table(tmp_path):
+    from safetensors.torch import load
+
+    folder, scorer = trained_folder(tmp_path)
+    _, model = retriever_records(folder)
+    body = load(model.weights)
+    assert model.n_items == N_ITEMS and model.hidden == 16
+    assert "item_emb.weight" not in body
+    assert set(body) == set(scorer.model.state_dict()) - {"item_emb.weight"}
