@@ -77,8 +77,8 @@ class ContentEncoder:
 def evaluate_command(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from model_worker.offline.evaluate import EvalConfig, evaluate
     from index.sasrec import SASRecConfig
+    from model_worker.offline.evaluate import EvalConfig, evaluate
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     config = EvalConfig(

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from index.sasrec import SASRecConfig, SASRecScorer
+
 from .baselines import Markov, NextId, Popularity
 from .candidates import CoVisitCandidates
 from .data import (
@@ -44,7 +46,6 @@ from .data import (
     training_split,
 )
 from .metrics import rank_in_list, rank_metrics, rank_of_target, text_metrics
-from index.sasrec import SASRecConfig, SASRecScorer
 from .tasks import explanation_from, image_lookup, shuffled
 
 log = logging.getLogger(__name__)

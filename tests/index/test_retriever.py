@@ -4,7 +4,6 @@ highest, versions switch when a model arrives, and weights that do not fit are r
 import dataclasses
 
 import numpy as np
-import pytest
 import torch
 
 from index.candidates import CandidateConfig, FreshnessTracker, PopularityTracker, generate_candidates

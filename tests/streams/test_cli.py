@@ -2,8 +2,8 @@
 
 import pytest
 
-from streams.cli import streams_config
 from index.candidates import CandidateConfig
+from streams.cli import streams_config
 from streams.config import StreamsConfig
 from vip5.cli import build_parser
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from model_worker.offline.baselines import Markov, NextId, Popularity
 from index.sasrec import SASRec, SASRecConfig, SASRecScorer, left_pad
+from model_worker.offline.baselines import Markov, NextId, Popularity
 
 TOY = [(1, 2, 3, 1, 2), (2, 3, 4), (1, 2, 3)]
 

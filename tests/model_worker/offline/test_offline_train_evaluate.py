@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from index.sasrec import SASRecConfig
 from model_worker.offline.data import DataConfig, load_data
 from model_worker.offline.evaluate import EvalConfig, evaluate, load_run, make_context, sequential_ranks
-from index.sasrec import SASRecConfig
 from model_worker.offline.tasks import TaskConfig
 from model_worker.offline.train import TrainConfig, lr_factor, train
 
