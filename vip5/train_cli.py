@@ -87,7 +87,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         num_beams=args.beams, direct_negatives=args.direct_negatives, history_len=args.history_len, batch_size=args.batch_size,
         exclude_history=not args.keep_history_items, baselines=baselines,
         sasrec=SASRecConfig(max_epochs=args.sasrec_epochs, time_budget_s=args.sasrec_time_s),
-        rerank_candidates=args.rerank_candidates,
+        rerank_candidates=args.rerank_candidates, retriever=args.retriever,
         max_explanations=args.max_explanations or None, threads=args.threads,
     )
     data = None
@@ -173,5 +173,8 @@ def register(commands, bench) -> None:
     evaluate.add_argument("--sasrec-time-s", type=float, default=300.0, help="SASRec training time limit")
     evaluate.add_argument("--rerank-candidates", type=int, default=100,
                           help="candidates per user from the co-visitation generator for the rerank metrics")
+    evaluate.add_argument("--retriever", default=None, metavar="RDIR",
+                          help="a `vip5 retriever train` folder: its items join the re-rank candidates, merged "
+                          "as the streams worker merges them (compare with `vip5 bench replay --retriever`)")
     evaluate.add_argument("--max-explanations", type=int, default=500, help="seeded sample; 0 = all")
     evaluate.add_argument("--threads", type=int, default=2)

@@ -1,9 +1,10 @@
-"""A cheap candidate generator for offline re-ranking: co-visitation of the recent items, then
-popularity.
+"""Candidate generators for offline re-ranking: co-visitation of the recent items, then popularity;
+optionally merged with the learned retriever's items as the live streams worker merges them.
 
-In:  training sequences (items 1..I, oldest first); histories.
+In:  training sequences (items 1..I, oldest first); histories; optionally a `vip5 retriever train` folder.
 Out: `candidates(history, k)` -> up to k distinct items not in the history, best first, with scores
-     (co-visitation weight; popularity-filled slots score below every co-visited item).
+     (co-visitation weight; popularity-filled slots score below every co-visited item; the
+     retriever's items score 0, so fusion adds nothing for them).
 
 Co-visitation: for every pair of items at most `window` positions apart in a training sequence,
 weight 1 / distance, both directions. A history's score for item j sums, over its last `recent`
@@ -18,6 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from index.candidates import CandidateConfig, merge_sources
+from index.retriever import load_retriever
+from index.sasrec import left_pad
 
 
 @dataclass(frozen=True)
@@ -63,3 +69,46 @@ class CoVisitCandidates:
             if item not in seen and item not in chosen:
                 ranked.append((item, -1.0 - rank / len(self.popular)))
         return [i for i, _ in ranked], [s for _, s in ranked]
+
+
+class RetrieverCandidates:
+    """Co-visitation's list merged with the learned retriever's (`index.retriever`) by the live
+    merge (`index.candidates.merge_sources`, the `CandidateConfig` slots of both sources; the other
+    live sources, content and fresh items, have no offline counterpart here). The retriever's items
+    are mapped to this data's numbering by item key."""
+
+    name = "covisit+sequential"
+
+    def __init__(self, covisit: CoVisitCandidates, retriever_dir: str, item_keys: Sequence[str],
+                 config: CandidateConfig | None = None):
+        self.covisit, self.config = covisit, config or CandidateConfig()
+        self.version, self.model, keys = load_retriever(retriever_dir)
+        ours = {key: item for item, key in enumerate(item_keys, start=1)}
+        self.to_ours = np.array([0] + [ours.get(key, 0) for key in keys])  # retriever item -> ours (0: unknown)
+        theirs = {key: item for item, key in enumerate(keys, start=1)}
+        self.to_theirs = np.array([0] + [theirs.get(key, 0) for key in item_keys])
+
+    @torch.no_grad()
+    def retrieved(self, history: Sequence[int], k: int) -> list[tuple[int, float]]:
+        mapped = [int(self.to_theirs[i]) for i in history if self.to_theirs[i]]
+        if not mapped:
+            return []
+        seq = torch.tensor([left_pad(mapped, self.model.config.max_len)])
+        scores = (self.model(seq)[0, -1] @ self.model.item_emb.weight.T).numpy()  # (I+1,)
+        scores[0] = -np.inf
+        seen, out = set(history), []
+        for item in np.argsort(-scores, kind="stable"):
+            ours = int(self.to_ours[item])
+            if ours and ours not in seen:
+                out.append((ours, 0.0))
+                if len(out) == k:
+                    break
+        return out
+
+    def candidates(self, history: Sequence[int], k: int) -> tuple[list[int], list[float]]:
+        items, scores = self.covisit.candidates(history, k)
+        slots = {"covisit": self.config.covisit_k * k // self.config.k,
+                 "sequential": self.config.sequential_k * k // self.config.k}
+        merged = merge_sources({"covisit": list(zip(items, scores, strict=True)),
+                                "sequential": self.retrieved(history, k)}, slots, k)
+        return [int(c.item_id) for c in merged], [c.score for c in merged]

@@ -34,7 +34,7 @@ import torch
 from index.sasrec import SASRecConfig, SASRecScorer
 
 from .baselines import Markov, NextId, Popularity
-from .candidates import CoVisitCandidates
+from .candidates import CoVisitCandidates, RetrieverCandidates
 from .data import (
     SPLIT_FIELDS,
     DataConfig,
@@ -88,6 +88,7 @@ class EvalConfig:
     catalogue_chunk: int = 128
     threads: int = 2
     rerank_candidates: int = 100
+    retriever: str | None = None  # a `vip5 retriever train` folder: its items join the re-rank candidates
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))
@@ -133,6 +134,8 @@ def make_context(data: RecData, config: EvalConfig, trained: dict | None = None)
     candidates = tuple(direct_candidates(e, data.sequences[e.user - 1], data.n_items, seed=config.negatives_seed,
                                          count=config.direct_negatives) for e in examples)
     generator = CoVisitCandidates(split.train, data.n_items)
+    if config.retriever:
+        generator = RetrieverCandidates(generator, config.retriever, data.item_keys)
     generated = [generator.candidates(e.history, config.rerank_candidates) for e in examples]
     return EvalContext(data, tuple(examples), candidates, split.train, config,
                        rerank=tuple(tuple(items) for items, _ in generated),
