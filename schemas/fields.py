@@ -8,6 +8,7 @@ turns an incoming Python or wire value into the record's value (or raises Schema
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -209,6 +210,13 @@ def spec_of(field: dataclasses.Field) -> Spec:
     return field.metadata["spec"]
 
 
+@functools.cache
+def field_specs(cls: type) -> tuple[tuple[str, Spec], ...]:
+    """(name, spec) of every field of a record class, read once per class: validation runs on every
+    record built, a hundred times per re-rank request (its candidates)."""
+    return tuple((f.name, spec_of(f)) for f in dataclasses.fields(cls))
+
+
 def field(spec: Spec, *, default: Any = dataclasses.MISSING) -> Any:
     """A dataclass field carrying its spec; optional specs default to None."""
     if default is dataclasses.MISSING and spec.optional:
@@ -218,9 +226,8 @@ def field(spec: Spec, *, default: Any = dataclasses.MISSING) -> Any:
 
 def validate_fields(record: Any, path: str = "") -> None:
     """Check and normalise every field of a frozen dataclass in place (from __post_init__)."""
-    for f in dataclasses.fields(record):
-        value = spec_of(f).check(getattr(record, f.name), f"{path}{f.name}")
-        object.__setattr__(record, f.name, value)
+    for name, spec in field_specs(type(record)):
+        object.__setattr__(record, name, spec.check(getattr(record, name), f"{path}{name}" if path else name))
 
 
 def build(cls: type, data: dict, path: str = "") -> Any:
@@ -245,5 +252,5 @@ def _loggable(name: str) -> str:
 
 
 def to_dict(record: Any) -> dict:
-    return {f.name: spec_of(f).dump(v) for f in dataclasses.fields(record)
-            if (v := getattr(record, f.name)) is not None}
+    return {name: spec.dump(v) for name, spec in field_specs(type(record))
+            if (v := getattr(record, name)) is not None}
