@@ -7,10 +7,28 @@ import argparse
 from runtime.cli import add_command, add_kafka_args, add_metrics_args, kafka_config, topic_config
 
 
+def candidate_config(k: int, slots: str | None):
+    """`--slots covisit=30,sequential=40,...` (reserved slots per source, visual gets the rest), or
+    each source's default share scaled to k."""
+    from index.candidates import CandidateConfig
+
+    if not slots:
+        return CandidateConfig.sized(k)
+    reserved = {}
+    for part in slots.split(","):
+        name, _, count = part.partition("=")
+        field = f"{name.strip()}_k"
+        if field not in ("covisit_k", "sequential_k", "popular_k", "fresh_k") or not count.strip().isdigit():
+            raise ValueError(f"--slots: {part!r} is not SOURCE=COUNT with SOURCE one of covisit, sequential, "
+                             "popular, fresh")
+        reserved[field] = int(count)
+    return CandidateConfig(k=k, **{**{f: 0 for f in ("covisit_k", "sequential_k", "popular_k", "fresh_k")},
+                                   **reserved})
+
+
 def streams_config(args: argparse.Namespace):
     import os
 
-    from index.candidates import CandidateConfig
     from index.encoders import EncoderConfig
     from index.images import ImageLimits
     from streams.config import StreamsConfig
@@ -23,9 +41,8 @@ def streams_config(args: argparse.Namespace):
         encoder=EncoderConfig(kind=args.encoder, model=args.encoder_model, image_size=args.image_size,
                               device=args.device,
                               limits=ImageLimits(base_dir=os.path.abspath(image_dir) if image_dir else None)),
-        # each source's default share of the slots (index.candidates), scaled to the count asked for;
         # slots a source cannot fill go to the others
-        candidates=CandidateConfig.sized(args.candidates),
+        candidates=candidate_config(args.candidates, args.slots),
         app_id=args.app_id or f"{topic_config(args).prefix}streams",
         data_dir=args.data_dir,
         history_len=args.history_len,
@@ -64,6 +81,10 @@ def register(commands, bench) -> None:
                         "default: none, items must carry image_bytes)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
+    p.add_argument("--slots", default=None, metavar="SOURCE=N,...",
+                   help="reserved candidate slots per source, e.g. covisit=30,sequential=40,popular=10,fresh=10 "
+                   "(unnamed sources 0; visual gets the rest of --candidates); default: the CandidateConfig "
+                   "shares scaled to --candidates")
     p.add_argument("--no-retriever", action="store_true",
                    help="do not follow the learned retriever's topics (`vip5 retriever publish`)")
     p.add_argument("--history-len", type=int, default=50, help="items kept per user")

@@ -27,3 +27,14 @@ def test_the_history_bound_flags_reach_the_config_and_bad_values_name_the_field(
         StreamsConfig(max_users=0)
     with pytest.raises(ValueError, match="user_idle_s"):
         StreamsConfig(user_idle_s=-1)
+
+
+def test_slots_name_each_sources_reserved_count_and_refuse_unknown_sources():
+    args = build_parser().parse_args(["streams", "--candidates", "50", "--slots", "covisit=20,sequential=25"])
+    config = streams_config(args).candidates
+    assert (config.k, config.covisit_k, config.sequential_k, config.popular_k, config.fresh_k) == (50, 20, 25, 0, 0)
+    for bad in ("visual=3", "covisit", "covisit=x"):
+        with pytest.raises(ValueError, match="--slots"):
+            streams_config(build_parser().parse_args(["streams", "--slots", bad]))
+    with pytest.raises(ValueError, match="must be <= k=10"):
+        streams_config(build_parser().parse_args(["streams", "--candidates", "10", "--slots", "covisit=8,fresh=5"]))
