@@ -21,7 +21,7 @@ from runtime import logs
 # Packages that contribute commands, in --help order. A module missing here is skipped.
 COMMAND_MODULES = (
     "vip5.commands", "vip5.demo", "vip5.subscribe", "vip5.bench_pipeline", "vip5.bench_faults",
-    "vip5.bench_replay",
+    "vip5.bench_replay", "vip5.bench_streams",
     "streams.cli",
     "index.cli",
     "model_worker.cli", "model_worker.serve_cli", "model_worker.trainer_cli", "model_worker.bench_adapters",

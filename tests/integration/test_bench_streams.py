@@ -1,0 +1,18 @@
+"""`vip5 bench streams` drives a real streams worker through the embedded broker and accounts for
+the time of the requests it publishes."""
+
+import pytest
+
+from vip5.cli import build_parser
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_streams_bench_reflects_the_burst_and_reports_rates_and_stages():
+    args = build_parser().parse_args(["bench", "streams", "--events", "200", "--users", "40", "--json"])
+    result = args.handler(args)
+    # only an event whose user has already seen every item known so far gets no candidates (the first)
+    assert result["events_reflected"] >= 198 and result["requests"] == result["events_reflected"]
+    assert result["requests_per_s"] > 0 and result["seconds"] > 0
+    assert set(result["stages"]) == {"wait", "handle"}
+    assert all(s["p99_ms"] >= s["p50_ms"] >= 0 for s in result["stages"].values())
