@@ -39,9 +39,7 @@ from safetensors.torch import load_file, save, save_file
 
 from index.item_index import IndexConfig, ItemIndex
 from index.sasrec import SASRec, SASRecConfig
-from runtime.tail import TopicTail
-from schemas.codec import decode
-from schemas.errors import SchemaError
+from runtime.tail import TopicTail, decode_each
 from schemas.records import ItemEmbedding, RetrieverModel
 from schemas.topics import RETRIEVER_MODELS, RETRIEVER_VECTORS, TopicSpec
 
@@ -225,18 +223,10 @@ def model_handler(retriever: SequentialRetriever) -> Callable[[list], None]:
     """Apply a poll's worth of retriever-models messages: the last decodable model wins."""
 
     def handle(messages: list) -> None:
-        latest = None
-        for message in messages:
-            if message.value is None:
-                continue
-            try:
-                latest = decode(message.value, RetrieverModel)
-            except SchemaError as err:
-                retriever.decode_errors += 1
-                log.warning("skipping bad retriever model at %s[%d]@%d: %s", message.topic, message.partition,
-                            message.offset, err)
-        if latest is not None and latest.version != retriever.version:
-            retriever.apply_model(latest)
+        models = [record for _, record in decode_each(messages, RetrieverModel, retriever, "retriever model")
+                  if record is not None]
+        if models and models[-1].version != retriever.version:
+            retriever.apply_model(models[-1])
 
     return handle
 

@@ -19,9 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
-from runtime.tail import TopicTail
-from schemas.codec import decode
-from schemas.errors import SchemaError
+from runtime.tail import TopicTail, decode_each
 from schemas.records import ItemEmbedding
 
 log = logging.getLogger(__name__)
@@ -83,18 +81,11 @@ def feature_handler(store) -> Callable[[list], None]:
     def handle(messages: list) -> None:
         upserts: dict[str, ItemEmbedding] = {}
         removed: list[str] = []
-        for message in messages:
-            if message.value is None:  # tombstone: the item is gone
+        for message, record in decode_each(messages, ItemEmbedding, store, "embedding"):
+            if record is None:  # tombstone: the item is gone
                 key = (message.key or b"").decode("utf-8", "replace")
                 upserts.pop(key, None)
                 removed.append(key)
-                continue
-            try:
-                record = decode(message.value, ItemEmbedding)
-            except SchemaError as err:
-                store.decode_errors += 1
-                log.warning("skipping bad embedding at %s[%d]@%d: %s", message.topic, message.partition,
-                            message.offset, err)
                 continue
             upserts[record.item_id] = record
         if removed:

@@ -1,6 +1,7 @@
 """Tail a topic from its beginning, outside any consumer group, in a background thread.
 
     TopicTail(consumer_factory, topic, handle)   handle(list of ConsumerRecord) per poll
+    decode_each(messages, Record, store, what)   (message, record or None for a tombstone) per message
 
 Every worker that keeps a replica of a topic (item embeddings, adapter updates) reads all its
 partitions this way, so each instance sees everything. `wait_caught_up` returns once the tail has
@@ -12,7 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from schemas.codec import decode
+from schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +78,18 @@ def _at_high_watermark(consumer, tps) -> bool:
         if high is None or consumer.position(tp) < high:
             return False
     return True
+
+
+def decode_each(messages: list, record_type: type, store, what: str) -> Iterator[tuple[object, object | None]]:
+    """(message, decoded record) per message, None for a tombstone; a message that fails to decode
+    is counted in `store.decode_errors`, logged and skipped, so one bad record never stops a tail."""
+    for message in messages:
+        if message.value is None:
+            yield message, None
+            continue
+        try:
+            yield message, decode(message.value, record_type)
+        except SchemaError as err:
+            store.decode_errors += 1
+            log.warning("skipping bad %s at %s[%d]@%d: %s", what, message.topic, message.partition, message.offset,
+                        err)

@@ -118,3 +118,21 @@ def test_the_model_record_carries_the_network_without_its_item_table(tmp_path):
     assert model.n_items == N_ITEMS and model.hidden == 16
     assert "item_emb.weight" not in body
     assert set(body) == set(scorer.model.state_dict()) - {"item_emb.weight"}
+
+
+def test_the_models_topic_handler_skips_what_does_not_decode_and_applies_the_last_model(tmp_path):
+    from types import SimpleNamespace
+
+    from index.retriever import model_handler
+
+    old, _ = trained_folder(tmp_path, seed=0)
+    new, _ = trained_folder(tmp_path, seed=1)
+    retriever = replica_of(old)
+    vectors, model = retriever_records(new)
+    retriever.apply(vectors)
+
+    def message(value, offset):
+        return SimpleNamespace(value=value, key=b"sequential", topic="retriever-models", partition=0, offset=offset)
+
+    model_handler(retriever)([message(b"\x93garbage", 0), message(encode(model), 1), message(None, 2)])
+    assert retriever.decode_errors == 1 and retriever.version == model.version
