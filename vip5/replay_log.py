@@ -65,10 +65,9 @@ def build_log(data: RecData, *, users: int | None, seed: int, review_file: Path 
         ordered_by = "seeded interleaving"
     train = tuple((keys[u], items[split.train[u][p] - 1]) for u, p in order)
     tested = list(split.test)
-    if users is not None and users < len(tested):
-        tested = random.Random(seed).sample(tested, users)
-    else:
-        random.Random(seed).shuffle(tested)
+    if users is not None and users < len(tested):  # the users `vip5 evaluate --max-users N` draws with this seed
+        tested = [tested[i] for i in np.sort(np.random.default_rng(seed).choice(len(tested), users, replace=False))]
+    random.Random(seed).shuffle(tested)  # replay order
     test = tuple(TestUser(user=keys[e.user - 1], history=tuple(items[i - 1] for i in e.history),
                           target=items[e.target - 1]) for e in tested)
     return ReplayLog(train=train, test=test, ordered_by=ordered_by)
