@@ -46,11 +46,6 @@ class KafkaConfig:
     # 127 ms at kafka-python's default 500, 4.6 ms at 10. Apache Kafka answers on arrival either way;
     # a small value only costs idle consumers a fetch request per wait.
     fetch_max_wait_ms: int = 10
-    # The same wait for the replica followers (`tail_consumer`: item embeddings, the retriever, adapter
-    # updates), which nothing waits on record by record. At 10 ms each idle follower fetches 100
-    # times a second, and a worker runs two or three of them in its own process (GIL) beside its
-    # hot path; at 200 ms a catalogue or adapter change reaches the replicas at most 0.2 s later.
-    tail_fetch_max_wait_ms: int = 200
     # Producer batching delay. 0: a record is sent as soon as the sender thread sees it (records
     # that arrive while a request is in flight still share the next one).
     producer_linger_ms: int = 0
@@ -80,9 +75,8 @@ class KafkaConfig:
             raise ValueError("reconnect_backoff_max_ms: must be at least reconnect_backoff_ms")
         if self.delivery_timeout_ms < self.request_timeout_ms:
             raise ValueError("delivery_timeout_ms: must be at least request_timeout_ms")
-        for name in ("fetch_max_wait_ms", "tail_fetch_max_wait_ms"):
-            if not 0 <= getattr(self, name) < self.request_timeout_ms:
-                raise ValueError(f"{name}: must be >= 0 and below request_timeout_ms")
+        if not 0 <= self.fetch_max_wait_ms < self.request_timeout_ms:
+            raise ValueError("fetch_max_wait_ms: must be >= 0 and below request_timeout_ms")
         if self.producer_linger_ms < 0:
             raise ValueError("producer_linger_ms: must be >= 0")
 
@@ -166,11 +160,6 @@ def producer(cfg: KafkaConfig, **overrides):
                 "delivery_timeout_ms": cfg.delivery_timeout_ms, "enable_idempotence": cfg.idempotent_producer,
                 **cfg.common(), **overrides}
     return KafkaProducer(**settings)
-
-
-def tail_consumer(cfg: KafkaConfig):
-    """A consumer outside any group for a replica follower (runtime.tail.TopicTail)."""
-    return consumer(cfg, None, fetch_max_wait_ms=cfg.tail_fetch_max_wait_ms)
 
 
 def consumer(cfg: KafkaConfig, group_id: str | None, topics: list[str] | None = None, **overrides):

@@ -64,18 +64,3 @@ def test_fetch_wait_comes_from_the_environment_and_stays_short_by_default():
 def test_fetch_wait_must_stay_below_the_request_timeout():
     with pytest.raises(ValueError, match="fetch_max_wait_ms"):
         KafkaConfig(fetch_max_wait_ms=30_000, request_timeout_ms=30_000)
-
-
-def test_replica_followers_wait_longer_than_the_hot_path_and_it_is_configurable(monkeypatch):
-    """Followers of compacted topics need no per-record latency; idle fetches every 10 ms cost CPU."""
-    from runtime import kafka
-
-    cfg = KafkaConfig.from_env({"VIP5_KAFKA_TAIL_FETCH_MAX_WAIT_MS": "150"})
-    assert cfg.tail_fetch_max_wait_ms == 150
-    assert KafkaConfig().tail_fetch_max_wait_ms > KafkaConfig().fetch_max_wait_ms
-    with pytest.raises(ValueError, match="tail_fetch_max_wait_ms"):
-        KafkaConfig(tail_fetch_max_wait_ms=-1)
-    made = []
-    monkeypatch.setattr(kafka, "consumer", lambda cfg, group_id, **overrides: made.append((group_id, overrides)))
-    kafka.tail_consumer(cfg)
-    assert made == [(None, {"fetch_max_wait_ms": 150})]
