@@ -92,8 +92,9 @@ def register(commands, bench) -> None:
                    help="most users whose history this worker keeps; the least recently active is evicted first")
     p.add_argument("--user-idle-s", type=float, default=30 * 86400.0,
                    help="drop a user's history after this many seconds without an interaction (0: never)")
-    p.add_argument("--coalesce-ms", type=int, default=0,
-                   help="> 0: a user's interactions within this window become one request")
+    p.add_argument("--coalesce-ms", type=int, default=5,
+                   help="take the interactions arriving within this window together; a user's become one "
+                   "request (0: one event at a time)")
     add_metrics_args(p)
     p.add_argument("--batched-changelog", action="store_true",
                    help="batch table changelog writes (faster; only correct on Apache Kafka, not on Tansu)")

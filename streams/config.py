@@ -33,7 +33,11 @@ class StreamsConfig:
     # default holds at most ~1 GB. An evicted user's next interaction starts an empty history.
     max_users: int = 20_000
     user_idle_s: float = 30 * 86400.0
-    coalesce_ms: int = 0  # > 0: a user's interactions within this window become one request
+    # > 0: the worker takes the interactions that arrive within this window (at most coalesce_max)
+    # together, and a user's among them become one request; 0: one event at a time. `vip5 bench
+    # pipeline` (burst of 300, 2 cores, two alternating pairs): 179 and 170 events/s at 5 ms against
+    # 115 and 119 at 0; at 60 events/s freshness p50 132 against 125 ms, p99 329 against 392 ms.
+    coalesce_ms: int = 5
     coalesce_max: int = 64  # most interactions buffered per coalescing window
     image_batch_size: int = 16  # images embedded per micro-batch
     image_batch_wait_ms: int = 200  # longest wait to fill an image micro-batch

@@ -43,7 +43,8 @@ def test_streams_worker_end_to_end_with_restart(broker, kafka_cfg, topics, tmp_p
                          event_time_ms=items[0].event_time_ms)
     publish(kafka_cfg, topics, [*items, corrupt], raw=[("items", b"\x93garbage"), ("interactions", b"")])
 
-    worker = start_streams(kafka_cfg, topics, tmp_path, "first")
+    # one event at a time (coalescing has its own test below): one request per event
+    worker = start_streams(kafka_cfg, topics, tmp_path, "first", "--coalesce-ms", "0")
     try:
         embeddings = records_on(kafka_cfg, topics, ITEM_EMBEDDINGS, count=len(items))
         assert {e.item_id for e in embeddings} == {i.item_id for i in items}
@@ -67,7 +68,7 @@ def test_streams_worker_end_to_end_with_restart(broker, kafka_cfg, topics, tmp_p
     finally:
         assert worker.stop() == 0
 
-    worker = start_streams(kafka_cfg, topics, tmp_path, "second")
+    worker = start_streams(kafka_cfg, topics, tmp_path, "second", "--coalesce-ms", "0")
     try:
         new_item = fashion_items(30)[-1]
         publish(kafka_cfg, topics, [new_item])
