@@ -11,8 +11,9 @@ pytestmark = pytest.mark.integration
 def test_the_streams_bench_reflects_the_burst_and_reports_rates_and_stages():
     args = build_parser().parse_args(["bench", "streams", "--events", "200", "--users", "40", "--json"])
     result = args.handler(args)
-    # only an event whose user has already seen every item known so far gets no candidates (the first)
-    assert result["events_reflected"] >= 198 and result["requests"] == result["events_reflected"]
+    # only an event whose user has already seen every item known so far gets no candidates (the first);
+    # the default 5 ms coalescing window folds a user's events of one window into one request
+    assert result["events_reflected"] >= 198 and 0 < result["requests"] <= result["events_reflected"]
     assert result["requests_per_s"] > 0 and result["seconds"] > 0
     assert set(result["stages"]) == {"wait", "handle"}
     assert all(s["p99_ms"] >= s["p50_ms"] >= 0 for s in result["stages"].values())
