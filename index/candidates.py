@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the retriever imports torch; this module does not need it
 
 # The sources this module merges, in list and backfill order; names are the wire's CANDIDATE_SOURCES.
 MERGE_ORDER = ("covisit", "sequential", "visual", "popular", "fresh")
+RESERVED = ("covisit", "sequential", "popular", "fresh")  # the sources with `<source>_k` slots; visual gets the rest
 assert set(MERGE_ORDER) <= set(CANDIDATE_SOURCES), set(MERGE_ORDER) - set(CANDIDATE_SOURCES)
 
 
@@ -64,16 +65,15 @@ class CandidateConfig:
     def sized(cls, k: int) -> CandidateConfig:
         """The default shares of each source's slots, scaled to k candidates (rounded down)."""
         base = cls()
-        return cls(k=k, **{name: getattr(base, name) * k // base.k
-                           for name in ("covisit_k", "sequential_k", "popular_k", "fresh_k")})
+        return cls(k=k, **{f"{s}_k": getattr(base, f"{s}_k") * k // base.k for s in RESERVED})
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"CandidateConfig.k must be >= 1, got {self.k}")
-        for name in ("covisit_k", "sequential_k", "popular_k", "fresh_k"):
+        for name in (f"{s}_k" for s in RESERVED):
             if not 0 <= getattr(self, name) <= self.k:
                 raise ValueError(f"CandidateConfig.{name} must be in [0, k={self.k}], got {getattr(self, name)}")
-        reserved = (self.covisit_k, self.sequential_k, self.popular_k, self.fresh_k)
+        reserved = [getattr(self, f"{s}_k") for s in RESERVED]
         if sum(reserved) > self.k:
             raise ValueError(f"CandidateConfig.covisit_k + sequential_k + popular_k + fresh_k must be <= k={self.k}, "
                              f"got {' + '.join(map(str, reserved))}")
@@ -197,8 +197,7 @@ def history_query(history: Sequence[str], index: ItemIndex, config: CandidateCon
 
 def slots(config: CandidateConfig) -> dict[str, int]:
     """Reserved slots per source: visual gets what the others leave of k."""
-    reserved = {"covisit": config.covisit_k, "sequential": config.sequential_k, "popular": config.popular_k,
-                "fresh": config.fresh_k}
+    reserved = {s: getattr(config, f"{s}_k") for s in RESERVED}
     return {"visual": config.k - sum(reserved.values()), **reserved}
 
 

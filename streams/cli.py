@@ -10,20 +10,17 @@ from runtime.cli import add_command, add_kafka_args, add_metrics_args, kafka_con
 def candidate_config(k: int, slots: str | None):
     """`--slots covisit=30,sequential=40,...` (reserved slots per source, visual gets the rest), or
     each source's default share scaled to k."""
-    from index.candidates import CandidateConfig
+    from index.candidates import RESERVED, CandidateConfig
 
     if not slots:
         return CandidateConfig.sized(k)
-    reserved = {}
+    reserved = dict.fromkeys(RESERVED, 0)
     for part in slots.split(","):
-        name, _, count = part.partition("=")
-        field = f"{name.strip()}_k"
-        if field not in ("covisit_k", "sequential_k", "popular_k", "fresh_k") or not count.strip().isdigit():
-            raise ValueError(f"--slots: {part!r} is not SOURCE=COUNT with SOURCE one of covisit, sequential, "
-                             "popular, fresh")
-        reserved[field] = int(count)
-    return CandidateConfig(k=k, **{**{f: 0 for f in ("covisit_k", "sequential_k", "popular_k", "fresh_k")},
-                                   **reserved})
+        name, _, count = (p.strip() for p in part.partition("="))
+        if name not in RESERVED or not count.isdigit():
+            raise ValueError(f"--slots: {part!r} is not SOURCE=COUNT with SOURCE one of {', '.join(RESERVED)}")
+        reserved[name] = int(count)
+    return CandidateConfig(k=k, **{f"{name}_k": n for name, n in reserved.items()})
 
 
 def streams_config(args: argparse.Namespace):

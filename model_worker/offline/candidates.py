@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from index.candidates import CandidateConfig, merge_sources
+from index.candidates import CandidateConfig, merge_sources, slots
 from index.retriever import load_retriever
 from index.sasrec import left_pad
 
@@ -79,9 +79,8 @@ class RetrieverCandidates:
 
     name = "covisit+sequential"
 
-    def __init__(self, covisit: CoVisitCandidates, retriever_dir: str, item_keys: Sequence[str],
-                 config: CandidateConfig | None = None):
-        self.covisit, self.config = covisit, config or CandidateConfig()
+    def __init__(self, covisit: CoVisitCandidates, retriever_dir: str, item_keys: Sequence[str]):
+        self.covisit = covisit
         self.version, self.model, keys = load_retriever(retriever_dir)
         ours = {key: item for item, key in enumerate(item_keys, start=1)}
         self.to_ours = np.array([0] + [ours.get(key, 0) for key in keys])  # retriever item -> ours (0: unknown)
@@ -107,8 +106,6 @@ class RetrieverCandidates:
 
     def candidates(self, history: Sequence[int], k: int) -> tuple[list[int], list[float]]:
         items, scores = self.covisit.candidates(history, k)
-        slots = {"covisit": self.config.covisit_k * k // self.config.k,
-                 "sequential": self.config.sequential_k * k // self.config.k}
         merged = merge_sources({"covisit": list(zip(items, scores, strict=True)),
-                                "sequential": self.retrieved(history, k)}, slots, k)
+                                "sequential": self.retrieved(history, k)}, slots(CandidateConfig.sized(k)), k)
         return [int(c.item_id) for c in merged], [c.score for c in merged]
