@@ -4,7 +4,7 @@
     vip5 index-info SNAPSHOT_DIR                                 what a snapshot holds
     vip5 bench index [--quick] [--dim D] [--sizes N,...]          index and encoder numbers (D = 256 default)
     vip5 bench visual-neighbours --data DIR [--k 10] [--limit N]  precision@k of same label among neighbours
-    vip5 bench candidates --data DIR [--users N] [--seed S]      recall@20/50/100 per candidate source, replayed log
+    vip5 bench candidates --data DIR [--users N] [--backward-weight W]   recall@20/50/100 per candidate source, replayed log
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from index.covisitation import CovisitationConfig
 from runtime.cli import add_command
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def register(commands, bench) -> None:
     candidates.add_argument("--data", type=Path, required=True, help="folder with sequential_data.txt")
     candidates.add_argument("--users", type=int, default=5000, help="seeded sample of test users")
     candidates.add_argument("--seed", type=int, default=0, help="user interleaving and test-user sample")
+    candidates.add_argument("--backward-weight", type=float, default=CovisitationConfig.backward_weight,
+                            help="co-visitation: weight of a pair read from the later item back to the earlier")
 
 
 def _encoder_args(parser: argparse.ArgumentParser) -> None:
@@ -132,5 +135,7 @@ def neighbours_command(args: argparse.Namespace) -> dict:
 def candidates_command(args: argparse.Namespace) -> dict:
     from index.candidate_recall import RecallBenchConfig, candidate_recall, read_sequences
 
-    result = candidate_recall(read_sequences(args.data), RecallBenchConfig(users=args.users, seed=args.seed))
+    config = RecallBenchConfig(users=args.users, seed=args.seed,
+                               covisitation=CovisitationConfig(backward_weight=args.backward_weight))
+    result = candidate_recall(read_sequences(args.data), config)
     return {"data": str(args.data), **result}

@@ -5,9 +5,11 @@
     vip5 retriever publish --dir RDIR             RDIR ──► retriever-vectors + retriever-models; every
                                                   streams worker switches to it without a restart
 
-Training uses the same split as `vip5 train` and `vip5 evaluate` (leave-one-out: each user's last
-two items are never trained on), so a replay (`vip5 bench replay --retriever RDIR`) or an offline
-evaluation of the retriever sees no target during training.
+Training uses the same split as `vip5 train` by default (`TrainConfig`: leave-one-out; each user's
+validation item is trained on except for a seeded `validate_users` sample, and no test item ever
+is), so a replay (`vip5 bench replay --retriever RDIR`) or an offline evaluation of the retriever
+sees no test target during training. The held-out validation users give the retriever's own
+next-item HR@10 and recall@100 (`valid` in the output and in RDIR's retriever.json).
 """
 
 from __future__ import annotations
@@ -27,18 +29,40 @@ def train_command(args: argparse.Namespace) -> dict:
     from index.retriever import save_retriever
     from index.sasrec import SASRecConfig, SASRecScorer
     from model_worker.offline.data import DataConfig, load_data, training_split
+    from model_worker.offline.train import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_data(DataConfig(path=args.data))
-    split = training_split(data)
+    run = TrainConfig(out_dir=args.out)  # the split of `vip5 train`'s default recipe
+    split = training_split(data, train_on_valid=not args.strict_split, validate_users=run.validate_users,
+                           seed=run.seed)
     config = SASRecConfig(hidden=args.hidden, time_budget_s=args.time_budget_s, max_epochs=args.max_epochs,
                           seed=args.seed)
     started = time.monotonic()
     scorer = SASRecScorer(split.train, data.n_items, config)
-    version = save_retriever(scorer.model, data.item_keys, args.out, info={"data": data.name, **scorer.info()})
+    info = {"data": data.name, "train_on_valid": not args.strict_split, **scorer.info(),
+            "valid": validation_scores(scorer, split.valid)}
+    version = save_retriever(scorer.model, data.item_keys, args.out, info=info)
     return {"out": args.out, "version": version, "items": data.n_items, "users": len(split.train),
-            "train_s": round(time.monotonic() - started, 1), **scorer.info()}
+            "train_s": round(time.monotonic() - started, 1), **info}
+
+
+def validation_scores(scorer, examples, *, batch: int = 512) -> dict:
+    """HR@10 and recall@100 of the retriever's own ranking (history items excluded) on `examples`."""
+    import numpy as np
+
+    hits = np.zeros((len(examples), 2), dtype=bool)
+    for start in range(0, len(examples), batch):
+        chunk = examples[start:start + batch]
+        scores = scorer.scores([e.history for e in chunk])  # (B, I+1)
+        for row, example in enumerate(chunk):
+            scores[row, list(example.history)] = -np.inf
+            target = scores[row, example.target]
+            rank = int((scores[row] > target).sum())  # items scored above the target
+            hits[start + row] = (rank < 10, rank < 100)
+    return {"users": len(examples), "hr@10": round(float(hits[:, 0].mean()), 4) if len(examples) else None,
+            "recall@100": round(float(hits[:, 1].mean()), 4) if len(examples) else None}
 
 
 def publish_command(args: argparse.Namespace) -> dict:
@@ -69,6 +93,8 @@ def register(commands, bench) -> None:
     train.add_argument("--hidden", type=int, default=64, help="vector size")
     train.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--strict-split", action="store_true",
+                       help="train on no validation item (default: all but the validation users', as vip5 train)")
     publish = add_command(sub, "publish", publish_command,
                           "send a trained retriever to the running system (vectors, then the model)")
     add_kafka_args(publish)

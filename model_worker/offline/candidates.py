@@ -7,7 +7,7 @@ Out: `candidates(history, k)` -> up to k distinct items not in the history, best
      retriever's items score 0, so fusion adds nothing for them).
 
 Co-visitation: for every pair of items at most `window` positions apart in a training sequence,
-weight 1 / distance, both directions. A history's score for item j sums, over its last `recent`
+weight 1 / distance from the earlier item to the later, `backward_weight` / distance back. A history's score for item j sums, over its last `recent`
 items h (the newest weighted 1, the one before 1/2, ...), the weight of (h, j). Each item keeps
 its `neighbours` heaviest co-visited items, so memory is I x neighbours.
 """
@@ -31,10 +31,13 @@ class CoVisitConfig:
     window: int = 3
     recent: int = 5
     neighbours: int = 200
+    backward_weight: float = 0.5  # as index.covisitation.CovisitationConfig
 
     def __post_init__(self) -> None:
         if min(self.window, self.recent, self.neighbours) < 1:
             raise ValueError("CoVisitConfig.window, recent and neighbours must be >= 1")
+        if not 0.0 <= self.backward_weight <= 1.0:
+            raise ValueError(f"CoVisitConfig.backward_weight must be in [0, 1], got {self.backward_weight}")
 
 
 class CoVisitCandidates:
@@ -51,7 +54,7 @@ class CoVisitCandidates:
                 for gap in range(1, self.config.window + 1):
                     if pos + gap < len(items) and items[pos + gap] != item:
                         weights[item][items[pos + gap]] += 1.0 / gap
-                        weights[items[pos + gap]][item] += 1.0 / gap
+                        weights[items[pos + gap]][item] += self.config.backward_weight / gap
         self.neighbours = {i: c.most_common(self.config.neighbours) for i, c in weights.items()}
         self.popular = [int(i) for i in np.argsort(-popularity[1:], kind="stable") + 1]
 

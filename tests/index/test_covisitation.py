@@ -26,17 +26,24 @@ def replay(covisitation: Covisitation, sequences: list[list[str]]) -> None:
             covisitation.record(items[:pos], item)
 
 
-def test_pairs_within_the_window_weigh_one_over_their_distance_both_ways():
-    cov = Covisitation(CovisitationConfig(window=2, half_life_events=None))
+def test_pairs_within_the_window_weigh_one_over_their_distance_forward_and_backward_weight_back():
+    cov = Covisitation(CovisitationConfig(window=2, half_life_events=None, backward_weight=0.5))
+    replay(cov, [["a", "b", "c", "d"]])
+    assert cov.neighbours("b") == {"a": 0.5, "c": 1.0, "d": 0.5}  # a came before b: read backward
+    assert cov.neighbours("a") == {"b": 1.0, "c": 0.5}  # d is 3 apart: outside the window
+    assert cov.neighbours("d") == {"c": 0.5, "b": 0.25}
+
+
+def test_with_backward_weight_one_pairs_count_the_same_both_ways():
+    cov = Covisitation(CovisitationConfig(window=2, half_life_events=None, backward_weight=1.0))
     replay(cov, [["a", "b", "c", "d"]])
     assert cov.neighbours("b") == {"a": 1.0, "c": 1.0, "d": 0.5}
-    assert cov.neighbours("a") == {"b": 1.0, "c": 0.5}  # d is 3 apart: outside the window
 
 
 def test_a_repeated_item_is_not_its_own_neighbour():
     cov = Covisitation(NO_DECAY)
     replay(cov, [["a", "a", "b"]])
-    assert "a" not in cov.neighbours("a") and cov.neighbours("b") == {"a": 1.5}
+    assert "a" not in cov.neighbours("a") and cov.neighbours("a") == {"b": 1.5}  # 1 + 1/2, forward
 
 
 def test_candidates_weigh_recent_history_items_more_and_never_return_history_items():
@@ -120,7 +127,8 @@ def test_the_same_log_gives_the_same_candidates():
     ("kwargs", "field"),
     [({"window": 0}, "window"), ({"recent": 0}, "recent"), ({"neighbours": 0}, "neighbours"),
      ({"prune_factor": 0.5}, "prune_factor"), ({"max_items": 0}, "max_items"),
-     ({"half_life_events": 0}, "half_life_events"), ({"half_life_events": float("inf")}, "half_life_events")],
+     ({"half_life_events": 0}, "half_life_events"), ({"half_life_events": float("inf")}, "half_life_events"),
+     ({"backward_weight": -0.1}, "backward_weight"), ({"backward_weight": 1.5}, "backward_weight")],
 )
 def test_covisitation_config_rejects_invalid_field_naming_it(kwargs, field):
     with pytest.raises(ValueError, match=f"CovisitationConfig.{field}"):

@@ -1,0 +1,44 @@
+"""`vip5 retriever train`: trained on `vip5 train`'s split, scored on its held-out validation users."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from model_worker.offline.data import Example
+from vip5.cli import build_parser
+from vip5.retriever_cli import validation_scores
+
+SLICE = Path(__file__).resolve().parents[1] / "data" / "beauty_slice"
+
+
+class FixedScores:
+    """Scores item j as j: the higher the id, the better."""
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+
+    def scores(self, histories):
+        out = np.tile(np.arange(self.n_items + 1, dtype=np.float64), (len(histories), 1))
+        out[:, 0] = -np.inf
+        return out
+
+
+def test_validation_scores_rank_the_target_among_items_outside_the_history():
+    scorer = FixedScores(200)
+    examples = [Example(1, (200, 199), 190),  # 198..191 above it: rank 8, a hit at 10
+                Example(2, (), 190),          # 200..191 above it: rank 10, a miss at 10
+                Example(3, (5,), 50)]         # rank 150: a miss at 100
+    assert validation_scores(scorer, examples, batch=2) == {"users": 3, "hr@10": round(1 / 3, 4),
+                                                            "recall@100": round(2 / 3, 4)}
+
+
+def test_train_uses_the_runs_split_and_reports_its_validation_scores(tmp_path):
+    args = build_parser().parse_args(["retriever", "train", "--data", str(SLICE), "--out", str(tmp_path),
+                                      "--max-epochs", "1", "--threads", "1", "--json"])
+    result = args.handler(args)
+    assert result["train_on_valid"] is True and result["epochs"] == 1
+    assert 0 < result["valid"]["users"] <= 2000 and 0 <= result["valid"]["recall@100"] <= 1
+    assert json.loads((tmp_path / "retriever.json").read_text())["info"]["valid"] == result["valid"]
