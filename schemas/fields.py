@@ -50,7 +50,7 @@ class Str(Spec):
     pattern: str | None = None
 
     def check_present(self, value: Any, path: str) -> str:
-        if not isinstance(value, str):
+        if type(value) is not str and not isinstance(value, str):
             raise SchemaError(path, f"expected a string, got {_type_name(value)}")
         if not self.min_len <= len(value) <= self.max_len:
             raise SchemaError(path, f"length {len(value)} outside [{self.min_len}, {self.max_len}]")
@@ -100,6 +100,8 @@ class Float(Spec):
     hi: float = math.inf
 
     def check_present(self, value: Any, path: str) -> float:
+        if type(value) is float and math.isfinite(value) and self.lo <= value <= self.hi:
+            return value  # the common case, without the checks below
         if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
             raise SchemaError(path, f"expected a number, got {_type_name(value)}")
         value = float(value)
@@ -164,7 +166,13 @@ class List(Spec):
             raise SchemaError(path, f"expected a list, got {_type_name(value)}")
         if not self.min_items <= len(value) <= self.max_items:
             raise SchemaError(path, f"{len(value)} items outside [{self.min_items}, {self.max_items}]")
-        return tuple(self.item.check(v, f"{path}[{i}]") for i, v in enumerate(value))
+        check = self.item.check
+        try:
+            return tuple([check(v, path) for v in value])
+        except SchemaError:  # find the first bad item again, this time naming it by its index
+            for i, v in enumerate(value):
+                check(v, f"{path}[{i}]")
+            raise
 
     def dump(self, value: Sequence) -> list:
         return [self.item.dump(v) for v in value]
@@ -217,6 +225,14 @@ def field_specs(cls: type) -> tuple[tuple[str, Spec], ...]:
     return tuple((f.name, spec_of(f)) for f in dataclasses.fields(cls))
 
 
+@functools.cache
+def field_names(cls: type) -> tuple[frozenset[str], tuple[str, ...]]:
+    """All field names of a record class, and the required ones (no default) in field order."""
+    fields = dataclasses.fields(cls)
+    return (frozenset(f.name for f in fields),
+            tuple(f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING))
+
+
 def field(spec: Spec, *, default: Any = dataclasses.MISSING) -> Any:
     """A dataclass field carrying its spec; optional specs default to None."""
     if default is dataclasses.MISSING and spec.optional:
@@ -232,13 +248,13 @@ def validate_fields(record: Any, path: str = "") -> None:
 
 def build(cls: type, data: dict, path: str = "") -> Any:
     """Construct `cls` from a wire dict, rejecting unknown keys; errors carry the full field path."""
-    specs = {f.name: spec_of(f) for f in dataclasses.fields(cls)}
-    unknown = sorted(_loggable(str(k)[:64]) for k in data if k not in specs)  # a hostile key can be megabytes
-    if unknown:
+    names, required = field_names(cls)
+    if not names.issuperset(data):
+        unknown = sorted(_loggable(str(k)[:64]) for k in data if k not in names)  # a hostile key can be megabytes
         raise SchemaError(f"{path}{unknown[0]}", "unknown field")
-    for f in dataclasses.fields(cls):
-        if f.name not in data and f.default is dataclasses.MISSING:
-            raise SchemaError(f"{path}{f.name}", "is required")
+    for name in required:
+        if name not in data:
+            raise SchemaError(f"{path}{name}", "is required")
     try:
         return cls(**data)
     except SchemaError as err:
