@@ -10,6 +10,8 @@ Out: up to `CandidateConfig.k` `RetrievedItem(item_id, score, source)` (the inde
      grouped by source in `MERGE_ORDER` (co-visited, sequential, visual, popular, fresh), each group
      in its source's own order. Scores: co-visitation weight; the retriever's inner product; cosine
      to the query; decayed count; seconds since added, negated. They are comparable within a source only.
+     With a retriever, every candidate also carries its `affinity`, the retriever's inner product
+     (None for an item it has no vector for): comparable across all candidates of one user.
 
 Slots: each source has `*_k` reserved slots and visual gets the rest of k. A source that has fewer
 items than its slots leaves them to the others, in `MERGE_ORDER`, so a new user (no history) still
@@ -89,6 +91,7 @@ class RetrievedItem(NamedTuple):
     item_id: str
     score: float
     source: str  # one of MERGE_ORDER
+    affinity: float | None = None  # the learned retriever's score of the item for this user, any source
 
 
 class PopularityTracker:
@@ -210,14 +213,18 @@ def generate_candidates(history: Sequence[str], index: ItemIndex | Sequence[Item
     """Up to k candidates for a user with `history`; never an item of the history or `exclude`.
     `index` may be several (image vectors, text vectors): the content neighbours come from all."""
     seen = set(history) | set(exclude)
+    query = retriever.query_for(history) if retriever is not None else None
     ranked = {  # each source's own list, best first, up to k, none seen
         "covisit": covisitation.candidates(history, config.k, exclude=seen) if covisitation is not None else [],
-        "sequential": retriever.candidates(history, config.k, exclude=seen) if retriever is not None else [],
+        "sequential": query.top(config.k, exclude=seen) if query is not None else [],
         "visual": visual_neighbours(history, index, config, exclude=seen),
         "popular": popularity.top(config.k, now_s=now_s, exclude=seen),
         "fresh": freshness.recent(config.k, now_s=now_s, exclude=seen),
     }
-    return merge_sources(ranked, slots(config), config.k)
+    merged = merge_sources(ranked, slots(config), config.k)
+    if query is None:
+        return merged
+    return [c._replace(affinity=a) for c, a in zip(merged, query.affinity([c.item_id for c in merged]), strict=True)]
 
 
 def visual_neighbours(history: Sequence[str], index: ItemIndex | Sequence[ItemIndex], config: CandidateConfig, *,

@@ -4,11 +4,15 @@
     dir ──► retriever_records ──► one ItemEmbedding per item (encoder_id = version) for retriever-vectors
                               ──► one RetrieverModel (the network without its item table) for retriever-models
     both compacted topics ──► SequentialRetriever (a replica in every streams worker)
-    SequentialRetriever.candidates(history, k) ──► [(item id, score)], best first (source "sequential")
+    SequentialRetriever.query_for(history) ──► UserQuery: .top(k) [(item id, score)], best first
+                                               (source "sequential"); .affinity(items) the same score
+                                               for any items (None where the version has no vector)
 
 The query is SASRec's hidden state after the user's latest items (up to `max_len`), computed with
 the replica's own copy of the item vectors; the score of an item is the inner product with its
-vector, searched exactly in FAISS (`ItemIndex`, not normalised). Items the version has no vector
+vector, searched exactly in FAISS (`ItemIndex`, not normalised). The same score of every candidate,
+whatever source proposed it (its `affinity`), lets the model worker fuse the retriever's view with
+the model's (`model_worker.rerank.RerankConfig.retrieval_weight`). Items the version has no vector
 for (new since training) are skipped in the history and never retrieved; the content and
 co-visitation sources cover them.
 
@@ -184,17 +188,20 @@ class SequentialRetriever:
                  len(self._indexes.get(record.version, ())), record.n_items)
         return True
 
-    def candidates(self, history: Sequence[str], k: int, *, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
-        """Up to k (item id, score) by the current version, best first, none of `exclude`; none
-        before a model arrived or when no history item has a vector."""
+    def query_for(self, history: Sequence[str]) -> UserQuery | None:
+        """The current version's query for `history`; None before a model arrived or when no
+        history item has a vector."""
         with self._lock:
             network, index = self._network, self._indexes.get(self.version) if self.version else None
         if network is None or index is None or not len(index):
-            return []
+            return None
         query = self.query(network, index, history)
-        if query is None:
-            return []
-        return [(hit.item_id, hit.score) for hit in index.search_one(query, k, exclude=exclude)]
+        return None if query is None else UserQuery(query, index)
+
+    def candidates(self, history: Sequence[str], k: int, *, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """Up to k (item id, score) by the current version, best first, none of `exclude`."""
+        query = self.query_for(history)
+        return [] if query is None else query.top(k, exclude=exclude)
 
     @staticmethod
     @torch.no_grad()
@@ -217,6 +224,22 @@ class SequentialRetriever:
     def stats(self) -> dict:
         return {"version": self.version, "vectors": len(self), "updates": self.updates,
                 "rejected": self.rejected, "decode_errors": self.decode_errors}
+
+
+class UserQuery:
+    """One user's query vector and the version's item vectors it scores."""
+
+    def __init__(self, query: np.ndarray, index: ItemIndex):
+        self.query, self.index = query, index
+
+    def top(self, k: int, *, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """Up to k (item id, inner product), best first, none of `exclude`."""
+        return [(hit.item_id, hit.score) for hit in self.index.search_one(self.query, k, exclude=exclude)]
+
+    def affinity(self, item_ids: Sequence[str]) -> list[float | None]:
+        """The inner product of each item's vector with the query; None where there is no vector."""
+        vectors = self.index.get_vectors(item_ids)
+        return [float(vectors[i] @ self.query) if i in vectors else None for i in item_ids]
 
 
 def model_handler(retriever: SequentialRetriever) -> Callable[[list], None]:

@@ -26,7 +26,7 @@ from model_worker.rerank import RerankConfig, Reranker, ScoringRequest
 from model_worker.vip5model.model import VIP5Model
 from model_worker.vip5model.prompts import TEMPLATES, explanation_prompt
 from model_worker.vip5model.slots import AdapterSlots
-from schemas.records import RerankRequest
+from schemas.records import Candidate, RerankRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,16 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     return device
+
+
+def affinities(candidates: Sequence[Candidate]) -> tuple[float, ...] | None:
+    """The retriever's affinity of each candidate, those without one at the lowest given; None when
+    no candidate has one (no retriever upstream)."""
+    given = [c.affinity for c in candidates if c.affinity is not None]
+    if not given:
+        return None
+    lowest = min(given)
+    return tuple(lowest if c.affinity is None else c.affinity for c in candidates)
 
 
 class VIP5Ranker:
@@ -110,7 +120,7 @@ class VIP5Ranker:
              features: Mapping[str, np.ndarray]) -> list[list[tuple[str, float]]]:
         scoring = [ScoringRequest(user_id=r.user_id, history=r.history,
                                   candidates=tuple(c.item_id for c in r.candidates),
-                                  retrieval_scores=tuple(c.score for c in r.candidates)) for r in requests]
+                                  retrieval_scores=affinities(r.candidates)) for r in requests]
         scoring = self.reranker.with_catalogue_candidates(scoring)  # item-token models retrieve too
         scores = self.reranker.score(scoring, features)
         return [sorted(zip(r.candidates, s, strict=True), key=lambda pair: -pair[1])

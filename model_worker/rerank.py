@@ -1,10 +1,13 @@
 """Candidate scoring, the model side of re-ranking: VIP5 scores each candidate under the direct prompt.
 
 In: `ScoringRequest`s (user id, history item ids, candidate item ids, optional retrieval scores: the
-model's view of a wire `schemas.records.RerankRequest`, built by ranker.py or the trainer) and an
-image-feature lookup (item id -> (F,) vector; missing items use the "no image" tokens).
+model's view of a wire `schemas.records.RerankRequest`, built by ranker.py or the trainer; the
+retrieval score is the learned retriever's affinity, `Candidate.affinity`) and an image-feature
+lookup (item id -> (F,) vector; missing items use the "no image" tokens).
 Out: per request, one score per candidate in the request's order:
   score = log p(candidate id tokens | direct prompt) + retrieval_weight * retrieval score.
+Both terms are log-probabilities up to a constant per request (the retriever is trained with a
+softmax over all items), so the sum is a product of the two models' next-item distributions.
 
 Cost: one encoder pass per request (requests batched), then one decoder pass over each request's
 candidate trie (see vip5/scoring.py). `score_naive` and `beam` are the slower reference forms the
@@ -14,6 +17,7 @@ given per call. Adapters are switched between calls (vip5model.slots).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,8 +49,10 @@ class RerankConfig:
     """direct-recommendation list template (B-7 and B-9 also show the history)"""
     history_len: int = 20
     """most recent history items written into the prompt"""
-    retrieval_weight: float = 0.0
-    """weight of the retrieval score added to the log-likelihood"""
+    retrieval_weight: float = 2.0
+    """weight of the retrieval score (the learned retriever's affinity) added to the log-likelihood;
+    0: the model alone. Picked by validation NDCG@10 on Beauty (`vip5 evaluate --retriever`,
+    `rerank.with_retriever`); requests without affinities are scored by the model alone"""
     max_batch_requests: int = 16
     """requests encoded and decoded together"""
     catalogue_k: int = 0
@@ -65,6 +71,8 @@ class RerankConfig:
             raise ValueError("RerankConfig.max_batch_requests must be >= 1")
         if self.catalogue_k < 0:
             raise ValueError("RerankConfig.catalogue_k must be >= 0")
+        if not (self.retrieval_weight >= 0 and math.isfinite(self.retrieval_weight)):
+            raise ValueError(f"RerankConfig.retrieval_weight must be >= 0 and finite, got {self.retrieval_weight}")
 
 
 class Reranker:

@@ -28,9 +28,15 @@ def run_serve(args: argparse.Namespace) -> dict:
     from model_worker.rerank import RerankConfig
 
     ranker_cfg = RankerConfig(model_dir=model_dir, device=args.device,
-                              rerank=RerankConfig(history_len=args.prompt_history_len, catalogue_k=args.catalogue_k))
+                              rerank=RerankConfig(history_len=args.prompt_history_len, catalogue_k=args.catalogue_k,
+                                                  **_given(retrieval_weight=args.retrieval_weight)))
     stats = run_model_worker(serve_cfg, ranker_cfg, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     return {"stats": stats} if args.json else {}
+
+
+def _given(**values) -> dict:
+    """The options given on the command line; the rest keep their config's default."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def register(commands, bench) -> None:
@@ -57,3 +63,6 @@ def register(commands, bench) -> None:
     p.add_argument("--prompt-history-len", type=int, default=20, help="latest history items written into the prompt")
     p.add_argument("--catalogue-k", type=int, default=0,
                    help="item-token models: their best K catalogue items join each request's candidates (0: off)")
+    p.add_argument("--retrieval-weight", type=float, default=None,
+                   help="weight of the learned retriever's affinity (Candidate.affinity) added to the model's "
+                        "log-likelihood; 0: the model alone (default: RerankConfig.retrieval_weight)")

@@ -144,13 +144,17 @@ class ItemEmbedding(Record):
 @_part
 class Candidate(Part):
     item_id: str = F.field(ID)
-    score: float = F.field(SCORE)
+    score: float = F.field(SCORE)  # the proposing source's own score: comparable within that source only
     source: str = F.field(F.Choice(choices=CANDIDATE_SOURCES))
+    # The learned retriever's score of the item for this user, whichever source proposed it
+    # (comparable across the request's candidates); None without a retriever or a vector for the item.
+    affinity: float | None = F.field(F.Float(optional=True))
 
 OPTIONAL_TIME_MS = F.Int(lo=LIMITS.min_time_ms, hi=LIMITS.max_time_ms, optional=True)
 
 
-@record("rerank_request", 2)  # v2: streams_received_time_ms (v1 records decode with None)
+# v2: streams_received_time_ms; v3: Candidate.affinity (older records decode with None)
+@record("rerank_request", 3)
 class RerankRequest(Record):
     request_id: str = F.field(ID)
     user_id: str = F.field(ID)

@@ -63,7 +63,8 @@ def build_request(user_id: str, state: dict, interactions: Sequence[Interaction]
         request_id=request_id_for(user_id, event_ids),
         user_id=user_id,
         history=state["items"],
-        candidates=[Candidate(item_id=c.item_id, score=c.score, source=c.source) for c in candidates],
+        candidates=[Candidate(item_id=c.item_id, score=c.score, source=c.source, affinity=c.affinity)
+                    for c in candidates],
         event_ids=event_ids,
         event_time_ms=max(i.event_time_ms for i in interactions),
         request_time_ms=now_ms,

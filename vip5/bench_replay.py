@@ -219,7 +219,9 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
         stack_cfg = StackConfig(
             work_dir=Path(tmp), model_dir=model_path(model_dir), topic_prefix="replay.", partitions=args.partitions,
             candidates=args.candidates, prompt_history_len=args.prompt_history_len,
-            serve_args=("--max-batch", str(args.max_batch), "--catalogue-k", str(args.catalogue_k)),
+            serve_args=("--max-batch", str(args.max_batch), "--catalogue-k", str(args.catalogue_k),
+                        *(("--retrieval-weight", str(args.retrieval_weight)) if args.retrieval_weight is not None
+                          else ())),
             # every user of the log keeps its history, as in the offline evaluation it is compared with
             streams_args=("--coalesce-ms", str(args.coalesce_ms),
                           "--max-users", str(max(20_000, len({user for user, _ in replay_log.train})))),
@@ -272,6 +274,9 @@ def register(commands, bench) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="model worker batch")
     p.add_argument("--catalogue-k", type=int, default=0,
                    help="item-token models add their best K catalogue items to the candidates (0: re-rank only)")
+    p.add_argument("--retrieval-weight", type=float, default=None,
+                   help="model worker: weight of the retriever's affinity in the score; 0: the model alone "
+                        "(default: vip5 serve's)")
     p.add_argument("--coalesce-ms", type=int, default=50, help="streams worker coalescing window")
     p.add_argument("--timeout", type=float, default=1800.0, help="limit of each phase, seconds")
     p.add_argument("--report", default=None, metavar="DIR", help="also write an HTML report with plots to DIR/index.html")

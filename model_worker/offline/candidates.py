@@ -4,12 +4,14 @@ optionally merged with the learned retriever's items as the live streams worker 
 In:  training sequences (items 1..I, oldest first); histories; optionally a `vip5 retriever train` folder.
 Out: `candidates(history, k)` -> up to k distinct items not in the history, best first, with scores
      (co-visitation weight; popularity-filled slots score below every co-visited item; the
-     retriever's items score 0, so fusion adds nothing for them).
+     retriever's items score 0, so fusion adds nothing for them); with the retriever,
+     `affinity(history, items)` -> its score of each candidate, as the live `Candidate.affinity`.
 
 Co-visitation: for every pair of items at most `window` positions apart in a training sequence,
-weight 1 / distance from the earlier item to the later, `backward_weight` / distance back. A history's score for item j sums, over its last `recent`
-items h (the newest weighted 1, the one before 1/2, ...), the weight of (h, j). Each item keeps
-its `neighbours` heaviest co-visited items, so memory is I x neighbours.
+weight 1 / distance from the earlier item to the later, `backward_weight` / distance back. A
+history's score for item j sums, over its last `recent` items h (the newest weighted 1, the one
+before 1/2, ...), the weight of (h, j). Each item keeps its `neighbours` heaviest co-visited
+items, so memory is I x neighbours.
 """
 
 from __future__ import annotations
@@ -91,13 +93,32 @@ class RetrieverCandidates:
         self.to_theirs = np.array([0] + [theirs.get(key, 0) for key in item_keys])
 
     @torch.no_grad()
-    def retrieved(self, history: Sequence[int], k: int) -> list[tuple[int, float]]:
+    def item_scores(self, history: Sequence[int]) -> np.ndarray | None:
+        """The retriever's inner product of every item with the history's query, in its own
+        numbering (I'+1,), column 0 = -inf; None when no history item is known to it."""
         mapped = [int(self.to_theirs[i]) for i in history if self.to_theirs[i]]
         if not mapped:
-            return []
+            return None
         seq = torch.tensor([left_pad(mapped, self.model.config.max_len)])
-        scores = (self.model(seq)[0, -1] @ self.model.item_emb.weight.T).numpy()  # (I+1,)
+        scores = (self.model(seq)[0, -1] @ self.model.item_emb.weight.T).numpy()  # (I'+1,)
         scores[0] = -np.inf
+        return scores
+
+    def affinity(self, history: Sequence[int], items: Sequence[int]) -> list[float]:
+        """Each item's inner product with the history's query, as the streams worker attaches it to
+        every candidate (`Candidate.affinity`); items unknown to the retriever get the lowest, as
+        the model worker fills them (`model_worker.ranker.affinities`); all 0 without a query."""
+        scores = self.item_scores(history)
+        if scores is None:
+            return [0.0] * len(items)
+        known = [float(scores[self.to_theirs[i]]) if self.to_theirs[i] else None for i in items]
+        lowest = min((a for a in known if a is not None), default=0.0)
+        return [lowest if a is None else a for a in known]
+
+    def retrieved(self, history: Sequence[int], k: int) -> list[tuple[int, float]]:
+        scores = self.item_scores(history)
+        if scores is None:
+            return []
         seen, out = set(history), []
         for item in np.argsort(-scores, kind="stable"):
             ours = int(self.to_ours[item])

@@ -119,6 +119,7 @@ class EvalContext:
     config: EvalConfig
     rerank: tuple[tuple[int, ...], ...] = ()  # per example: the generator's top candidates, best first
     rerank_scores: tuple[tuple[float, ...], ...] = ()  # their generator scores (co-visitation weight)
+    rerank_affinity: tuple[tuple[float, ...], ...] = ()  # with a retriever: its affinity of each candidate
 
 
 def make_context(data: RecData, config: EvalConfig, trained: dict | None = None) -> EvalContext:
@@ -137,9 +138,12 @@ def make_context(data: RecData, config: EvalConfig, trained: dict | None = None)
     if config.retriever:
         generator = RetrieverCandidates(generator, config.retriever, data.item_keys)
     generated = [generator.candidates(e.history, config.rerank_candidates) for e in examples]
+    affinity = (tuple(tuple(generator.affinity(e.history, items)) for e, (items, _) in zip(examples, generated,
+                                                                                          strict=True))
+                if config.retriever else ())
     return EvalContext(data, tuple(examples), candidates, split.train, config,
                        rerank=tuple(tuple(items) for items, _ in generated),
-                       rerank_scores=tuple(tuple(scores) for _, scores in generated))
+                       rerank_scores=tuple(tuple(scores) for _, scores in generated), rerank_affinity=affinity)
 
 
 def batches(items: Sequence, size: int):
@@ -198,27 +202,41 @@ def candidate_log_probs(scorer, context: EvalContext) -> list[np.ndarray]:
     return out
 
 
-def fused_ranks(log_probs: Sequence[np.ndarray], context: EvalContext, weight: float) -> list[int]:
-    """Ranks under model log-probability + weight * log(1 + co-visitation weight) (popularity-filled
-    candidates have no co-visitation and add 0)."""
+def covisit_term(context: EvalContext) -> list[np.ndarray]:
+    """log(1 + co-visitation weight) per candidate (popularity-filled candidates add 0)."""
+    return [np.log1p(np.maximum(np.asarray(g, dtype=np.float64), 0.0)) for g in context.rerank_scores]
+
+
+def affinity_term(context: EvalContext) -> list[np.ndarray]:
+    """The learned retriever's affinity per candidate (`vip5 evaluate --retriever`)."""
+    return [np.asarray(a, dtype=np.float64) for a in context.rerank_affinity]
+
+
+def fused_ranks(log_probs: Sequence[np.ndarray], terms: Sequence[np.ndarray], context: EvalContext,
+                weight: float) -> list[int]:
+    """Ranks under model log-probability + weight * term (one term per candidate)."""
     rng, ranks = np.random.default_rng(context.config.sample_seed), []
-    for model, generator, items, example in zip(log_probs, context.rerank_scores, context.rerank, context.examples,
-                                                strict=True):
+    for model, term, items, example in zip(log_probs, terms, context.rerank, context.examples, strict=True):
         if example.target not in items:
             ranks.append(MISS)
             continue
-        fused = model + weight * np.log1p(np.maximum(np.asarray(generator), 0.0))
-        ranks.append(rank_of_target(fused, items.index(example.target), rng=rng))
+        ranks.append(rank_of_target(model + weight * term, items.index(example.target), rng=rng))
     return ranks
 
 
-def fused_metrics(scorer, context: EvalContext, validation: EvalContext) -> dict:
-    """The model's score fused with the candidate generator's, the weight chosen on `validation`
-    (the run's validation users) by NDCG@10 from `FUSION_WEIGHTS`."""
-    held_out = candidate_log_probs(scorer, validation)
-    by_weight = {w: rank_metrics(fused_ranks(held_out, validation, w))["ndcg@10"] for w in FUSION_WEIGHTS}
-    weight = max(by_weight, key=lambda w: (by_weight[w], -w))
-    return {**rank_metrics(fused_ranks(candidate_log_probs(scorer, context), context, weight)), "weight": weight,
+def fused_metrics(scorer, context: EvalContext, validation: EvalContext,
+                  term: Callable[[EvalContext], list[np.ndarray]] = covisit_term, *,
+                  weight: float | None = None) -> dict:
+    """The model's score fused with a candidate term, at `weight` or (None) the weight chosen on
+    `validation` (the run's validation users) by NDCG@10 from `FUSION_WEIGHTS`; the validation
+    NDCG@10 of every weight is reported either way."""
+    held_out, held_out_terms = candidate_log_probs(scorer, validation), term(validation)
+    by_weight = {w: rank_metrics(fused_ranks(held_out, held_out_terms, validation, w))["ndcg@10"]
+                 for w in sorted({*FUSION_WEIGHTS, *([weight] if weight is not None else [])})}
+    best = max(by_weight, key=lambda w: (by_weight[w], -w))
+    weight = best if weight is None else weight
+    return {**rank_metrics(fused_ranks(candidate_log_probs(scorer, context), term(context), context, weight)),
+            "weight": weight, "best_validation_weight": best,
             "validation_ndcg@10": {str(w): round(v, 4) for w, v in by_weight.items()},
             "n_validation_users": len(validation.examples)}
 
@@ -245,9 +263,9 @@ def retrieval_recall(scorer, context: EvalContext) -> dict:
 
 
 def candidate_order_ranks(context: EvalContext) -> list[int]:
-    """Ranks under the generator's own order."""
-    return [c.index(e.target) + 1 if e.target in c else MISS for e, c in zip(context.examples, context.rerank,
-                                                                             strict=True)]
+    """0-based ranks under the generator's own order."""
+    return [c.index(e.target) if e.target in c else MISS for e, c in zip(context.examples, context.rerank,
+                                                                         strict=True)]
 
 
 class ItemTokenScorer:
@@ -435,6 +453,11 @@ def evaluate_item_tokens(model, context: EvalContext, *, max_len: int, cold: fro
                       "n_candidates": context.config.rerank_candidates}}
     if validation is not None and validation.examples:
         out["rerank"]["fused"] = fused_metrics(scorer, context, validation)
+        if context.rerank_affinity:  # as the model worker serves it: its default retrieval weight
+            from model_worker.rerank import RerankConfig
+
+            out["rerank"]["with_retriever"] = fused_metrics(scorer, context, validation, affinity_term,
+                                                            weight=RerankConfig().retrieval_weight)
     out["retrieval_recall"] = retrieval_recall(scorer, context)
     if cold:
         out["cold_start"] = cold_start_metrics(model, context, max_len=max_len, cold=cold)

@@ -4,6 +4,7 @@ highest, versions switch when a model arrives, and weights that do not fit are r
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from index.candidates import CandidateConfig, FreshnessTracker, PopularityTracker, generate_candidates
@@ -107,6 +108,26 @@ def test_candidates_reserve_slots_for_the_retriever_and_label_them_sequential(tm
     sources = [c.source for c in got]
     assert sources[:4] == ["sequential"] * 4 and got[0].item_id == "item-5"
     assert len(got) == 8 and not {"item-3", "item-4"} & {c.item_id for c in got}
+
+
+def test_every_candidate_carries_the_retrievers_affinity_whichever_source_proposed_it(tmp_path):
+    folder, scorer = trained_folder(tmp_path)
+    retriever = replica_of(folder)
+    popularity = PopularityTracker()
+    for key in KEYS[20:]:
+        popularity.record(key, 0.0)
+    config = CandidateConfig(k=6, covisit_k=0, sequential_k=3, popular_k=3, fresh_k=0)
+    got = generate_candidates(["item-3", "item-4"], ItemIndex(IndexConfig(dim=4)), popularity,
+                              FreshnessTracker(), config, now_s=0.0, retriever=retriever)
+    assert {c.source for c in got} == {"sequential", "popular"}
+    expected = scorer.scores([[3, 4]])[0]
+    assert [c.affinity for c in got] == pytest.approx([expected[KEYS.index(c.item_id) + 1] for c in got], abs=1e-4)
+    # an item the retriever has no vector for (newer than it) has no affinity
+    assert retriever.query_for(["item-3"]).affinity(["item-5", "brand-new"])[1] is None
+    # without a retriever nothing carries one
+    plain = generate_candidates(["item-3"], ItemIndex(IndexConfig(dim=4)), popularity, FreshnessTracker(), config,
+                                now_s=0.0)
+    assert plain and all(c.affinity is None for c in plain)
 
 
 def test_the_model_record_carries_the_network_without_its_item_table(tmp_path):

@@ -37,12 +37,20 @@ def publish_retriever(kafka_cfg, topics, folder) -> dict:
     return args.handler(args)
 
 
-def first_sequential(kafka_cfg, topics, event_id: str, seen: int):
-    """The first `sequential` candidate of the request reflecting `event_id` (None until it exists)."""
+def request_for(kafka_cfg, topics, event_id: str, seen: int) -> RerankRequest | None:
+    """The request reflecting `event_id` (None until it exists)."""
     for request in records_on(kafka_cfg, topics, RERANK_REQUESTS, count=seen, timeout_s=5):
         if isinstance(request, RerankRequest) and event_id in request.event_ids:
-            return next((c.item_id for c in request.candidates if c.source == "sequential"), "none")
+            return request
     return None
+
+
+def first_sequential(kafka_cfg, topics, event_id: str, seen: int):
+    """The first `sequential` candidate of the request reflecting `event_id` (None until it exists)."""
+    request = request_for(kafka_cfg, topics, event_id, seen)
+    if request is None:
+        return None
+    return next((c.item_id for c in request.candidates if c.source == "sequential"), "none")
 
 
 def test_a_published_retriever_feeds_candidates_and_a_new_version_replaces_it_live(broker, kafka_cfg, topics,
@@ -57,6 +65,9 @@ def test_a_published_retriever_feeds_candidates_and_a_new_version_replaces_it_li
         assert worker.wait_for_log(READY_LINE, 120), (tmp_path / "streams.log").read_text()[-3000:]
         publish(kafka_cfg, topics, [click("a1", "u1", "i19"), click("a2", "u1", "i20")])
         assert wait_for(lambda: first_sequential(kafka_cfg, topics, "a2", 2), 60, "a request") == "i21"
+        # the candidates carry the retriever's affinity to the model worker (other sources' too: tests/index)
+        request = request_for(kafka_cfg, topics, "a2", 2)
+        assert all(c.affinity is not None for c in request.candidates), request.candidates
 
         publish_retriever(kafka_cfg, topics, backward)  # the worker keeps running
         sent = []

@@ -26,9 +26,22 @@ def test_retrieval_scores_are_blended_by_weight(make_model, features):
     request = _requests()[0]
     with_retrieval = ScoringRequest(request.user_id, request.history, request.candidates,
                                    tuple(float(i) for i in range(30)))
-    base = Reranker(model, features).score([with_retrieval])[0]
+    base = Reranker(model, features, RerankConfig(retrieval_weight=0.0)).score([with_retrieval])[0]
     blended = Reranker(model, features, RerankConfig(retrieval_weight=0.5)).score([with_retrieval])[0]
     assert np.allclose(np.array(blended) - np.array(base), 0.5 * np.arange(30), atol=1e-6)
+    # without retrieval scores (no retriever upstream) the weight changes nothing
+    assert Reranker(model, features).score([request])[0] == pytest.approx(base, abs=1e-6)
+
+
+def test_the_ranker_scores_with_the_candidates_affinity_those_without_one_at_the_lowest():
+    from model_worker.ranker import affinities
+    from schemas.records import Candidate
+
+    def cand(item, affinity):
+        return Candidate(item_id=item, score=1.0, source="covisit", affinity=affinity)
+
+    assert affinities([cand("a", 2.0), cand("b", None), cand("c", -1.5)]) == (2.0, -1.5, -1.5)
+    assert affinities([cand("a", None), cand("b", None)]) is None  # no retriever upstream: the model alone
 
 
 def test_beam_returns_candidates_only(make_model, features):
@@ -44,6 +57,8 @@ def test_bad_requests_and_configs_are_refused():
         ScoringRequest("1", (), ("2", "3"), (1.0,))
     with pytest.raises(ValueError, match="template_id"):
         RerankConfig(template_id="A-1")
+    with pytest.raises(ValueError, match="retrieval_weight"):
+        RerankConfig(retrieval_weight=-1.0)
 
 
 def test_one_reranker_scores_with_the_features_given_per_call(make_model, features):

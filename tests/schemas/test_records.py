@@ -32,7 +32,7 @@ EXAMPLES = [
     ItemEmbedding(item_id="i1", vector=np.arange(8, dtype=np.float32) / 7, encoder_id="lite0",
                   event_time_ms=T, embedded_time_ms=T + 5),
     RerankRequest(request_id="r1", user_id="u1", history=["i1", "i2"],
-                  candidates=[Candidate(item_id="i3", score=0.9, source="visual"),
+                  candidates=[Candidate(item_id="i3", score=0.9, source="visual", affinity=2.5),
                               Candidate(item_id="i4", score=0.1, source="popular")],
                   event_ids=["e1", "e2"], event_time_ms=T, request_time_ms=T + 3),
     Recommendation(request_id="r1", user_id="u1",
@@ -164,6 +164,21 @@ def test_version_1_records_without_stage_times_still_decode(cls):
     body["v"] = 1
     decoded = decode(msgpack.packb(body), cls)
     assert decoded.streams_received_time_ms is None and decoded.request_id == record.request_id
+
+
+def test_version_2_rerank_requests_decode_with_no_candidate_affinity():
+    """v3 added the retriever's affinity to each candidate; a v2 request decodes with None."""
+    record = next(r for r in EXAMPLES if isinstance(r, RerankRequest))
+    body = msgpack.unpackb(encode(record))
+    for candidate in body["candidates"]:
+        candidate.pop("affinity", None)
+    body["v"] = 2
+    assert all(c.affinity is None for c in decode(msgpack.packb(body), RerankRequest).candidates)
+
+
+def test_a_candidate_affinity_must_be_finite():
+    with pytest.raises(SchemaError, match="affinity: must be finite"):
+        Candidate(item_id="i1", score=0.5, source="sequential", affinity=float("nan"))
 
 
 def test_a_ranked_item_has_no_explanation_any_more():

@@ -10,6 +10,9 @@ from model_worker.offline.evaluate import (
     EvalConfig,
     EvalContext,
     evaluate,
+    affinity_term,
+    candidate_order_ranks,
+    covisit_term,
     fused_ranks,
 )
 from model_worker.offline.tasks import TaskConfig
@@ -38,9 +41,10 @@ def test_evaluating_an_item_token_run_reports_rerank_fused_and_cold_start(tmp_pa
         assert metrics <= set(result["baselines"][name]["rerank"])
 
 
-def _context(examples, rerank, scores) -> EvalContext:
+def _context(examples, rerank, scores, affinity=()) -> EvalContext:
     return EvalContext(data=None, examples=tuple(examples), candidates=(), train=(), config=EvalConfig(),
-                       rerank=tuple(map(tuple, rerank)), rerank_scores=tuple(map(tuple, scores)))
+                       rerank=tuple(map(tuple, rerank)), rerank_scores=tuple(map(tuple, scores)),
+                       rerank_affinity=tuple(map(tuple, affinity)))
 
 
 def test_fusion_weight_zero_is_the_model_order_and_a_large_weight_follows_co_visitation():
@@ -48,10 +52,25 @@ def test_fusion_weight_zero_is_the_model_order_and_a_large_weight_follows_co_vis
     rerank, covisit = [(1, 2, 3), (4, 5, 6)], [(0.5, 4.0, 1.0), (-1.0, 2.0, 3.0)]
     model = [np.log([0.2, 0.1, 0.7]), np.log([0.6, 0.3, 0.1])]
     context = _context(examples, rerank, covisit)
-    assert fused_ranks(model, context, 0.0) == [0, 1]  # 0-based ranks
-    assert fused_ranks(model, context, 100.0) == [1, 1]  # item 2 before 3; item 6 before 5
+    assert fused_ranks(model, covisit_term(context), context, 0.0) == [0, 1]  # 0-based ranks
+    assert fused_ranks(model, covisit_term(context), context, 100.0) == [1, 1]  # item 2 before 3; item 6 before 5
+
+
+def test_with_the_retriever_a_large_weight_follows_its_affinity():
+    examples = [Example(1, (9,), 3), Example(2, (9,), 5)]
+    model = [np.log([0.2, 0.1, 0.7]), np.log([0.6, 0.3, 0.1])]
+    affinity = [(3.0, 1.0, 2.0), (0.0, 5.0, 1.0)]  # item 3 second, item 5 first by the retriever
+    context = _context(examples, [(1, 2, 3), (4, 5, 6)], [(0.0,) * 3] * 2, affinity)
+    assert fused_ranks(model, affinity_term(context), context, 0.0) == [0, 1]
+    assert fused_ranks(model, affinity_term(context), context, 100.0) == [1, 0]
+
+
+def test_the_candidates_own_order_ranks_its_first_item_first():
+    context = _context([Example(1, (9,), 1), Example(2, (9,), 6), Example(3, (9,), 7)],
+                       [(1, 2, 3), (4, 5, 6), (4, 5, 6)], [(0.0,) * 3] * 3)
+    assert candidate_order_ranks(context) == [0, 2, MISS]  # 0-based, as every other rank here
 
 
 def test_a_target_outside_the_candidates_is_a_miss_whatever_the_weight():
     context = _context([Example(1, (9,), 7)], [(1, 2)], [(1.0, 2.0)])
-    assert fused_ranks([np.log([0.5, 0.5])], context, 1.0) == [MISS]
+    assert fused_ranks([np.log([0.5, 0.5])], covisit_term(context), context, 1.0) == [MISS]

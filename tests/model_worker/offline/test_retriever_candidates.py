@@ -1,6 +1,7 @@
 """Offline re-rank candidates with the learned retriever merge like the live streams worker's."""
 
 import numpy as np
+import pytest
 
 from index.retriever import save_retriever
 from index.sasrec import SASRecConfig, SASRecScorer
@@ -21,14 +22,15 @@ def test_co_visited_slots_come_first_then_the_retrievers_best_in_data_numbering(
     items, scores = generator.candidates(history, 10)
     co_items, _ = covisit.candidates(history, 10)
     retrieved = [i for i, _ in generator.retrieved(history, 10)]
-    # CandidateConfig's shares: 30 of 100 slots for co-visitation, 40 for the retriever, the rest
-    # filled from co-visitation; listed by source, co-visited first
-    assert items[:3] == co_items[:3]
-    sequential = [i for i in retrieved if i not in co_items[:3]][:4]
-    assert items[-4:] == sequential
-    assert items[3:6] == [i for i in co_items[3:] if i not in sequential][:3]
+    # CandidateConfig's shares scaled to 10: 2 slots for co-visitation, 6 for the retriever, the
+    # rest filled from co-visitation; listed by source, co-visited first
+    assert items[:2] == co_items[:2]
+    sequential = [i for i in retrieved if i not in co_items[:2]][:6]
+    assert items[-6:] == sequential
+    assert items[2:4] == [i for i in co_items[2:] if i not in sequential][:2]
     assert len(set(items)) == 10 and not set(items) & set(history)
     expected = scorer.scores([history])[0]
+    assert generator.affinity(history, items) == pytest.approx(expected[items].tolist(), rel=1e-5)
     expected[history] = -np.inf
     assert retrieved == [int(i) for i in np.argsort(-expected, kind="stable")[:10]]
     # a retriever trained with another numbering maps back to this data's items by key
