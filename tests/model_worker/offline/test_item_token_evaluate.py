@@ -9,10 +9,10 @@ from model_worker.offline.evaluate import (
     MISS,
     EvalConfig,
     EvalContext,
-    evaluate,
     affinity_term,
     candidate_order_ranks,
     covisit_term,
+    evaluate,
     fused_ranks,
 )
 from model_worker.offline.tasks import TaskConfig
