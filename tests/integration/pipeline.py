@@ -43,7 +43,22 @@ def publish(cfg: KafkaConfig, topics: TopicConfig, records, *, raw: list[tuple[s
 def records_on(cfg: KafkaConfig, topics: TopicConfig, spec, *, count: int, timeout_s: float = 120.0) -> list:
     """Decoded records of a topic once at least `count` messages arrived (or at timeout);
     messages that do not decode (deliberately bad input) are left out."""
-    messages = read_topic(cfg, topics.name(spec), until=lambda ms: len(ms) >= count, timeout_s=timeout_s)
+    return _decoded(read_topic(cfg, topics.name(spec), until=lambda ms: len(ms) >= count, timeout_s=timeout_s))
+
+
+def records_reflecting(cfg: KafkaConfig, topics: TopicConfig, spec, event_ids, *, timeout_s: float = 120.0) -> list:
+    """Decoded records of a topic once their `event_ids` cover `event_ids` (or at timeout): the
+    streams worker may fold several events of a user into one request (its coalescing window), so
+    the number of records to expect is not known in advance."""
+    wanted = set(event_ids)
+
+    def covered(messages) -> bool:
+        return wanted <= {e for record in _decoded(messages) for e in getattr(record, "event_ids", ())}
+
+    return _decoded(read_topic(cfg, topics.name(spec), until=covered, timeout_s=timeout_s))
+
+
+def _decoded(messages) -> list:
     decoded = []
     for message in messages:
         try:

@@ -12,7 +12,7 @@ from schemas.codec import decode_any, encode
 from schemas.errors import SchemaError
 from schemas.records import DeadLetter, ItemEmbedding, Recommendation
 from schemas.topics import DEAD_LETTER, INTERACTIONS, ITEM_EMBEDDINGS, ITEMS, RECOMMENDATIONS, RERANK_REQUESTS
-from tests.integration.pipeline import click, fashion_items, records_on
+from tests.integration.pipeline import click, fashion_items, records_on, records_reflecting
 from tests.schemas.test_records import EXAMPLES
 from vip5.bench_pipeline import build_bench_model
 from vip5.stack import LocalStack, StackConfig
@@ -100,8 +100,8 @@ def test_hostile_records_become_dead_letters_and_workers_keep_serving(payloads, 
         for event in good:
             stack.send(INTERACTIONS, event.user_id, encode(event))
         stack.flush()
-        recs = [r for r in records_on(stack.kafka, stack.topics, RECOMMENDATIONS, count=100, timeout_s=60)
-                if isinstance(r, Recommendation)]
+        recs = [r for r in records_reflecting(stack.kafka, stack.topics, RECOMMENDATIONS, [e.event_id for e in good],
+                                              timeout_s=60) if isinstance(r, Recommendation)]
         alive = {name: worker.alive() for name, worker in stack.workers.items()}
 
     assert sorted(d.raw for d in letters) == sorted(p for _, p in invalid)  # every invalid one, nothing else
@@ -185,8 +185,8 @@ def test_hostile_image_sources_are_dead_letters_cost_bounded_memory_and_spare_th
         for event in good:
             stack.send(INTERACTIONS, event.user_id, encode(event))
         stack.flush()
-        recs = [r for r in records_on(stack.kafka, stack.topics, RECOMMENDATIONS, count=3, timeout_s=60)
-                if isinstance(r, Recommendation)]
+        recs = [r for r in records_reflecting(stack.kafka, stack.topics, RECOMMENDATIONS, [e.event_id for e in good],
+                                              timeout_s=60) if isinstance(r, Recommendation)]
         alive = {name: worker.alive() for name, worker in stack.workers.items()}
 
     lettered = {decode_any(d.raw).item_id: d for d in letters}
@@ -252,7 +252,7 @@ def test_hostile_adapter_updates_are_rejected_by_model_worker_and_trainer_which_
         for event in good:  # enough for a trainer round, which first reads the newest update
             stack.send(INTERACTIONS, event.user_id, encode(event))
         stack.flush()
-        recs = [r for r in records_on(stack.kafka, stack.topics, RECOMMENDATIONS, count=12, timeout_s=120)
+        recs = [r for r in records_reflecting(stack.kafka, stack.topics, RECOMMENDATIONS, [e.event_id for e in good])
                 if isinstance(r, Recommendation)]
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and "rejected adapter v5" not in trainer_log.read_text():

@@ -14,7 +14,15 @@ from runtime.kafka import create_topics
 from schemas.records import Explanation, Recommendation
 from schemas.topics import DEAD_LETTER, EXPLANATIONS, ITEM_EMBEDDINGS, RECOMMENDATIONS, RERANK_REQUESTS
 from streams.worker import READY_LINE as STREAMS_READY
-from tests.integration.pipeline import click, fashion_items, publish, records_on, worker_args, worker_env
+from tests.integration.pipeline import (
+    click,
+    fashion_items,
+    publish,
+    records_on,
+    records_reflecting,
+    worker_args,
+    worker_env,
+)
 from vip5.broker import free_port
 from vip5.processes import WorkerProcess
 
@@ -48,7 +56,7 @@ def test_pipeline_publishes_one_valid_recommendation_per_request(kafka_cfg, topi
         clicks = [click(f"e{n}", f"u{n % 4}", items[n % len(items)].item_id) for n in range(12)]
         publish(kafka_cfg, topics, clicks, raw=[("rerank-requests", b"\xc1")])
 
-        requests = records_on(kafka_cfg, topics, RERANK_REQUESTS, count=len(clicks) + 1)
+        requests = records_reflecting(kafka_cfg, topics, RERANK_REQUESTS, [c.event_id for c in clicks])
         recs = records_on(kafka_cfg, topics, RECOMMENDATIONS, count=len(requests), timeout_s=120)
         explanations = records_on(kafka_cfg, topics, EXPLANATIONS, count=len(recs), timeout_s=120)
         letters = records_on(kafka_cfg, topics, DEAD_LETTER, count=1)
