@@ -239,7 +239,10 @@ class UserQuery:
     def affinity(self, item_ids: Sequence[str]) -> list[float | None]:
         """The inner product of each item's vector with the query; None where there is no vector."""
         vectors = self.index.get_vectors(item_ids)
-        return [float(vectors[i] @ self.query) if i in vectors else None for i in item_ids]
+        if not vectors:
+            return [None] * len(item_ids)
+        scores = dict(zip(vectors, (np.stack(list(vectors.values())) @ self.query).tolist(), strict=True))
+        return [scores.get(i) for i in item_ids]
 
 
 def model_handler(retriever: SequentialRetriever) -> Callable[[list], None]:

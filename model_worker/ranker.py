@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_worker.rerank import RerankConfig, Reranker, ScoringRequest
+from model_worker.rerank import RerankConfig, Reranker, ScoringRequest, lowest_filled
 from model_worker.vip5model.model import VIP5Model
 from model_worker.vip5model.prompts import TEMPLATES, explanation_prompt
 from model_worker.vip5model.slots import AdapterSlots
@@ -62,11 +62,7 @@ def resolve_device(device: str) -> str:
 def affinities(candidates: Sequence[Candidate]) -> tuple[float, ...] | None:
     """The retriever's affinity of each candidate, those without one at the lowest given; None when
     no candidate has one (no retriever upstream)."""
-    given = [c.affinity for c in candidates if c.affinity is not None]
-    if not given:
-        return None
-    lowest = min(given)
-    return tuple(lowest if c.affinity is None else c.affinity for c in candidates)
+    return lowest_filled([c.affinity for c in candidates])
 
 
 class VIP5Ranker:

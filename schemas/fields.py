@@ -50,7 +50,7 @@ class Str(Spec):
     pattern: str | None = None
 
     def check_present(self, value: Any, path: str) -> str:
-        if type(value) is not str and not isinstance(value, str):
+        if not isinstance(value, str):
             raise SchemaError(path, f"expected a string, got {_type_name(value)}")
         if not self.min_len <= len(value) <= self.max_len:
             raise SchemaError(path, f"length {len(value)} outside [{self.min_len}, {self.max_len}]")

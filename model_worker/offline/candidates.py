@@ -26,6 +26,7 @@ import torch
 from index.candidates import CandidateConfig, merge_sources, slots
 from index.retriever import load_retriever
 from index.sasrec import left_pad
+from model_worker.rerank import lowest_filled
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,12 @@ class RetrieverCandidates:
     def affinity(self, history: Sequence[int], items: Sequence[int]) -> list[float]:
         """Each item's inner product with the history's query, as the streams worker attaches it to
         every candidate (`Candidate.affinity`); items unknown to the retriever get the lowest, as
-        the model worker fills them (`model_worker.ranker.affinities`); all 0 without a query."""
+        the model worker fills them (`model_worker.rerank.lowest_filled`); all 0 without a query."""
         scores = self.item_scores(history)
-        if scores is None:
-            return [0.0] * len(items)
-        known = [float(scores[self.to_theirs[i]]) if self.to_theirs[i] else None for i in items]
-        lowest = min((a for a in known if a is not None), default=0.0)
-        return [lowest if a is None else a for a in known]
+        known = [None if scores is None or not self.to_theirs[i] else float(scores[self.to_theirs[i]])
+                 for i in items]
+        filled = lowest_filled(known)
+        return [0.0] * len(items) if filled is None else list(filled)
 
     def retrieved(self, history: Sequence[int], k: int) -> list[tuple[int, float]]:
         scores = self.item_scores(history)
