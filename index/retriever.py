@@ -58,13 +58,16 @@ ITEM_TABLE = "item_emb.weight"
 
 
 def save_retriever(model: SASRec, item_keys: Sequence[str], out: str | Path, *, info: dict | None = None) -> str:
-    """Write a trained SASRec (item j = item_keys[j - 1]) to `out`; returns its version (a hash of
-    the weights, so the same model always publishes as the same version)."""
+    """Write a trained SASRec (item j = item_keys[j - 1]) to `out` as a plain SASRec (a content
+    projection is folded into the item table); returns its version (a hash of the weights, so the
+    same model always publishes as the same version)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if len(item_keys) != model.n_items:
         raise ValueError(f"item_keys: {len(item_keys)} keys for a model of {model.n_items} items")
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
+             if not name.startswith("content_proj.")}
+    state[ITEM_TABLE] = model.item_table().detach().contiguous()  # content, if any, folded into the table
     version = "sasrec-" + hashlib.sha256(save(state)).hexdigest()[:16]
     save_file(state, str(out / WEIGHTS_FILE))
     config = {k: getattr(model.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "loss")}

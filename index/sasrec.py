@@ -10,6 +10,12 @@ arXiv 2508.06450, that this alone lifts SASRec to the best from-scratch results 
 With "ce" the item embeddings start small (N(0, 0.02)) and are not scaled by sqrt(D): scaled,
 tied embeddings start the softmax far above chance and learn slowly.
 
+Item content (optional): given one vector per item (`content`, (I+1, C): image features or the
+text encoder's vectors of title and category), an item's vector is its ID embedding plus a learned
+projection of its unit-length content vector. Rare items then borrow from similar ones: on Beauty
+this lifts the retriever's recall@100 more than a wider ID-only model does. `item_table()` is the
+(I+1, D) table either way, so a trained model exports as a plain SASRec (`index.retriever`).
+
 In:  training sequences (items 1..I, oldest first); histories to score.
 Out: `scores(histories)` -> (B, I+1) numpy array, column 0 = -inf (the `Scorer` interface).
 Shapes: B batch, L max_len, D hidden, I items.
@@ -82,10 +88,17 @@ class SASRecBlock(nn.Module):
 
 
 class SASRec(nn.Module):
-    def __init__(self, n_items: int, config: SASRecConfig) -> None:
+    def __init__(self, n_items: int, config: SASRecConfig, content: np.ndarray | None = None) -> None:
         super().__init__()
         self.config, self.n_items = config, n_items
         self.item_emb = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)
+        self.content_proj: nn.Linear | None = None
+        if content is not None:
+            if content.ndim != 2 or content.shape[0] != n_items + 1:
+                raise ValueError(f"content: expected ({n_items + 1}, C) vectors (row 0 = padding), got {content.shape}")
+            unit = content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-8)
+            self.register_buffer("content", torch.from_numpy(unit.astype(np.float32)), persistent=False)
+            self.content_proj = nn.Linear(content.shape[1], config.hidden, bias=False)
         self.pos_emb = nn.Embedding(config.max_len, config.hidden)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.n_blocks))
@@ -95,6 +108,8 @@ class SASRec(nn.Module):
                 nn.init.xavier_normal_(param)  # as the reference implementation
         if config.loss == "ce":
             nn.init.normal_(self.item_emb.weight, std=0.02)
+            if self.content_proj is not None:
+                nn.init.normal_(self.content_proj.weight, std=0.02)
         self.embedding_scale = math.sqrt(config.hidden) if config.loss == "bce" else 1.0
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
@@ -109,12 +124,22 @@ class SASRec(nn.Module):
         blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=present.device)[None]
         return blocked.repeat_interleave(self.config.n_heads, dim=0)
 
-    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        """seqs (B, T) item ids, left-padded with 0, T <= L -> hidden states (B, T, D).
+    def item_table(self) -> torch.Tensor:
+        """(I+1, D) every item's vector (row 0, padding, is zero): the ID embedding, plus the
+        projected content vector when the model has content."""
+        if self.content_proj is None:
+            return self.item_emb.weight
+        table = self.item_emb.weight + self.content_proj(self.content)
+        return torch.cat([torch.zeros_like(table[:1]), table[1:]])
+
+    def forward(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """seqs (B, T) item ids, left-padded with 0, T <= L -> hidden states (B, T, D); `table` is
+        `item_table()`, passed in when the caller also scores against it.
 
         Positions count back from the last column, so trimming all-padding columns on the left
         gives exactly the same outputs."""
-        return self.encode(self.item_emb(seqs), seqs > 0)
+        table = self.item_table() if table is None else table
+        return self.encode(nn.functional.embedding(seqs, table), seqs > 0)
 
     def encode(self, items: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """items (B, T, D) item vectors, present (B, T) False at padding -> hidden states (B, T, D).
@@ -132,9 +157,10 @@ class SASRec(nn.Module):
 
     def bce_loss(self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """seqs, pos, neg (B, L); positions where pos == 0 are padding and ignored."""
-        hidden = self.forward(seqs)
-        pos_logits = (hidden * self.item_emb(pos)).sum(-1)  # (B, L)
-        neg_logits = (hidden * self.item_emb(neg)).sum(-1)
+        table = self.item_table()
+        hidden = self.forward(seqs, table)
+        pos_logits = (hidden * table[pos]).sum(-1)  # (B, L)
+        neg_logits = (hidden * table[neg]).sum(-1)
         mask = pos > 0
         bce = nn.functional.binary_cross_entropy_with_logits
         loss = bce(pos_logits[mask], torch.ones_like(pos_logits[mask]), reduction="sum")
@@ -144,8 +170,9 @@ class SASRec(nn.Module):
 
     def ce_loss(self, seqs: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """seqs, pos (B, L): softmax cross-entropy over all items at every non-padding position."""
-        hidden = self.forward(seqs)[pos > 0]  # (N, D)
-        logits = hidden @ self.item_emb.weight[1:].T  # (N, I): column j is item j+1
+        table = self.item_table()
+        hidden = self.forward(seqs, table)[pos > 0]  # (N, D)
+        logits = hidden @ table[1:].T  # (N, I): column j is item j+1
         return nn.functional.cross_entropy(logits, pos[pos > 0] - 1)
 
 
@@ -193,11 +220,12 @@ class SASRecScorer:
 
     name = "sasrec"
 
-    def __init__(self, train: Sequence[Sequence[int]], n_items: int, config: SASRecConfig | None = None) -> None:
+    def __init__(self, train: Sequence[Sequence[int]], n_items: int, config: SASRecConfig | None = None, *,
+                 content: np.ndarray | None = None) -> None:
         self.config = config or SASRecConfig()
         self.n_items = n_items
         torch.manual_seed(self.config.seed)
-        self.model = SASRec(n_items, self.config)
+        self.model = SASRec(n_items, self.config, content)
         self.epochs_run, self.train_s, self.last_loss = self._fit(train)
 
     def _fit(self, train: Sequence[Sequence[int]]) -> tuple[int, float, float]:
@@ -231,8 +259,9 @@ class SASRecScorer:
     @torch.no_grad()
     def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         padded = np.array([left_pad(h, self.config.max_len) for h in histories], dtype=np.int64)
-        hidden = self.model(torch.from_numpy(trim_padding(padded)[0]))[:, -1]  # (B, D): the state after the last history item
-        out = (hidden @ self.model.item_emb.weight.T).numpy().astype(np.float64)  # (B, I+1)
+        table = self.model.item_table()
+        hidden = self.model(torch.from_numpy(trim_padding(padded)[0]), table)[:, -1]  # (B, D): the state after the last history item
+        out = (hidden @ table.T).numpy().astype(np.float64)  # (B, I+1)
         out[:, 0] = -np.inf
         return out
 
@@ -240,4 +269,5 @@ class SASRecScorer:
         losses = {"ce": "softmax cross-entropy over all items", "bce": "BCE with one negative"}
         return {"implementation": f"own torch SASRec (Kang & McAuley 2018), {losses[self.config.loss]} at every position",
                 "epochs": self.epochs_run, "train_s": round(self.train_s, 1), "last_loss": self.last_loss,
+                "content_dim": None if self.model.content_proj is None else self.model.content_proj.in_features,
                 **{k: getattr(self.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "dropout")}}

@@ -1,14 +1,19 @@
 """`vip5 retriever train|publish`: the learned sequential retriever, from a log to the running system.
 
-    vip5 retriever train --data DIR --out RDIR    P5 folder or review file ──► SASRec (softmax over
-                                                  all items) ──► RDIR (index.retriever.save_retriever)
+    vip5 retriever train --data DIR --out RDIR    P5 folder or review file (+ item content vectors)
+                                                  ──► SASRec (softmax over all items)
+                                                  ──► RDIR (index.retriever.save_retriever)
     vip5 retriever publish --dir RDIR             RDIR ──► retriever-vectors + retriever-models; every
                                                   streams worker switches to it without a restart
 
 Training uses the same split as `vip5 train` by default (`TrainConfig`: leave-one-out; each user's
 validation item is trained on except for a seeded `validate_users` sample, and no test item ever
 is), so a replay (`vip5 bench replay --retriever RDIR`) or an offline evaluation of the retriever
-sees no test target during training. The held-out validation users give the retriever's own
+sees no test target during training. Item content (`--content`, default on) adds a projection of
+each item's image features, or else of the text encoder's vector of its title and category, to its
+ID embedding (`index.sasrec`); the exported item vectors include it, so serving is unchanged. The
+text vectors take minutes on two cores and are cached (`--content-cache`, by default the output
+folder; a `vip5 train --out` of the same data already holds them). The held-out validation users give the retriever's own
 next-item HR@10 and recall@100 (`valid` in the output and in RDIR's retriever.json).
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 from runtime.cli import add_command, add_kafka_args, kafka_config, topic_config
 
@@ -40,12 +46,26 @@ def train_command(args: argparse.Namespace) -> dict:
     config = SASRecConfig(hidden=args.hidden, time_budget_s=args.time_budget_s, max_epochs=args.max_epochs,
                           seed=args.seed)
     started = time.monotonic()
-    scorer = SASRecScorer(split.train, data.n_items, config)
-    info = {"data": data.name, "train_on_valid": not args.strict_split, **scorer.info(),
+    content = item_content(data, args.content, Path(args.content_cache or args.out))
+    scorer = SASRecScorer(split.train, data.n_items, config, content=content)
+    info = {"data": data.name, "train_on_valid": not args.strict_split, "content": args.content, **scorer.info(),
             "valid": validation_scores(scorer, split.valid)}
     version = save_retriever(scorer.model, data.item_keys, args.out, info=info)
     return {"out": args.out, "version": version, "items": data.n_items, "users": len(split.train),
             "train_s": round(time.monotonic() - started, 1), **info}
+
+
+def item_content(data, content: str, cache: Path):
+    """(I+1, C) content vectors for the retriever, or None: the data's image features where it has
+    them, else the text encoder's vectors (cached in `cache`)."""
+    if content == "none":
+        return None
+    if data.image_features is not None:
+        return data.image_features
+    from model_worker.offline.train import text_content_vectors
+    from vip5.train_cli import ContentEncoder
+
+    return text_content_vectors(data, cache, ContentEncoder())
 
 
 def validation_scores(scorer, examples, *, batch: int = 512) -> dict:
@@ -93,6 +113,12 @@ def register(commands, bench) -> None:
     train.add_argument("--hidden", type=int, default=64, help="vector size")
     train.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--content", choices=("text", "none"), default="text",
+                       help="add each item's content vector (image features, else title and category "
+                       "through the text encoder) to its ID embedding; none: IDs only")
+    train.add_argument("--content-cache", default=None,
+                       help="folder with (or for) content_vectors.npy (default: --out; a vip5 train --out of "
+                       "the same data has them)")
     train.add_argument("--strict-split", action="store_true",
                        help="train on no validation item (default: all but the validation users', as vip5 train)")
     publish = add_command(sub, "publish", publish_command,

@@ -345,26 +345,32 @@ def stage_summary(state: StageState, train: TrainConfig) -> dict:
 
 
 def with_content(data: RecData, config: TrainConfig, out: Path, content_encoder) -> RecData:
-    """Items without image features get a text content vector in their feature slot (computed once,
-    cached in `<out>/content_vectors.npy` with the item keys it belongs to)."""
+    """Items without image features get a text content vector in their feature slot
+    (`text_content_vectors`, cached in `out`)."""
     if config.item_ids != "tokens" or config.content != "text" or data.image_features is not None:
         return data
     if content_encoder is None:
         raise ValueError("content='text' needs a content encoder (vip5 train passes the text encoder)")
-    cache, keys = out / "content_vectors.npy", out / "content_vectors_keys.json"
-    if cache.exists() and keys.exists() and json.loads(keys.read_text()) == list(data.item_keys):
-        vectors = np.load(cache)
-    else:
-        texts = [content_encoder.item_text(data.title(i), data.category(i)) for i in range(1, data.n_items + 1)]
-        started = time.monotonic()
-        vectors = np.concatenate([np.zeros((1, content_encoder.dim), np.float32), content_encoder.encode(texts)])
-        log.info("content vectors for %d items in %.0f s", data.n_items, time.monotonic() - started)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(cache, vectors)
-        keys.write_text(json.dumps(list(data.item_keys)))
+    vectors = text_content_vectors(data, out, content_encoder)
     has = np.ones(data.n_items + 1, dtype=bool)
     has[0] = False
     return replace(data, image_features=vectors, has_image=has)
+
+
+def text_content_vectors(data: RecData, out: Path, content_encoder) -> np.ndarray:
+    """(I+1, C) the text encoder's vector of each item's title and category, row 0 zero; computed
+    once and cached in `<out>/content_vectors.npy` with the item keys it belongs to."""
+    cache, keys = out / "content_vectors.npy", out / "content_vectors_keys.json"
+    if cache.exists() and keys.exists() and json.loads(keys.read_text()) == list(data.item_keys):
+        return np.load(cache)
+    texts = [content_encoder.item_text(data.title(i), data.category(i)) for i in range(1, data.n_items + 1)]
+    started = time.monotonic()
+    vectors = np.concatenate([np.zeros((1, content_encoder.dim), np.float32), content_encoder.encode(texts)])
+    log.info("content vectors for %d items in %.0f s", data.n_items, time.monotonic() - started)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    keys.write_text(json.dumps(list(data.item_keys)))
+    return vectors
 
 
 def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, resume: bool = False,

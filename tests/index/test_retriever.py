@@ -18,7 +18,7 @@ N_ITEMS = 30
 KEYS = [f"item-{j}" for j in range(1, N_ITEMS + 1)]
 
 
-def trained_folder(tmp_path, *, seed=0, hidden=16):
+def trained_folder(tmp_path, *, seed=0, hidden=16, content=None):
     """SASRec fitted for a few epochs on a log where item j is followed by item j + 1."""
     rng = np.random.default_rng(seed)
     train = []
@@ -26,8 +26,8 @@ def trained_folder(tmp_path, *, seed=0, hidden=16):
         start = int(rng.integers(1, N_ITEMS - 6))
         train.append(list(range(start, start + 6)))
     scorer = SASRecScorer(train, N_ITEMS, SASRecConfig(hidden=hidden, max_len=8, max_epochs=40, time_budget_s=30, lr=1e-2, dropout=0.1,
-                                                       seed=seed))
-    folder = tmp_path / f"retriever-{seed}"
+                                                       seed=seed), content=content)
+    folder = tmp_path / f"retriever-{seed}{'' if content is None else '-content'}"
     save_retriever(scorer.model, KEYS, folder)
     return folder, scorer
 
@@ -61,6 +61,26 @@ def test_a_saved_retriever_loads_back_with_the_same_version_and_weights(tmp_path
     assert save_retriever(model, keys, tmp_path / "again") == version
     for name, tensor in scorer.model.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name])
+
+
+def test_a_retriever_trained_with_item_content_exports_as_a_plain_sasrec_that_ranks_the_same(tmp_path):
+    content = np.random.default_rng(5).normal(size=(N_ITEMS + 1, 12)).astype(np.float32)
+    folder, scorer = trained_folder(tmp_path, content=content)
+    assert scorer.info()["content_dim"] == 12
+    _, plain, _ = load_retriever(folder)  # no content projection: it is folded into the item table
+    assert plain.content_proj is None
+    histories = [[3, 4, 5], [10, 11], [20]]
+    padded = torch.tensor([[0] * (8 - len(h)) + h for h in histories])
+    with torch.no_grad():
+        got = (plain(padded)[:, -1] @ plain.item_table().T)[:, 1:]
+    assert np.allclose(got.numpy(), scorer.scores(histories)[:, 1:], atol=1e-4)
+    got = replica_of(folder).candidates(["item-3", "item-4", "item-5"], 1, exclude={"item-3", "item-4", "item-5"})
+    assert got[0][0] == "item-6"
+
+
+def test_content_vectors_must_cover_every_item(tmp_path):
+    with pytest.raises(ValueError, match="content"):
+        SASRecScorer([[1, 2, 3]], N_ITEMS, SASRecConfig(max_epochs=1), content=np.zeros((N_ITEMS, 4), np.float32))
 
 
 def test_a_new_version_replaces_the_old_when_its_model_arrives(tmp_path):

@@ -35,10 +35,19 @@ def test_validation_scores_rank_the_target_among_items_outside_the_history():
                                                             "recall@100": round(2 / 3, 4)}
 
 
+def test_train_without_content_uses_item_ids_only(tmp_path):
+    args = build_parser().parse_args(["retriever", "train", "--data", str(SLICE), "--out", str(tmp_path),
+                                      "--max-epochs", "1", "--threads", "1", "--content", "none", "--json"])
+    result = args.handler(args)
+    assert result["content"] == "none" and result["content_dim"] is None
+
+
 def test_train_uses_the_runs_split_and_reports_its_validation_scores(tmp_path):
     args = build_parser().parse_args(["retriever", "train", "--data", str(SLICE), "--out", str(tmp_path),
                                       "--max-epochs", "1", "--threads", "1", "--json"])
     result = args.handler(args)
     assert result["train_on_valid"] is True and result["epochs"] == 1
+    assert result["content"] == "text" and result["content_dim"] == 384  # the text encoder's vectors
+    assert (tmp_path / "content_vectors.npy").exists()  # cached for the next run
     assert 0 < result["valid"]["users"] <= 2000 and 0 <= result["valid"]["recall@100"] <= 1
     assert json.loads((tmp_path / "retriever.json").read_text())["info"]["valid"] == result["valid"]
