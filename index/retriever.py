@@ -58,16 +58,16 @@ ITEM_TABLE = "item_emb.weight"
 
 
 def save_retriever(model: SASRec, item_keys: Sequence[str], out: str | Path, *, info: dict | None = None) -> str:
-    """Write a trained SASRec (item j = item_keys[j - 1]) to `out` as a plain SASRec (a content
-    projection is folded into the item table); returns its version (a hash of the weights, so the
+    """Write a trained SASRec (item j = item_keys[j - 1]) to `out` as a plain SASRec (content and
+    attribute embeddings are folded into the item table); returns its version (a hash of the weights, so the
     same model always publishes as the same version)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if len(item_keys) != model.n_items:
         raise ValueError(f"item_keys: {len(item_keys)} keys for a model of {model.n_items} items")
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
-             if not name.startswith("content_proj.")}
-    state[ITEM_TABLE] = model.item_table().detach().contiguous()  # content, if any, folded into the table
+             if not name.startswith(("content_proj.", "attribute_emb."))}
+    state[ITEM_TABLE] = model.item_table().detach().contiguous()  # side information folded into the table
     version = "sasrec-" + hashlib.sha256(save(state)).hexdigest()[:16]
     save_file(state, str(out / WEIGHTS_FILE))
     config = {k: getattr(model.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "loss")}
@@ -89,7 +89,7 @@ def retriever_records(path: str | Path, *, now_ms: int | None = None) -> tuple[l
     """The records that publish the folder's retriever: item vectors first, then the model."""
     version, model, keys = load_retriever(path)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    table = model.item_emb.weight.detach()[1:].numpy().astype(np.float32)  # (I, D): row j-1 = item j
+    table = model.item_table().detach()[1:].numpy().astype(np.float32)  # (I, D): row j-1 = item j
     vectors = [ItemEmbedding(item_id=key, vector=row, encoder_id=version, event_time_ms=now_ms,
                              embedded_time_ms=now_ms) for key, row in zip(keys, table, strict=True)]
     body = {name: t.detach().contiguous() for name, t in model.state_dict().items() if name != ITEM_TABLE}

@@ -9,9 +9,10 @@
 Training uses the same split as `vip5 train` by default (`TrainConfig`: leave-one-out; each user's
 validation item is trained on except for a seeded `validate_users` sample, and no test item ever
 is), so a replay (`vip5 bench replay --retriever RDIR`) or an offline evaluation of the retriever
-sees no test target during training. Item content (`--content`, default on) adds a projection of
-each item's image features, or else of the text encoder's vector of its title and category, to its
-ID embedding (`index.sasrec`); the exported item vectors include it, so serving is unchanged. The
+sees no test target during training. Item side information (default on) joins each item's ID embedding
+(`index.sasrec`): a projection of its image features, or else of the text encoder's vector of its
+title and category (`--content`), and learned embeddings of its attributes (`--attributes`); the
+exported item vectors include both, so serving is unchanged. The
 text vectors take minutes on two cores and are cached (`--content-cache`, by default the output
 folder; a `vip5 train --out` of the same data already holds them). The held-out validation users give the retriever's own
 next-item HR@10 and recall@100 (`valid` in the output and in RDIR's retriever.json).
@@ -47,7 +48,8 @@ def train_command(args: argparse.Namespace) -> dict:
                           seed=args.seed)
     started = time.monotonic()
     content = item_content(data, args.content, Path(args.content_cache or args.out))
-    scorer = SASRecScorer(split.train, data.n_items, config, content=content)
+    attributes = item_attributes(data) if args.attributes else None
+    scorer = SASRecScorer(split.train, data.n_items, config, content=content, attributes=attributes)
     info = {"data": data.name, "train_on_valid": not args.strict_split, "content": args.content, **scorer.info(),
             "valid": validation_scores(scorer, split.valid)}
     version = save_retriever(scorer.model, data.item_keys, args.out, info=info)
@@ -66,6 +68,15 @@ def item_content(data, content: str, cache: Path):
     from vip5.train_cli import ContentEncoder
 
     return text_content_vectors(data, cache, ContentEncoder())
+
+
+def item_attributes(data) -> list[list[int]] | None:
+    """Each item's attribute ids (row 0 empty), numbered from the names in its category field
+    (`item2attributes.json`'s categories and brand, comma-separated); None when no item has any."""
+    vocabulary: dict[str, int] = {}
+    rows = [[]] + [[vocabulary.setdefault(name, len(vocabulary)) for name in data.category(i).split(", ") if name]
+                   for i in range(1, data.n_items + 1)]
+    return rows if vocabulary else None
 
 
 def validation_scores(scorer, examples, *, batch: int = 512) -> dict:
@@ -116,6 +127,9 @@ def register(commands, bench) -> None:
     train.add_argument("--content", choices=("text", "none"), default="text",
                        help="add each item's content vector (image features, else title and category "
                        "through the text encoder) to its ID embedding; none: IDs only")
+    train.add_argument("--attributes", action=argparse.BooleanOptionalAction, default=True,
+                       help="add the mean of each item's learned attribute embeddings (categories, brand) to "
+                       "its ID embedding")
     train.add_argument("--content-cache", default=None,
                        help="folder with (or for) content_vectors.npy (default: --out; a vip5 train --out of "
                        "the same data has them)")

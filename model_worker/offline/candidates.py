@@ -101,7 +101,7 @@ class RetrieverCandidates:
         if not mapped:
             return None
         seq = torch.tensor([left_pad(mapped, self.model.config.max_len)])
-        scores = (self.model(seq)[0, -1] @ self.model.item_emb.weight.T).numpy()  # (I'+1,)
+        scores = (self.model(seq)[0, -1] @ self.model.item_table().T).numpy()  # (I'+1,)
         scores[0] = -np.inf
         return scores
 

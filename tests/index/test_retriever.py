@@ -18,7 +18,7 @@ N_ITEMS = 30
 KEYS = [f"item-{j}" for j in range(1, N_ITEMS + 1)]
 
 
-def trained_folder(tmp_path, *, seed=0, hidden=16, content=None):
+def trained_folder(tmp_path, *, seed=0, hidden=16, content=None, attributes=None):
     """SASRec fitted for a few epochs on a log where item j is followed by item j + 1."""
     rng = np.random.default_rng(seed)
     train = []
@@ -26,8 +26,8 @@ def trained_folder(tmp_path, *, seed=0, hidden=16, content=None):
         start = int(rng.integers(1, N_ITEMS - 6))
         train.append(list(range(start, start + 6)))
     scorer = SASRecScorer(train, N_ITEMS, SASRecConfig(hidden=hidden, max_len=8, max_epochs=40, time_budget_s=30, lr=1e-2, dropout=0.1,
-                                                       seed=seed), content=content)
-    folder = tmp_path / f"retriever-{seed}{'' if content is None else '-content'}"
+                                                       seed=seed), content=content, attributes=attributes)
+    folder = tmp_path / f"retriever-{seed}{'' if content is None and attributes is None else '-side'}"
     save_retriever(scorer.model, KEYS, folder)
     return folder, scorer
 
@@ -63,12 +63,14 @@ def test_a_saved_retriever_loads_back_with_the_same_version_and_weights(tmp_path
         assert torch.equal(tensor, model.state_dict()[name])
 
 
-def test_a_retriever_trained_with_item_content_exports_as_a_plain_sasrec_that_ranks_the_same(tmp_path):
+def test_a_retriever_trained_with_item_content_and_attributes_exports_as_a_plain_sasrec_that_ranks_the_same(
+        tmp_path):
     content = np.random.default_rng(5).normal(size=(N_ITEMS + 1, 12)).astype(np.float32)
-    folder, scorer = trained_folder(tmp_path, content=content)
-    assert scorer.info()["content_dim"] == 12
+    attributes = [[]] + [[j % 3, 3 + j % 5] if j % 4 else [] for j in range(1, N_ITEMS + 1)]  # some items have none
+    folder, scorer = trained_folder(tmp_path, content=content, attributes=attributes)
+    assert scorer.info()["content_dim"] == 12 and scorer.info()["attributes"] == 8
     _, plain, _ = load_retriever(folder)  # no content projection: it is folded into the item table
-    assert plain.content_proj is None
+    assert plain.content_proj is None and plain.attribute_emb is None
     histories = [[3, 4, 5], [10, 11], [20]]
     padded = torch.tensor([[0] * (8 - len(h)) + h for h in histories])
     with torch.no_grad():
@@ -78,9 +80,11 @@ def test_a_retriever_trained_with_item_content_exports_as_a_plain_sasrec_that_ra
     assert got[0][0] == "item-6"
 
 
-def test_content_vectors_must_cover_every_item(tmp_path):
+def test_content_vectors_and_attributes_must_cover_every_item():
     with pytest.raises(ValueError, match="content"):
         SASRecScorer([[1, 2, 3]], N_ITEMS, SASRecConfig(max_epochs=1), content=np.zeros((N_ITEMS, 4), np.float32))
+    with pytest.raises(ValueError, match="attributes"):
+        SASRecScorer([[1, 2, 3]], N_ITEMS, SASRecConfig(max_epochs=1), attributes=[[0]] * N_ITEMS)
 
 
 def test_a_new_version_replaces_the_old_when_its_model_arrives(tmp_path):

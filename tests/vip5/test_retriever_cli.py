@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model_worker.offline.data import Example
+from model_worker.offline.data import Example, RecData
 from vip5.cli import build_parser
-from vip5.retriever_cli import validation_scores
+from vip5.retriever_cli import item_attributes, validation_scores
 
 SLICE = Path(__file__).resolve().parents[1] / "data" / "beauty_slice"
 
@@ -35,11 +35,19 @@ def test_validation_scores_rank_the_target_among_items_outside_the_history():
                                                             "recall@100": round(2 / 3, 4)}
 
 
-def test_train_without_content_uses_item_ids_only(tmp_path):
+def test_item_attributes_number_the_names_in_each_items_category_field():
+    data = RecData(name="t", sequences=((1, 2),), user_keys=("u",), item_keys=("a", "b", "c"),
+                   item_categories=("Makeup, Brand X", "", "Brand X, Nails"))
+    assert item_attributes(data) == [[], [0, 1], [], [1, 2]]
+    assert item_attributes(RecData(name="t", sequences=((1, 2),), user_keys=("u",), item_keys=("a", "b"))) is None
+
+
+def test_train_without_side_information_uses_item_ids_only(tmp_path):
     args = build_parser().parse_args(["retriever", "train", "--data", str(SLICE), "--out", str(tmp_path),
-                                      "--max-epochs", "1", "--threads", "1", "--content", "none", "--json"])
+                                      "--max-epochs", "1", "--threads", "1", "--content", "none", "--no-attributes",
+                                      "--json"])
     result = args.handler(args)
-    assert result["content"] == "none" and result["content_dim"] is None
+    assert result["content"] == "none" and result["content_dim"] is None and result["attributes"] is None
 
 
 def test_train_uses_the_runs_split_and_reports_its_validation_scores(tmp_path):
@@ -48,6 +56,7 @@ def test_train_uses_the_runs_split_and_reports_its_validation_scores(tmp_path):
     result = args.handler(args)
     assert result["train_on_valid"] is True and result["epochs"] == 1
     assert result["content"] == "text" and result["content_dim"] == 384  # the text encoder's vectors
+    assert result["attributes"] is None  # the slice has no item2attributes.json
     assert (tmp_path / "content_vectors.npy").exists()  # cached for the next run
     assert 0 < result["valid"]["users"] <= 2000 and 0 <= result["valid"]["recall@100"] <= 1
     assert json.loads((tmp_path / "retriever.json").read_text())["info"]["valid"] == result["valid"]
