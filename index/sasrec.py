@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +43,10 @@ class SASRecConfig:
     """hidden: D; n_blocks/n_heads: attention blocks and heads; max_len: L (older items dropped);
     dropout: on embeddings and inside blocks; loss: "ce" (softmax over all items) or "bce" (one
     negative per position); lr/batch_size/max_epochs: Adam training;
-    time_budget_s: training stops after the epoch that crosses it; seed: init and sampling."""
+    time_budget_s: training stops after the epoch that crosses it; seed: init and sampling;
+    validate_every/patience: with a validation function (`SASRecScorer(validate=...)`), score it
+    every `validate_every` epochs, stop after `patience` scores without a new best and keep the
+    best epoch's weights."""
 
     hidden: int = 64
     n_blocks: int = 2
@@ -56,9 +59,12 @@ class SASRecConfig:
     max_epochs: int = 200
     time_budget_s: float = 300.0
     seed: int = 0
+    validate_every: int = 1
+    patience: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "n_blocks", "n_heads", "max_len", "batch_size", "max_epochs"):
+        for name in ("hidden", "n_blocks", "n_heads", "max_len", "batch_size", "max_epochs", "validate_every",
+                     "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SASRecConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden % self.n_heads:
@@ -236,19 +242,24 @@ def sample_training_negatives(pos: np.ndarray, touched: list[set[int]], n_items:
 
 
 class SASRecScorer:
-    """Fits SASRec on training sequences within the config's epoch and time budget."""
+    """Fits SASRec on training sequences within the config's epoch and time budget. `validate`
+    (scorer -> a number, higher is better, e.g. recall on held-out users) picks the best epoch
+    and stops training once it no longer improves (`SASRecConfig.patience`)."""
 
     name = "sasrec"
 
     def __init__(self, train: Sequence[Sequence[int]], n_items: int, config: SASRecConfig | None = None, *,
-                 content: np.ndarray | None = None, attributes: Sequence[Sequence[int]] | None = None) -> None:
+                 content: np.ndarray | None = None, attributes: Sequence[Sequence[int]] | None = None,
+                 validate: Callable[[SASRecScorer], float] | None = None) -> None:
         self.config = config or SASRecConfig()
         self.n_items = n_items
         torch.manual_seed(self.config.seed)
         self.model = SASRec(n_items, self.config, content, attributes)
-        self.epochs_run, self.train_s, self.last_loss = self._fit(train)
+        self.validation: list[tuple[int, float]] = []  # (epoch, score) of each validation
+        self.best_epoch: int | None = None
+        self.epochs_run, self.train_s, self.last_loss = self._fit(train, validate)
 
-    def _fit(self, train: Sequence[Sequence[int]]) -> tuple[int, float, float]:
+    def _fit(self, train: Sequence[Sequence[int]], validate) -> tuple[int, float, float]:
         config = self.config
         rng = np.random.default_rng(config.seed)
         seqs, pos = training_arrays(train, config.max_len)
@@ -271,10 +282,28 @@ class SASRecScorer:
                 losses.append(loss.item())
             epoch, loss_value = epoch + 1, float(np.mean(losses))
             log.debug("sasrec epoch %d loss %.4f", epoch, loss_value)
+            if validate is not None and epoch % config.validate_every == 0 and self._validated(validate, epoch):
+                break
+        if self.best_epoch is not None:
+            self.model.load_state_dict(self._best_state)
+            del self._best_state
         self.model.eval()
         elapsed = time.monotonic() - start
         log.info("sasrec: %d epochs in %.0f s, last loss %.4f", epoch, elapsed, loss_value)
         return epoch, elapsed, loss_value
+
+    def _validated(self, validate, epoch: int) -> bool:
+        """Score the current weights, keep them if they are the best so far; True: stop (no new
+        best in the last `patience` scores)."""
+        self.model.eval()
+        score = float(validate(self))
+        self.model.train()
+        log.info("sasrec epoch %d validation %.4f", epoch, score)
+        if self.best_epoch is None or score > max(s for _, s in self.validation):
+            self.best_epoch = epoch
+            self._best_state = {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+        self.validation.append((epoch, score))
+        return sum(1 for e, _ in self.validation if e > self.best_epoch) >= self.config.patience
 
     @torch.no_grad()
     def scores(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
@@ -289,6 +318,7 @@ class SASRecScorer:
         losses = {"ce": "softmax cross-entropy over all items", "bce": "BCE with one negative"}
         return {"implementation": f"own torch SASRec (Kang & McAuley 2018), {losses[self.config.loss]} at every position",
                 "epochs": self.epochs_run, "train_s": round(self.train_s, 1), "last_loss": self.last_loss,
+                "best_epoch": self.best_epoch, "validation": [[e, round(s, 4)] for e, s in self.validation],
                 "content_dim": None if self.model.content_proj is None else self.model.content_proj.in_features,
                 "attributes": None if self.model.attribute_emb is None else self.model.attribute_emb.num_embeddings,
                 **{k: getattr(self.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "dropout")}}

@@ -15,7 +15,9 @@ title and category (`--content`), and learned embeddings of its attributes (`--a
 exported item vectors include both, so serving is unchanged. The
 text vectors take minutes on two cores and are cached (`--content-cache`, by default the output
 folder; a `vip5 train --out` of the same data already holds them). The held-out validation users give the retriever's own
-next-item HR@10 and recall@100 (`valid` in the output and in RDIR's retriever.json).
+next-item HR@10 and recall@100 (`valid` in the output and in RDIR's retriever.json); their
+recall@100 after every epoch picks the weights kept and ends training once it stops improving
+(`--patience`).
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ def train_command(args: argparse.Namespace) -> dict:
     split = training_split(data, train_on_valid=not args.strict_split, validate_users=run.validate_users,
                            seed=run.seed)
     config = SASRecConfig(hidden=args.hidden, time_budget_s=args.time_budget_s, max_epochs=args.max_epochs,
-                          seed=args.seed)
+                          seed=args.seed, patience=args.patience)
     started = time.monotonic()
     content = item_content(data, args.content, Path(args.content_cache or args.out))
     attributes = item_attributes(data) if args.attributes else None
-    scorer = SASRecScorer(split.train, data.n_items, config, content=content, attributes=attributes)
+    validate = (lambda fitted: validation_scores(fitted, split.valid)["recall@100"]) if split.valid else None
+    scorer = SASRecScorer(split.train, data.n_items, config, content=content, attributes=attributes,
+                          validate=validate)
     info = {"data": data.name, "train_on_valid": not args.strict_split, "content": args.content, **scorer.info(),
             "valid": validation_scores(scorer, split.valid)}
     version = save_retriever(scorer.model, data.item_keys, args.out, info=info)
@@ -122,6 +126,9 @@ def register(commands, bench) -> None:
     train.add_argument("--time-budget-s", type=float, default=600.0, help="training stops after the epoch crossing it")
     train.add_argument("--max-epochs", type=int, default=200)
     train.add_argument("--hidden", type=int, default=64, help="vector size")
+    train.add_argument("--patience", type=int, default=5,
+                       help="stop after this many epochs without a better validation recall@100 (the best "
+                       "epoch's weights are kept)")
     train.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--content", choices=("text", "none"), default="text",
