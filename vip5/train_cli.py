@@ -62,13 +62,26 @@ def train_command(args: argparse.Namespace) -> dict:
 
 
 class ContentEncoder:
-    """The text encoder with the item-text recipe the live system uses (`index.text_encoder`)."""
+    """The text encoder with the item-text recipe the live system uses (`index.text_encoder`),
+    loaded on first use (a run whose content vectors are cached never loads it)."""
 
     def __init__(self):
-        from index.text_encoder import TextEncoder, item_text
+        from index.text_encoder import item_text
 
-        self.encoder, self.item_text = TextEncoder(), item_text
-        self.dim = self.encoder.dim
+        self.item_text = item_text
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from index.text_encoder import TextEncoder
+
+            self._encoder = TextEncoder()
+        return self._encoder
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
 
     def encode(self, texts):
         return self.encoder.encode(texts)
