@@ -21,19 +21,28 @@ answers while the new one's vectors arrive), and when a RetrieverModel arrives i
 queried and the vectors of every other version are dropped. Publishing sends the vectors first and
 the model last, so a worker switches once the new vectors are (mostly) there; a replica that starts
 later reads both topics from the beginning, where compaction has left the newest vector of each
-item and the newest model. Memory: items x D x 4 bytes per version held (two during a switch). Weights travel as
-safetensors (plain tensors; nothing on the topic is unpickled or run) and must match the
-record's declared shapes exactly, or the record is refused and the current version stays.
+item and the newest model. Memory: items x D x 4 bytes per version held (the current one and at
+most `MAX_WAITING_VERSIONS` others). Weights travel as safetensors (plain tensors; nothing on the
+topic is unpickled or run) and must match the record's declared shapes exactly, or the record is
+refused and the current version stays.
+
+Signed (a replica given the deployment's key, `runtime.signing`): the model record carries the
+digest of its version's item vectors and an HMAC over both (`signed_body`). A replica switches only
+to a model whose signature verifies, and only once the vectors it holds for that version are all
+there and hash to the digest (until then the model waits and the old version answers); after the
+switch that version's vectors are sealed, and a vector that differs from the one held is refused.
+Someone who can write the topics but lacks the key can delay a switch, never steer the retriever.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +52,7 @@ from safetensors.torch import load_file, save, save_file
 
 from index.item_index import IndexConfig, ItemIndex
 from index.sasrec import SASRec, SASRecConfig
+from runtime.signing import sign, verify
 from runtime.tail import TopicTail, decode_each
 from schemas.records import ItemEmbedding, RetrieverModel
 from schemas.topics import RETRIEVER_MODELS, RETRIEVER_VECTORS, TopicSpec
@@ -52,6 +62,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE, META_FILE = "retriever.safetensors", "retriever.json"
 MODEL_KEY = "sequential"  # the retriever-models key: one retriever per deployment
 ITEM_TABLE = "item_emb.weight"
+MAX_WAITING_VERSIONS = 2  # versions held besides the current one (the newest touched are kept)
 
 
 # ----------------------------------------------------------------------------- on disk
@@ -85,8 +96,28 @@ def load_retriever(path: str | Path) -> tuple[str, SASRec, list[str]]:
     return meta["version"], model.eval(), list(meta["item_keys"])
 
 
-def retriever_records(path: str | Path, *, now_ms: int | None = None) -> tuple[list[ItemEmbedding], RetrieverModel]:
-    """The records that publish the folder's retriever: item vectors first, then the model."""
+def vectors_digest(vectors: Iterable[tuple[str, np.ndarray]]) -> str:
+    """sha256 of a version's item vectors, in item-id order: each id (UTF-8), a NUL byte, its
+    little-endian float32 values."""
+    digest = hashlib.sha256()
+    for item_id, vector in sorted(vectors, key=lambda pair: pair[0]):
+        digest.update(item_id.encode() + b"\0" + np.asarray(vector, dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def signed_body(record: RetrieverModel) -> bytes:
+    """The bytes a RetrieverModel's signature covers: every field but the signature, the weights
+    by their sha256."""
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
+              if f.name not in ("weights", "signature")}
+    fields["weights_sha256"] = hashlib.sha256(record.weights).hexdigest()
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def retriever_records(path: str | Path, *, now_ms: int | None = None,
+                      signing_key: bytes | None = None) -> tuple[list[ItemEmbedding], RetrieverModel]:
+    """The records that publish the folder's retriever: item vectors first, then the model (its
+    vectors' digest always, signed when `signing_key` is given)."""
     version, model, keys = load_retriever(path)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     table = model.item_table().detach()[1:].numpy().astype(np.float32)  # (I, D): row j-1 = item j
@@ -96,7 +127,9 @@ def retriever_records(path: str | Path, *, now_ms: int | None = None) -> tuple[l
     c = model.config
     record = RetrieverModel(version=version, hidden=c.hidden, n_blocks=c.n_blocks, n_heads=c.n_heads,
                             max_len=c.max_len, loss=c.loss, weights=save(body), n_items=len(keys),
-                            created_time_ms=now_ms)
+                            created_time_ms=now_ms, vectors_digest=vectors_digest(zip(keys, table, strict=True)))
+    if signing_key is not None:
+        record = dataclasses.replace(record, signature=sign(signing_key, signed_body(record)))
     return vectors, record
 
 
@@ -128,9 +161,11 @@ class SequentialRetriever:
     follower threads while queried. `apply`/`remove`/`decode_errors` make it a store for
     `runtime.features.feature_handler`, like the catalogue replica."""
 
-    def __init__(self) -> None:
-        self._indexes: dict[str, ItemIndex] = {}  # version -> its item vectors
+    def __init__(self, *, signing_key: bytes | None = None) -> None:
+        self.signing_key = signing_key  # None: records are not verified (a deployment without a key)
+        self._indexes: dict[str, ItemIndex] = {}  # version -> its item vectors, least recently touched first
         self._network: SASRec | None = None
+        self._waiting: tuple[RetrieverModel, SASRec] | None = None  # signed, its vectors not all here yet
         self.version: str | None = None
         self._lock = threading.Lock()
         self.updates = 0
@@ -154,14 +189,62 @@ class SequentialRetriever:
                     self.rejected += len(group) - len(fits)
                     log.error("skipping %d retriever vectors of %s whose dimension does not fit", len(group) - len(fits),
                               version)
+                if fits and self.signing_key is not None and version == self.version:
+                    fits = self._unchanged(index, fits)  # the current version is sealed
                 if not fits:
                     continue
                 if index is None:
                     index = self._indexes[version] = ItemIndex(IndexConfig(dim=dim, normalize=False))
+                    self._drop_oldest_waiting()
+                else:
+                    self._indexes[version] = self._indexes.pop(version)  # now the most recently touched
                 index.upsert([r.item_id for r in fits], np.stack([r.vector for r in fits]))
                 applied += len(fits)
             self.updates += applied
+            self._switch_if_complete()
         return applied
+
+    def _unchanged(self, index: ItemIndex, records: list[ItemEmbedding]) -> list[ItemEmbedding]:
+        """Of vectors for the sealed current version, those equal to the ones held (no-ops); the
+        rest are counted and refused."""
+        held = index.get_vectors([r.item_id for r in records])
+        same = [r for r in records if r.item_id in held and np.array_equal(held[r.item_id], r.vector)]
+        if len(same) < len(records):
+            self.rejected += len(records) - len(same)
+            log.error("refusing %d retriever vectors that would change the signed version %s",
+                      len(records) - len(same), self.version)
+        return same
+
+    def _drop_oldest_waiting(self) -> None:
+        waiting = [v for v in self._indexes if v != self.version]
+        for version in waiting[:max(0, len(waiting) - MAX_WAITING_VERSIONS)]:
+            del self._indexes[version]
+            log.warning("dropping the retriever vectors of version %s: more than %d versions waiting", version,
+                        MAX_WAITING_VERSIONS)
+
+    def _switch_if_complete(self) -> None:
+        """(lock held) Switch to the waiting signed model once its vectors are all here and match."""
+        if self._waiting is None:
+            return
+        record, network = self._waiting
+        index = self._indexes.get(record.version)
+        if index is None or len(index) < record.n_items:
+            return
+        if vectors_digest(index.get_vectors(index.ids()).items()) != record.vectors_digest:
+            if len(index) == record.n_items:
+                log.error("retriever %s: the vectors held do not match the signed digest; still waiting",
+                          record.version)
+            return
+        self._waiting = None
+        self._switch(record, network)
+
+    def _switch(self, record: RetrieverModel, network: SASRec) -> None:
+        """(lock held) Make `record` the version queried; every other version's vectors go."""
+        self._network, self.version = network, record.version
+        for version in [v for v in self._indexes if v != record.version]:
+            del self._indexes[version]
+        log.info("sequential retriever: now version %s (%d of %d item vectors here)", record.version,
+                 len(self._indexes.get(record.version, ())), record.n_items)
 
     def remove(self, item_ids: Collection[str]) -> None:
         with self._lock:
@@ -170,9 +253,15 @@ class SequentialRetriever:
 
     def apply_model(self, record: RetrieverModel) -> bool:
         """Switch to `record`'s version (dropping every other version's vectors); False, and the
-        current version kept, if its weights are refused."""
+        current version kept, if it is refused, or (signed) while its vectors are incomplete: it
+        then waits and switches when they are all here (`waiting`)."""
         try:
             network = query_network(record)
+            if self.signing_key is not None:
+                if not verify(self.signing_key, signed_body(record), record.signature):
+                    raise ValueError("unsigned, or its signature does not verify under this deployment's key")
+                if record.vectors_digest is None:
+                    raise ValueError("signed without a vectors digest")
         except ValueError as err:
             self.rejected += 1
             log.error("refusing retriever model %s: %s", record.version, err)
@@ -184,12 +273,18 @@ class SequentialRetriever:
                 log.error("refusing retriever model %s: its vectors have dimension %d, the network %d",
                           record.version, held.config.dim, record.hidden)
                 return False
-            self._network, self.version = network, record.version
-            for version in [v for v in self._indexes if v != record.version]:
-                del self._indexes[version]
-        log.info("sequential retriever: now version %s (%d of %d item vectors here)", record.version,
-                 len(self._indexes.get(record.version, ())), record.n_items)
-        return True
+            if self.signing_key is None:
+                self._switch(record, network)
+                return True
+            self._waiting = (record, network)
+            self._switch_if_complete()
+            return self.version == record.version
+
+    @property
+    def waiting(self) -> str | None:
+        """The signed version waiting for its vectors, if any."""
+        waiting = self._waiting
+        return None if waiting is None else waiting[0].version
 
     def query_for(self, history: Sequence[str]) -> UserQuery | None:
         """The current version's query for `history`; None before a model arrived or when no
@@ -225,8 +320,12 @@ class SequentialRetriever:
         return len(index) if index is not None else 0
 
     def stats(self) -> dict:
-        return {"version": self.version, "vectors": len(self), "updates": self.updates,
-                "rejected": self.rejected, "decode_errors": self.decode_errors}
+        with self._lock:
+            held = list(self._indexes)
+        return {"version": self.version, "vectors": len(self), "held_versions": held, "waiting": self.waiting,
+                "updates": self.updates,
+                "signed": self.signing_key is not None, "rejected": self.rejected,
+                "decode_errors": self.decode_errors}
 
 
 class UserQuery:
@@ -249,13 +348,17 @@ class UserQuery:
 
 
 def model_handler(retriever: SequentialRetriever) -> Callable[[list], None]:
-    """Apply a poll's worth of retriever-models messages: the last decodable model wins."""
+    """Apply a poll's worth of retriever-models messages: the last model the replica accepts (or
+    holds waiting for its vectors) wins; refused ones behind it do not hide it."""
 
     def handle(messages: list) -> None:
         models = [record for _, record in decode_each(messages, RetrieverModel, retriever, "retriever model")
                   if record is not None]
-        if models and models[-1].version != retriever.version:
-            retriever.apply_model(models[-1])
+        for record in reversed(models):
+            if record.version in (retriever.version, retriever.waiting):
+                return
+            if retriever.apply_model(record) or retriever.waiting == record.version:
+                return
 
     return handle
 
@@ -269,13 +372,16 @@ def retriever_followers(consumer_factory: Callable[[], object], vectors_topic: s
             TopicTail(consumer_factory, models_topic, model_handler(retriever)))
 
 
-def publish_retriever(path: str | Path, send: Callable[[TopicSpec, str, bytes], object]) -> dict:
-    """Send the folder's vectors (key item id), then its model (key MODEL_KEY), through
-    `send(topic spec, key, value)`; the caller flushes. Returns what was sent."""
+def publish_retriever(path: str | Path, send: Callable[[TopicSpec, str, bytes], object], *,
+                      signing_key: bytes | None = None) -> dict:
+    """Send the folder's vectors (key item id), then its model (key MODEL_KEY, signed with
+    `signing_key` when given), through `send(topic spec, key, value)`; the caller flushes.
+    Returns what was sent."""
     from schemas.codec import encode
 
-    vectors, record = retriever_records(path)
+    vectors, record = retriever_records(path, signing_key=signing_key)
     for vector in vectors:
         send(RETRIEVER_VECTORS, vector.item_id, encode(vector))
     send(RETRIEVER_MODELS, MODEL_KEY, encode(record))
-    return {"version": record.version, "vectors": len(vectors), "model_bytes": len(record.weights)}
+    return {"version": record.version, "vectors": len(vectors), "model_bytes": len(record.weights),
+            "signed": record.signature is not None}

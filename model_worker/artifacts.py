@@ -19,13 +19,12 @@ adapter-updates topic but lacks the key can only point workers at versions the t
 - the files hash to that sha256.
 The store's root is a local path by default; in production, a shared volume every worker mounts
 (docker-compose.yml). The key comes from VIP5_ADAPTER_SIGNING_KEY or the file named by
-VIP5_ADAPTER_SIGNING_KEY_FILE (`signing_key_from_env`, called by the CLIs only).
+VIP5_ADAPTER_SIGNING_KEY_FILE (`runtime.signing.signing_key_from_env`, called by the CLIs only).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -33,19 +32,17 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from model_worker.vip5model.checkpoint import AdapterArtifact, read_adapter, save_adapter
+from runtime.signing import KEY_ENV, KEY_FILE_ENV, sign, verify
 from schemas.errors import shorten
 from schemas.records import AdapterUpdate
 
 ARTIFACT_FILES = ("adapter.safetensors", "adapter.json")
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 VERSION_PATTERN = re.compile(r"v[1-9][0-9]{0,8}")  # v1 ships with the model; the trainer counts up
-MIN_KEY_BYTES = 16
-KEY_ENV, KEY_FILE_ENV = "VIP5_ADAPTER_SIGNING_KEY", "VIP5_ADAPTER_SIGNING_KEY_FILE"
 MAX_MANIFEST_BYTES = 64 * 1024
 
 
@@ -61,26 +58,6 @@ class ArtifactError(ValueError):
 
 
 REJECTIONS = ("invalid", "path", "signature", "backbone", "missing", "checksum", "unreadable")
-
-
-def signing_key_from_env(environ: Mapping[str, str]) -> bytes | None:
-    """The adapter signing key: VIP5_ADAPTER_SIGNING_KEY, or the contents of the file named by
-    VIP5_ADAPTER_SIGNING_KEY_FILE (a mounted secret); None when neither is set."""
-    value, path = environ.get(KEY_ENV) or None, environ.get(KEY_FILE_ENV) or None
-    if value and path:
-        raise ValueError(f"set {KEY_ENV} or {KEY_FILE_ENV}, not both")
-    if path:
-        value = Path(path).read_text().strip()
-    if value is None:
-        return None
-    key = value.encode()
-    if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"the adapter signing key must have at least {MIN_KEY_BYTES} bytes, got {len(key)}")
-    return key
-
-
-def sign(key: bytes, manifest: bytes) -> str:
-    return hmac.new(key, manifest, hashlib.sha256).hexdigest()
 
 
 def artifact_sha256(directory: Path) -> str:
@@ -222,7 +199,7 @@ def load_verified(update: AdapterUpdate, *, backbone_id: str, store: ArtifactSto
     body = _read_regular(directory, MANIFEST)
     if update.signature is None:
         raise ArtifactError(f"adapter {update.version}: unsigned update", "signature")
-    if not hmac.compare_digest(sign(key, body), update.signature):
+    if not verify(key, body, update.signature):
         raise ArtifactError(f"adapter {update.version}: signature does not match the manifest", "signature")
     try:
         manifest = json.loads(body)

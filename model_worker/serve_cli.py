@@ -16,7 +16,7 @@ def run_serve(args: argparse.Namespace) -> dict:
     model_dir = args.model_dir or os.environ.get("VIP5_MODEL_DIR")
     if not model_dir:
         raise SystemExit("vip5 serve: give --model-dir or set VIP5_MODEL_DIR")
-    from model_worker.artifacts import signing_key_from_env
+    from runtime.signing import signing_key_from_env
 
     topics = topic_config(args)
     serve_cfg = ServeConfig(kafka=kafka_config(args), topics=topics,

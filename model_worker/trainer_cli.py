@@ -13,9 +13,9 @@ def _artifacts_dir(args: argparse.Namespace) -> str:
 
 
 def trainer_config(args: argparse.Namespace):
-    from model_worker.artifacts import signing_key_from_env
     from model_worker.trainer import TrainerConfig
     from model_worker.tuning import TuneConfig
+    from runtime.signing import signing_key_from_env
 
     model_dir = args.model_dir or os.environ.get("VIP5_MODEL_DIR")
     if not model_dir:

@@ -230,11 +230,11 @@ class AdapterUpdate(Record):
     signature: str | None = F.field(F.Str(max_len=64, min_len=64, pattern="[0-9a-f]{64}", optional=True))
 
 
-@record("retriever_model", 1)
+@record("retriever_model", 2)  # v2: vectors_digest, signature (v1 records decode with None)
 class RetrieverModel(Record):
     """A SASRec query network without its item table (`index.retriever`): safetensors `weights`
-    (plain tensors, never pickle), the shape they must have, and how many item vectors this version
-    published on retriever-vectors."""
+    (plain tensors, never pickle), the shape they must have, how many item vectors this version
+    published on retriever-vectors and their digest, signed with the deployment's key."""
 
     version: str = F.field(ID)
     hidden: int = F.field(F.Int(lo=1, hi=LIMITS.max_vector_dim))
@@ -245,6 +245,10 @@ class RetrieverModel(Record):
     weights: bytes = F.field(F.Bytes(max_len=LIMITS.max_message_bytes - 64 * 1024))
     n_items: int = F.field(F.Int(lo=1))
     created_time_ms: int = F.field(TIME_MS)
+    # sha256 of the version's item vectors (index.retriever.vectors_digest)
+    vectors_digest: str | None = F.field(F.Str(max_len=64, min_len=64, pattern="[0-9a-f]{64}", optional=True))
+    # hex HMAC-SHA256 of index.retriever.signed_body(record) under the deployment's key (runtime.signing)
+    signature: str | None = F.field(F.Str(max_len=64, min_len=64, pattern="[0-9a-f]{64}", optional=True))
 
     def check(self) -> None:
         if self.hidden % self.n_heads:

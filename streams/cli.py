@@ -28,6 +28,7 @@ def streams_config(args: argparse.Namespace):
 
     from index.encoders import EncoderConfig
     from index.images import ImageLimits
+    from runtime.signing import signing_key_from_env
     from streams.config import StreamsConfig
 
     image_dir = args.image_dir or os.environ.get("VIP5_IMAGE_DIR") or None
@@ -48,6 +49,7 @@ def streams_config(args: argparse.Namespace):
         coalesce_ms=args.coalesce_ms,
         text_encoder=args.text_encoder,
         retriever=not args.no_retriever,
+        signing_key=signing_key_from_env(os.environ),
         one_record_per_batch=not args.batched_changelog,
     )
 

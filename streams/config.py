@@ -51,6 +51,10 @@ class StreamsConfig:
     # and give its items `candidates.sequential_k` slots once a model is published; until then, or
     # with False, those slots go to the other sources.
     retriever: bool = True
+    # The deployment's signing key (runtime.signing; the CLI reads VIP5_ADAPTER_SIGNING_KEY(_FILE)):
+    # with it the retriever replica switches only to signed models whose vectors match their digest;
+    # None accepts any well-formed retriever (logged as a warning).
+    signing_key: bytes | None = field(default=None, repr=False)
     # Backpressure: faust stops fetching a partition while this many of its records wait unprocessed.
     stream_buffer_maxsize: int = 1024
     popularity_half_life_s: float = 3600.0

@@ -43,7 +43,9 @@ def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, list[TopicTail]]:
     if cfg.retriever:
         from index.retriever import SequentialRetriever, retriever_followers
 
-        retriever = SequentialRetriever()
+        retriever = SequentialRetriever(signing_key=cfg.signing_key)
+        if cfg.signing_key is None:
+            log.warning("no signing key (VIP5_ADAPTER_SIGNING_KEY): retriever models are accepted unverified")
         followers += retriever_followers(lambda: consumer(cfg.kafka, None), cfg.topics.name(RETRIEVER_VECTORS),
                                          cfg.topics.name(RETRIEVER_MODELS), retriever)
     popularity = PopularityTracker(half_life_s=cfg.popularity_half_life_s)

@@ -109,9 +109,11 @@ def test_compose_acls_let_only_the_trainer_write_adapter_updates_and_only_stream
     grants = _acl_grants()
     writers = {topic: {who for who, g in grants.items() if topic in g.get("write", ())}
                for topic in ("adapter-updates", "item-embeddings", "rerank-requests", "recommendations",
-                             "explanations", "items")}
+                             "explanations", "items", "retriever-vectors", "retriever-models")}
     assert writers == {"adapter-updates": {"trainer"}, "item-embeddings": {"streams"}, "rerank-requests": {"streams"},
-                       "recommendations": {"model-worker"}, "explanations": {"model-worker"}, "items": {"app"}}
+                       "recommendations": {"model-worker"}, "explanations": {"model-worker"}, "items": {"app"},
+                       "retriever-vectors": {"trainer"}, "retriever-models": {"trainer"}}
+    assert {"retriever-vectors", "retriever-models"} <= grants["streams"]["read"]  # the retriever replica
     assert {"recommendations", "explanations"} <= grants["app"]["read"]
     assert set(grants) == {"streams", "model-worker", "trainer", "app"}
     assert grants["streams"]["all"] == {'"$${P}streams-"'}
@@ -132,11 +134,11 @@ def test_compose_holds_no_credentials_and_requires_them_from_the_environment():
     assert storage["command"][0].count("--add-scram") == 5
 
 
-def test_compose_gives_the_adapter_signing_key_to_trainer_and_model_workers_only():
+def test_compose_gives_the_signing_key_to_trainer_model_and_streams_workers_only():
     compose = _compose()
     assert compose["secrets"]["adapter_signing_key"] == {"environment": "VIP5_ADAPTER_SIGNING_KEY"}
     holders = {name for name, s in compose["services"].items() if "adapter_signing_key" in s.get("secrets", [])}
-    assert holders == {"trainer", "model-worker", "model-worker-cpu"}
+    assert holders == {"trainer", "model-worker", "model-worker-cpu", "streams"}
     for name in holders:
         assert compose["services"][name]["environment"]["VIP5_ADAPTER_SIGNING_KEY_FILE"] == "/run/secrets/adapter_signing_key"
 

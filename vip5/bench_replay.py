@@ -150,7 +150,7 @@ def run_replay(data, replay_log, stack_cfg, *, timeout_s: float, retriever_dir: 
         if retriever_dir is not None:
             from index.retriever import publish_retriever
 
-            retriever = publish_retriever(retriever_dir, stack.send)
+            retriever = publish_retriever(retriever_dir, stack.send, signing_key=stack.signing_key)
             stack.flush()
             log.info("retriever %s: %d item vectors published", retriever["version"], retriever["vectors"])
         threads = [collect(stack, RECOMMENDATIONS, Recommendation, stop, recs, "replay-recs"),

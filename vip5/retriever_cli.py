@@ -3,7 +3,8 @@
     vip5 retriever train --data DIR --out RDIR    P5 folder or review file (+ item content vectors)
                                                   ──► SASRec (softmax over all items)
                                                   ──► RDIR (index.retriever.save_retriever)
-    vip5 retriever publish --dir RDIR             RDIR ──► retriever-vectors + retriever-models; every
+    vip5 retriever publish --dir RDIR             RDIR ──► retriever-vectors + retriever-models (signed
+                                                  with VIP5_ADAPTER_SIGNING_KEY when set); every
                                                   streams worker switches to it without a restart
 
 Training uses the same split as `vip5 train` by default (`TrainConfig`: leave-one-out; each user's
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -103,13 +105,15 @@ def validation_scores(scorer, examples, *, batch: int = 512) -> dict:
 def publish_command(args: argparse.Namespace) -> dict:
     from index.retriever import publish_retriever
     from runtime.kafka import create_topics, producer
+    from runtime.signing import signing_key_from_env
 
     kafka, topics = kafka_config(args), topic_config(args)
     create_topics(kafka, topics)
     client = producer(kafka)
     try:
         sent = publish_retriever(args.dir, lambda spec, key, value: client.send(topics.name(spec), key=key.encode(),
-                                                                               value=value))
+                                                                               value=value),
+                                 signing_key=signing_key_from_env(os.environ))
         client.flush()
     finally:
         client.close()

@@ -91,7 +91,8 @@ class LocalStack:
                # the workers share this machine's cores: one torch/OpenMP thread each (measured on
                # 2 cores: a tiny-model training step took 0.7 s with one thread, 3.7 s with two)
                "VIP5_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
-               # one key per stack: its trainer signs adapter versions, its model workers verify them
+               # one key per stack: its trainer signs adapter versions and `publish_retriever(...,
+               # signing_key=stack.signing_key)` retrievers; its workers verify them
                "VIP5_ADAPTER_SIGNING_KEY": self._signing_key, "VIP5_ARTIFACT_DIR": str(self.cfg.work_dir / "artifacts"),
                **self.cfg.extra_env}
         return WorkerProcess([args[0], *common, *args[1:]], log_path=self.cfg.work_dir / "logs" / f"{name}.log", env=env)
@@ -117,6 +118,11 @@ class LocalStack:
         if self.store is None:
             raise RuntimeError("restarting a memory-storage broker loses every topic: use durable_broker=True")
         self.broker.restart(kill=kill, down_s=down_s)
+
+    @property
+    def signing_key(self) -> bytes:
+        """The stack's signing key (its workers verify adapters and retrievers signed with it)."""
+        return self._signing_key.encode()
 
     def send(self, spec: TopicSpec, key: str | bytes, payload: bytes):
         """Publish; returns kafka-python's future (acknowledged once `.succeeded()` after a flush)."""

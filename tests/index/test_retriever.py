@@ -181,3 +181,76 @@ def test_the_models_topic_handler_skips_what_does_not_decode_and_applies_the_las
 
     model_handler(retriever)([message(b"\x93garbage", 0), message(encode(model), 1), message(None, 2)])
     assert retriever.decode_errors == 1 and retriever.version == model.version
+
+
+# ----------------------------------------------------------------------------- signed retrievers
+
+KEY, OTHER_KEY = b"k" * 32, b"x" * 32
+
+
+def test_a_signed_replica_switches_only_to_models_signed_with_its_key(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    vectors, unsigned = retriever_records(folder)
+    _, forged = retriever_records(folder, signing_key=OTHER_KEY)
+    _, signed = retriever_records(folder, signing_key=KEY)
+    retriever = SequentialRetriever(signing_key=KEY)
+    retriever.apply(vectors)
+    for refused in (unsigned, forged, dataclasses.replace(signed, max_len=signed.max_len + 1)):
+        assert not retriever.apply_model(refused)
+        assert retriever.version is None and retriever.waiting is None
+    assert retriever.rejected == 3
+    assert retriever.apply_model(decode(encode(signed), RetrieverModel))  # as it arrives from the topic
+    assert retriever.version == signed.version and retriever.candidates(["item-3"], 1)
+
+
+def test_a_signed_model_waits_until_its_vectors_are_all_there_and_match_its_digest(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    vectors, model = retriever_records(folder, signing_key=KEY)
+    retriever = SequentialRetriever(signing_key=KEY)
+    assert not retriever.apply_model(model)  # a replica starting up may read the model first
+    assert retriever.waiting == model.version and retriever.version is None
+    tampered = dataclasses.replace(vectors[0], vector=vectors[0].vector[::-1].copy())
+    retriever.apply([tampered, *vectors[1:]])
+    assert retriever.version is None  # all there, but one does not match the signed digest
+    retriever.apply(vectors[:1])  # the genuine vector (compaction keeps the newest per item)
+    assert retriever.version == model.version and retriever.waiting is None
+
+
+def test_a_signed_versions_vectors_are_sealed_once_it_serves(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    vectors, model = retriever_records(folder, signing_key=KEY)
+    retriever = SequentialRetriever(signing_key=KEY)
+    retriever.apply(vectors)
+    assert retriever.apply_model(model)
+    before = retriever.candidates(["item-3", "item-4"], 5)
+    changed = dataclasses.replace(vectors[5], vector=vectors[5].vector * 10)
+    assert retriever.apply([changed, vectors[6]]) == 1  # the unchanged one is a no-op, the changed one refused
+    assert retriever.rejected == 1 and retriever.candidates(["item-3", "item-4"], 5) == before
+
+
+def test_a_forged_model_behind_a_signed_one_in_the_same_poll_does_not_hide_it(tmp_path):
+    from types import SimpleNamespace
+
+    from index.retriever import model_handler
+
+    folder, _ = trained_folder(tmp_path)
+    vectors, signed = retriever_records(folder, signing_key=KEY)
+    forged = dataclasses.replace(signed, version="forged", signature=None)
+    retriever = SequentialRetriever(signing_key=KEY)
+    retriever.apply(vectors)
+
+    def message(record, offset):
+        return SimpleNamespace(value=encode(record), key=b"sequential", topic="retriever-models", partition=0,
+                               offset=offset)
+
+    model_handler(retriever)([message(signed, 0), message(forged, 1)])
+    assert retriever.version == signed.version and retriever.rejected == 1
+
+
+def test_at_most_two_versions_wait_beside_the_current_one(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    vectors, _ = retriever_records(folder)
+    retriever = SequentialRetriever(signing_key=KEY)
+    for n in range(4):  # vectors of four versions nobody published a model for
+        retriever.apply([dataclasses.replace(v, encoder_id=f"junk-{n}") for v in vectors[:3]])
+    assert retriever.stats()["held_versions"] == ["junk-2", "junk-3"]  # the newest

@@ -1,12 +1,13 @@
 """The learned retriever in a running streams worker: `vip5 retriever publish` reaches it through
 its topics, its items come out as `sequential` candidates, and a newly published version replaces
-the old one without a restart."""
+the old one without a restart, only when signed with the deployment's key."""
 
 import pytest
 
 from index.retriever import save_retriever
 from index.sasrec import SASRecConfig, SASRecScorer
 from runtime.kafka import create_topics
+from runtime.signing import KEY_ENV
 from schemas.records import RerankRequest
 from schemas.topics import RERANK_REQUESTS
 from streams.worker import READY_LINE
@@ -16,6 +17,7 @@ from vip5.processes import WorkerProcess
 
 pytestmark = pytest.mark.integration
 N_ITEMS = 40
+KEY, OTHER_KEY = "k" * 32, "x" * 32
 KEYS = [f"i{j}" for j in range(1, N_ITEMS + 1)]
 
 
@@ -53,14 +55,17 @@ def first_sequential(kafka_cfg, topics, event_id: str, seen: int):
     return next((c.item_id for c in request.candidates if c.source == "sequential"), "none")
 
 
-def test_a_published_retriever_feeds_candidates_and_a_new_version_replaces_it_live(broker, kafka_cfg, topics,
-                                                                                     tmp_path):
+def test_a_published_retriever_feeds_candidates_and_a_new_signed_version_replaces_it_live(
+        broker, kafka_cfg, topics, tmp_path, monkeypatch):
     create_topics(kafka_cfg, topics)
     forward, backward = retriever(tmp_path, "forward", +1), retriever(tmp_path, "backward", -1)
-    assert publish_retriever(kafka_cfg, topics, forward)["vectors"] == N_ITEMS
+    monkeypatch.setenv(KEY_ENV, KEY)  # `vip5 retriever publish` signs with the deployment's key
+    sent = publish_retriever(kafka_cfg, topics, forward)
+    assert sent["vectors"] == N_ITEMS and sent["signed"]
     args = worker_args("streams", kafka_cfg, topics, "--data-dir", str(tmp_path / "faust"), "--text-encoder", "none",
                        "--candidates", "20")
-    worker = WorkerProcess(args, log_path=tmp_path / "streams.log", env=worker_env(kafka_cfg)).start()
+    log_path = tmp_path / "streams.log"
+    worker = WorkerProcess(args, log_path=log_path, env={**worker_env(kafka_cfg), KEY_ENV: KEY}).start()
     try:
         assert worker.wait_for_log(READY_LINE, 120), (tmp_path / "streams.log").read_text()[-3000:]
         publish(kafka_cfg, topics, [click("a1", "u1", "i19"), click("a2", "u1", "i20")])
@@ -69,13 +74,19 @@ def test_a_published_retriever_feeds_candidates_and_a_new_version_replaces_it_li
         request = request_for(kafka_cfg, topics, "a2", 2)
         assert all(c.affinity is not None for c in request.candidates), request.candidates
 
+        monkeypatch.setenv(KEY_ENV, OTHER_KEY)  # someone without the deployment's key
+        publish_retriever(kafka_cfg, topics, backward)
+        wait_for(lambda: "refusing retriever model" in log_path.read_text(), 60, "the forged model refused")
+        publish(kafka_cfg, topics, [click("c1", "w1", "i10")])
+        assert wait_for(lambda: first_sequential(kafka_cfg, topics, "c1", 3), 60, "a request") == "i11"  # still forward
+        monkeypatch.setenv(KEY_ENV, KEY)
         publish_retriever(kafka_cfg, topics, backward)  # the worker keeps running
         sent = []
 
         def switched():
             sent.append(f"b{len(sent)}")
             publish(kafka_cfg, topics, [click(sent[-1], f"v{len(sent)}", "i10")])  # never co-visited
-            return first_sequential(kafka_cfg, topics, sent[-1], 2 + len(sent)) == "i9"
+            return first_sequential(kafka_cfg, topics, sent[-1], 3 + len(sent)) == "i9"
 
         assert wait_for(switched, 60, "the new version's candidates")
         assert worker.alive(), "the worker restarted"

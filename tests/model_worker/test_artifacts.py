@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from model_worker.artifacts import ArtifactError, ArtifactStore, load_verified, signing_key_from_env
+from model_worker.artifacts import ArtifactError, ArtifactStore, load_verified
 from model_worker.vip5model.checkpoint import backbone_sha256
+from runtime.signing import signing_key_from_env
 
 KEY = b"trainer-key-0123456789abcdef"
 
