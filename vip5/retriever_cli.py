@@ -129,7 +129,7 @@ def register(commands, bench) -> None:
     train.add_argument("--out", required=True, help="folder for retriever.safetensors and retriever.json")
     train.add_argument("--time-budget-s", type=float, default=600.0, help="training stops after the epoch crossing it")
     train.add_argument("--max-epochs", type=int, default=200)
-    train.add_argument("--hidden", type=int, default=64, help="vector size")
+    train.add_argument("--hidden", type=int, default=128, help="vector size")
     train.add_argument("--patience", type=int, default=5,
                        help="stop after this many epochs without a better validation recall@100 (the best "
                        "epoch's weights are kept)")
