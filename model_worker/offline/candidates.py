@@ -1,5 +1,6 @@
 """Candidate generators for offline re-ranking: co-visitation of the recent items, then popularity;
-optionally merged with the learned retriever's items as the live streams worker merges them.
+optionally merged with the learned retriever's items as the live streams worker merges them
+(`index.candidates.merge_candidates`: the behavioural slots ranked by affinity and co-visitation).
 
 In:  training sequences (items 1..I, oldest first); histories; optionally a `vip5 retriever train` folder.
 Out: `candidates(history, k)` -> up to k distinct items not in the history, best first, with scores
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from index.candidates import CandidateConfig, merge_sources, slots
+from index.candidates import CandidateConfig, merge_candidates
 from index.retriever import load_retriever
 from index.sasrec import left_pad
 from model_worker.rerank import lowest_filled
@@ -79,7 +80,7 @@ class CoVisitCandidates:
 
 class RetrieverCandidates:
     """Co-visitation's list merged with the learned retriever's (`index.retriever`) by the live
-    merge (`index.candidates.merge_sources`, the `CandidateConfig` slots of both sources; the other
+    merge (`index.candidates.merge_candidates` with the default `CandidateConfig`; the other
     live sources, content and fresh items, have no offline counterpart here). The retriever's items
     are mapped to this data's numbering by item key."""
 
@@ -109,14 +110,16 @@ class RetrieverCandidates:
         """Each item's inner product with the history's query, as the streams worker attaches it to
         every candidate (`Candidate.affinity`); items unknown to the retriever get the lowest, as
         the model worker fills them (`model_worker.rerank.lowest_filled`); all 0 without a query."""
-        scores = self.item_scores(history)
-        known = [None if scores is None or not self.to_theirs[i] else float(scores[self.to_theirs[i]])
-                 for i in items]
-        filled = lowest_filled(known)
+        filled = lowest_filled(self.known(self.item_scores(history), items))
         return [0.0] * len(items) if filled is None else list(filled)
 
-    def retrieved(self, history: Sequence[int], k: int) -> list[tuple[int, float]]:
-        scores = self.item_scores(history)
+    def known(self, scores: np.ndarray | None, items: Sequence[int]) -> list[float | None]:
+        """`item_scores`' score of each of our items; None where the retriever does not know it."""
+        return [None if scores is None or not self.to_theirs[i] else float(scores[self.to_theirs[i]]) for i in items]
+
+    def retrieved(self, history: Sequence[int], k: int, scores: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The retriever's top k of our items outside the history (`scores`: `item_scores(history)`)."""
+        scores = self.item_scores(history) if scores is None else scores
         if scores is None:
             return []
         seen, out = set(history), []
@@ -129,7 +132,10 @@ class RetrieverCandidates:
         return out
 
     def candidates(self, history: Sequence[int], k: int) -> tuple[list[int], list[float]]:
-        items, scores = self.covisit.candidates(history, k)
-        merged = merge_sources({"covisit": list(zip(items, scores, strict=True)),
-                                "sequential": self.retrieved(history, k)}, slots(CandidateConfig.sized(k)), k)
+        items, covisit_scores = self.covisit.candidates(history, k)
+        scores = self.item_scores(history)
+        ranked = {"covisit": list(zip(items, covisit_scores, strict=True)),
+                  "sequential": self.retrieved(history, k, scores)}
+        affinity = None if scores is None else (lambda chosen: self.known(scores, chosen))
+        merged = merge_candidates(ranked, CandidateConfig.sized(k), affinity)
         return [int(c.item_id) for c in merged], [c.score for c in merged]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -7,8 +9,10 @@ from index.candidates import (
     CandidateConfig,
     FreshnessTracker,
     PopularityTracker,
+    fuse_behavioural,
     generate_candidates,
     history_query,
+    merge_candidates,
 )
 from index.item_index import IndexConfig, ItemIndex
 
@@ -139,3 +143,25 @@ def test_freshness_forgets_items_past_max_age_and_keeps_the_newest():
 def test_candidate_config_rejects_invalid_field_naming_it(kwargs, field):
     with pytest.raises(ValueError, match=f"CandidateConfig.{field}"):
         CandidateConfig(**kwargs)
+
+
+def test_with_a_retriever_the_behavioural_slots_go_to_the_best_by_affinity_plus_co_visitation():
+    covisit = [("a", 3.0), ("b", 1.0), ("p", -1.0)]  # "p": a generator's own fill, not co-visited
+    sequential = [("x", 5.0), ("a", 4.0), ("y", 1.0)]
+    affinity = {"a": 1.0, "x": 2.0, "y": 0.5}  # "b" is newer than the retriever: the lowest, 0.5
+
+    def given(items):
+        return [affinity.get(i) for i in items]
+
+    config = CandidateConfig(k=4, covisit_k=1, sequential_k=2, popular_k=0, fresh_k=0)
+    # a: 1 + ln 4 = 2.39, x: 2, b: 0.5 + ln 2 = 1.19, y: 0.5 -> the 3 behavioural slots: a, x, b
+    fused_covisit, fused_sequential, reserved = fuse_behavioural(covisit, sequential, given, config)
+    assert fused_covisit == [("a", 3.0), ("b", 1.0), ("p", -1.0)] and fused_sequential == [("x", 5.0), ("y", 1.0)]
+    assert reserved == {"covisit": 2, "sequential": 1}
+    merged = merge_candidates({"covisit": covisit, "sequential": sequential}, config, given)
+    assert [(c.item_id, c.source) for c in merged] == [("a", "covisit"), ("b", "covisit"), ("p", "covisit"),
+                                                       ("x", "sequential")]
+    # without fusion each source keeps its own slots: the retriever's y gets in, the fill p does not
+    fixed = merge_candidates({"covisit": covisit, "sequential": sequential},
+                             dataclasses.replace(config, covisit_fusion=None), given)
+    assert [c.item_id for c in fixed] == ["a", "b", "x", "y"]
