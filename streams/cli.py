@@ -7,20 +7,22 @@ import argparse
 from runtime.cli import add_command, add_kafka_args, add_metrics_args, kafka_config, topic_config
 
 
-def candidate_config(k: int, slots: str | None):
+def candidate_config(k: int, slots: str | None, covisit_fusion: float | None = 1.0):
     """`--slots covisit=30,sequential=40,...` (reserved slots per source, visual gets the rest), or
-    each source's default share scaled to k."""
+    each source's default share scaled to k; `covisit_fusion` as `CandidateConfig`'s."""
+    import dataclasses
+
     from index.candidates import RESERVED, CandidateConfig
 
     if not slots:
-        return CandidateConfig.sized(k)
+        return dataclasses.replace(CandidateConfig.sized(k), covisit_fusion=covisit_fusion)
     reserved = dict.fromkeys(RESERVED, 0)
     for part in slots.split(","):
         name, _, count = (p.strip() for p in part.partition("="))
         if name not in RESERVED or not count.isdigit():
             raise ValueError(f"--slots: {part!r} is not SOURCE=COUNT with SOURCE one of {', '.join(RESERVED)}")
         reserved[name] = int(count)
-    return CandidateConfig(k=k, **{f"{name}_k": n for name, n in reserved.items()})
+    return CandidateConfig(k=k, covisit_fusion=covisit_fusion, **{f"{name}_k": n for name, n in reserved.items()})
 
 
 def streams_config(args: argparse.Namespace):
@@ -40,7 +42,8 @@ def streams_config(args: argparse.Namespace):
                               device=args.device,
                               limits=ImageLimits(base_dir=os.path.abspath(image_dir) if image_dir else None)),
         # slots a source cannot fill go to the others
-        candidates=candidate_config(args.candidates, args.slots),
+        candidates=candidate_config(args.candidates, args.slots,
+                                    None if args.covisit_fusion < 0 else args.covisit_fusion),
         app_id=args.app_id or f"{topic_config(args).prefix}streams",
         data_dir=args.data_dir,
         history_len=args.history_len,
@@ -84,6 +87,9 @@ def register(commands, bench) -> None:
                    help="reserved candidate slots per source, e.g. covisit=30,sequential=40,popular=10,fresh=10 "
                    "(unnamed sources 0; visual gets the rest of --candidates); default: the CandidateConfig "
                    "shares scaled to --candidates")
+    p.add_argument("--covisit-fusion", type=float, default=1.0, metavar="W",
+                   help="with a retriever, co-visited and retrieved items share their slots by affinity + W x "
+                   "ln(1 + co-visitation weight); negative: each source keeps its own slots")
     p.add_argument("--no-retriever", action="store_true",
                    help="do not follow the learned retriever's topics (`vip5 retriever publish`)")
     p.add_argument("--history-len", type=int, default=50, help="items kept per user")

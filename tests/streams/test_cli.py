@@ -38,3 +38,10 @@ def test_slots_name_each_sources_reserved_count_and_refuse_unknown_sources():
             streams_config(build_parser().parse_args(["streams", "--slots", bad]))
     with pytest.raises(ValueError, match="must be <= k=10"):
         streams_config(build_parser().parse_args(["streams", "--candidates", "10", "--slots", "covisit=8,fresh=5"]))
+
+
+def test_covisit_fusion_defaults_to_the_configs_weight_and_a_negative_one_keeps_fixed_slots():
+    parse = build_parser().parse_args
+    assert streams_config(parse(["streams"])).candidates.covisit_fusion == CandidateConfig().covisit_fusion == 1.0
+    assert streams_config(parse(["streams", "--covisit-fusion", "2.5", "--slots", "covisit=5"])).candidates.covisit_fusion == 2.5
+    assert streams_config(parse(["streams", "--covisit-fusion", "-1"])).candidates.covisit_fusion is None
