@@ -57,7 +57,7 @@ class CandidateConfig:
     k: int = 100  # candidates per request
     # Most slots go to the behavioural sources: on Amazon Beauty the top 100 holds the next item
     # for 0.19 of the users from co-visitation alone and 0.05 from popularity (`vip5 bench
-    # candidates`), and for 0.285 from all sources with the learned retriever (`vip5 bench
+    # candidates`), and for 0.291 from all sources with the learned retriever (`vip5 bench
     # replay --retriever`). Without a published retriever its slots go to co-visitation; visual
     # (or text) neighbours keep the 10 left, and a few popular and fresh items keep new products
     # and new users in view.
