@@ -264,9 +264,8 @@ def fuse_behavioural(covisit: Sequence[tuple[Item, float]], sequential: Sequence
     items = list(dict.fromkeys([*weight, *own]))
     if not items:
         return list(covisit), list(sequential), {}
-    given = affinity(items)
-    lowest = min((a for a in given if a is not None), default=0.0)
-    score = {item: (lowest if a is None else a) + config.covisit_fusion * math.log1p(weight.get(item, 0.0))
+    given = lowest_filled(affinity(items)) or (0.0,) * len(items)
+    score = {item: a + config.covisit_fusion * math.log1p(weight.get(item, 0.0))
              for item, a in zip(items, given, strict=True)}
     order = sorted(items, key=lambda item: -score[item])  # stable: co-visitation's order breaks ties
     top = order[:config.covisit_k + config.sequential_k]
@@ -275,6 +274,17 @@ def fuse_behavioural(covisit: Sequence[tuple[Item, float]], sequential: Sequence
     n_covisit = sum(item in weight for item in top)
     return (fused_covisit + rest, [(item, own[item]) for item in order if item not in weight],
             {"covisit": n_covisit, "sequential": len(top) - n_covisit})
+
+
+def lowest_filled(scores: Sequence[float | None]) -> tuple[float, ...] | None:
+    """Retrieval scores with the missing ones at the lowest given (an item the retriever does not
+    know ranks below every item it does); None when none is given."""
+    given = [s for s in scores if s is not None]
+    if not given:
+        return None
+    lowest = min(given)
+    return tuple(lowest if s is None else s for s in scores)
+
 
 
 def visual_neighbours(history: Sequence[str], index: ItemIndex | Sequence[ItemIndex], config: CandidateConfig, *,

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_worker.rerank import RerankConfig, Reranker, ScoringRequest, lowest_filled
+from index.candidates import lowest_filled
+from model_worker.rerank import RerankConfig, Reranker, ScoringRequest
 from model_worker.vip5model.model import VIP5Model
 from model_worker.vip5model.prompts import TEMPLATES, explanation_prompt
 from model_worker.vip5model.slots import AdapterSlots

@@ -197,16 +197,6 @@ class Reranker:
         return scores.tolist()
 
 
-def lowest_filled(scores: Sequence[float | None]) -> tuple[float, ...] | None:
-    """Retrieval scores with the missing ones at the lowest given (an item the retriever does not
-    know ranks below every item it does); None when none is given."""
-    given = [s for s in scores if s is not None]
-    if not given:
-        return None
-    lowest = min(given)
-    return tuple(lowest if s is None else s for s in scores)
-
-
 def rank(candidates: Sequence[str], scores: Sequence[float]) -> list[str]:
     """Candidates best first (ties keep the candidates' order)."""
     order = sorted(range(len(candidates)), key=lambda i: -scores[i])

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from index.candidates import CandidateConfig, merge_candidates
+from index.candidates import CandidateConfig, lowest_filled, merge_candidates
 from index.retriever import load_retriever
 from index.sasrec import left_pad
-from model_worker.rerank import lowest_filled
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ class RetrieverCandidates:
     def affinity(self, history: Sequence[int], items: Sequence[int]) -> list[float]:
         """Each item's inner product with the history's query, as the streams worker attaches it to
         every candidate (`Candidate.affinity`); items unknown to the retriever get the lowest, as
-        the model worker fills them (`model_worker.rerank.lowest_filled`); all 0 without a query."""
+        the model worker fills them (`index.candidates.lowest_filled`); all 0 without a query."""
         filled = lowest_filled(self.known(self.item_scores(history), items))
         return [0.0] * len(items) if filled is None else list(filled)
 
