@@ -286,7 +286,6 @@ def lowest_filled(scores: Sequence[float | None]) -> tuple[float, ...] | None:
     return tuple(lowest if s is None else s for s in scores)
 
 
-
 def visual_neighbours(history: Sequence[str], index: ItemIndex | Sequence[ItemIndex], config: CandidateConfig, *,
                       exclude: Collection[str]) -> list[tuple[str, float]]:
     """Up to k nearest items to the history's query vector, per index (image vectors, text vectors:
