@@ -206,7 +206,7 @@ def history_query(history: Sequence[str], index: ItemIndex, config: CandidateCon
             weights.append(0.5 ** (age / config.recency_half_life))
     if not rows:
         return None
-    query = np.average(np.stack(rows), axis=0, weights=np.asarray(weights))  # (D,)
+    query = np.asarray(weights, dtype=np.float32) @ np.stack(rows)  # (D,): the weighted mean, up to scale
     norm = float(np.linalg.norm(query))
     return query / norm if norm > 0 and math.isfinite(norm) else None
 

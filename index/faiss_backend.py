@@ -11,6 +11,7 @@ faiss is imported lazily; a GPU copy is made only when faiss reports GPUs.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -114,7 +115,15 @@ def to_gpu(index, resources):
 
 
 def is_gpu_index(index) -> bool:
+    if not gpu_build():  # faiss-cpu: no GPU index can exist (and the attribute probe below is not free)
+        return False
     return "Gpu" in type(index).__name__ or "Gpu" in type(getattr(index, "index", None)).__name__
+
+
+@functools.cache
+def gpu_build() -> bool:
+    """Whether this faiss was built with GPU support (faiss-gpu)."""
+    return hasattr(faiss_module(), "StandardGpuResources")
 
 
 def serialize(index) -> np.ndarray:

@@ -279,7 +279,9 @@ class ItemIndex:
         """Copies of the stored (normalised) vectors of the ids present; missing ids are left out."""
         with self._lock.read():
             st = self._state
-            return {i: st.vectors[st.slot_of[i]].copy() for i in item_ids if i in st.slot_of}
+            present = [i for i in item_ids if i in st.slot_of]
+            rows = st.vectors[[st.slot_of[i] for i in present]]  # one copy of all the rows
+        return dict(zip(present, rows, strict=True))
 
     def ids(self) -> list[str]:
         with self._lock.read():

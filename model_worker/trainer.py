@@ -238,7 +238,7 @@ def run_trainer(cfg: TrainerConfig, stop, *, metrics_port: int | None = None, me
     from model_worker.vip5model.checkpoint import backbone_sha256
     from model_worker.vip5model.model import VIP5Model
     from runtime.features import ItemFeatures, feature_follower
-    from runtime.kafka import consumer, create_topics, producer
+    from runtime.kafka import consumer, create_topics, producer, tail_consumer
 
     create_topics(cfg.kafka, cfg.topics)
     model = VIP5Model.from_pretrained(cfg.model_dir)
@@ -258,7 +258,7 @@ def run_trainer(cfg: TrainerConfig, stop, *, metrics_port: int | None = None, me
     if current is not None:
         trainer.adopt(current)
     replica = ItemFeatures(model.config.image_feature_dim)
-    follower = feature_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)
+    follower = feature_follower(lambda: tail_consumer(cfg.kafka), cfg.topics.name(ITEM_EMBEDDINGS), replica)
     follower.start()
     metrics.require(f"{follower.topic} follower", follower.healthy)
     events = consumer(cfg.kafka, cfg.group_id, [cfg.topics.name(INTERACTIONS)])

@@ -15,7 +15,7 @@ import time
 from model_worker.ranker import RankerConfig, VIP5Ranker
 from model_worker.serve import ModelServer, ServeConfig
 from runtime.features import ItemFeatures, feature_follower
-from runtime.kafka import consumer, create_topics, producer
+from runtime.kafka import consumer, create_topics, producer, tail_consumer
 from runtime.metrics import serve_metrics
 from runtime.tail import TopicTail
 from schemas.topics import ADAPTER_UPDATES, ITEM_EMBEDDINGS
@@ -28,7 +28,7 @@ READY_LINE = "model worker ready"
 def build_server(cfg: ServeConfig, ranker: VIP5Ranker) -> tuple[ModelServer, TopicTail]:
     feature_dim = ranker.model.config.image_feature_dim
     item_features = ItemFeatures(feature_dim)
-    follower = feature_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), item_features)
+    follower = feature_follower(lambda: tail_consumer(cfg.kafka), cfg.topics.name(ITEM_EMBEDDINGS), item_features)
     requests = consumer(cfg.kafka, cfg.group_id)  # the server subscribes it, with its rebalance listener
     server = ModelServer(cfg, ranker, item_features, consumer=requests, producer=producer(cfg.kafka))
     return server, follower
@@ -42,7 +42,7 @@ def run_model_worker(cfg: ServeConfig, ranker_cfg: RankerConfig, *, replica_wait
     create_topics(cfg.kafka, cfg.topics)
     ranker = VIP5Ranker.load(ranker_cfg)
     server, follower = build_server(cfg, ranker)
-    adapters = TopicTail(lambda: consumer(cfg.kafka, None), cfg.topics.name(ADAPTER_UPDATES), adapter_handler(server))
+    adapters = TopicTail(lambda: tail_consumer(cfg.kafka), cfg.topics.name(ADAPTER_UPDATES), adapter_handler(server))
     for tail in (follower, adapters):
         tail.start()
         server.metrics.require(f"{tail.topic} follower", tail.healthy)  # stopped: /healthz and /readyz red

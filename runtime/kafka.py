@@ -46,6 +46,10 @@ class KafkaConfig:
     # 127 ms at kafka-python's default 500, 4.6 ms at 10. Apache Kafka answers on arrival either way;
     # a small value only costs idle consumers a fetch request per wait.
     fetch_max_wait_ms: int = 10
+    # The same wait for the replica tails (item embeddings, adapter updates, retriever vectors and
+    # models: `tail_consumer`). Those topics change rarely and a change a quarter second later is
+    # fine; at 10 ms every idle tail would cost its process (and the broker) 100 fetches a second.
+    replica_fetch_max_wait_ms: int = 250
     # Producer batching delay. 0: a record is sent as soon as the sender thread sees it (records
     # that arrive while a request is in flight still share the next one).
     producer_linger_ms: int = 0
@@ -77,6 +81,8 @@ class KafkaConfig:
             raise ValueError("delivery_timeout_ms: must be at least request_timeout_ms")
         if not 0 <= self.fetch_max_wait_ms < self.request_timeout_ms:
             raise ValueError("fetch_max_wait_ms: must be >= 0 and below request_timeout_ms")
+        if not 0 <= self.replica_fetch_max_wait_ms < self.request_timeout_ms:
+            raise ValueError("replica_fetch_max_wait_ms: must be >= 0 and below request_timeout_ms")
         if self.producer_linger_ms < 0:
             raise ValueError("producer_linger_ms: must be >= 0")
 
@@ -183,6 +189,12 @@ def consumer(cfg: KafkaConfig, group_id: str | None, topics: list[str] | None = 
     if topics:
         client.subscribe(topics)
     return client
+
+
+def tail_consumer(cfg: KafkaConfig):
+    """A consumer outside any group for a replica tail (`runtime.tail.TopicTail`): it waits up to
+    `replica_fetch_max_wait_ms` for data, so an idle tail costs next to nothing."""
+    return consumer(cfg, None, fetch_max_wait_ms=cfg.replica_fetch_max_wait_ms)
 
 
 def admin(cfg: KafkaConfig):

@@ -13,7 +13,7 @@ from index.covisitation import Covisitation
 from index.encoders import build_encoder
 from index.item_index import IndexConfig
 from index.replica import CatalogReplica, embedding_follower
-from runtime.kafka import consumer, create_topics
+from runtime.kafka import create_topics, tail_consumer
 from runtime.logs import logging_config
 from runtime.metrics import WorkerMetrics, serve_metrics
 from runtime.tail import TopicTail
@@ -38,7 +38,7 @@ def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, list[TopicTail]]:
     # image vectors and text vectors live in one index each; content neighbours search both
     extra = (IndexConfig(dim=text_encoder.dim),) if text_encoder is not None and text_encoder.dim != encoder.dim else ()
     replica = CatalogReplica(IndexConfig(dim=encoder.dim), fresh_max_age_s=cfg.fresh_max_age_s, extra_indexes=extra)
-    followers = [embedding_follower(lambda: consumer(cfg.kafka, None), cfg.topics.name(ITEM_EMBEDDINGS), replica)]
+    followers = [embedding_follower(lambda: tail_consumer(cfg.kafka), cfg.topics.name(ITEM_EMBEDDINGS), replica)]
     retriever = None
     if cfg.retriever:
         from index.retriever import SequentialRetriever, retriever_followers
@@ -46,7 +46,7 @@ def build_context(cfg: StreamsConfig) -> tuple[StreamsContext, list[TopicTail]]:
         retriever = SequentialRetriever(signing_key=cfg.signing_key)
         if cfg.signing_key is None:
             log.warning("no signing key (VIP5_ADAPTER_SIGNING_KEY): retriever models are accepted unverified")
-        followers += retriever_followers(lambda: consumer(cfg.kafka, None), cfg.topics.name(RETRIEVER_VECTORS),
+        followers += retriever_followers(lambda: tail_consumer(cfg.kafka), cfg.topics.name(RETRIEVER_VECTORS),
                                          cfg.topics.name(RETRIEVER_MODELS), retriever)
     popularity = PopularityTracker(half_life_s=cfg.popularity_half_life_s)
     context = StreamsContext(encoder=encoder, replica=replica, popularity=popularity, stats=Counter(),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.kafka import KafkaConfig
+from runtime.kafka import KafkaConfig, consumer, tail_consumer
 
 
 def test_security_settings_pass_through_to_every_client():
@@ -64,3 +64,19 @@ def test_fetch_wait_comes_from_the_environment_and_stays_short_by_default():
 def test_fetch_wait_must_stay_below_the_request_timeout():
     with pytest.raises(ValueError, match="fetch_max_wait_ms"):
         KafkaConfig(fetch_max_wait_ms=30_000, request_timeout_ms=30_000)
+
+
+def test_replica_tails_wait_longer_than_the_hot_path_so_idle_tails_cost_next_to_nothing(monkeypatch):
+    """Each idle consumer costs one fetch per wait: 100 a second at 10 ms."""
+    import kafka
+
+    made = []
+    monkeypatch.setattr(kafka, "KafkaConsumer", lambda **settings: made.append(settings) or object())
+    cfg = KafkaConfig.from_env({"VIP5_KAFKA_REPLICA_FETCH_MAX_WAIT_MS": "300"})
+    tail_consumer(cfg)
+    consumer(cfg, "group")
+    assert (made[0]["group_id"], made[0]["fetch_max_wait_ms"]) == (None, 300)
+    assert made[1]["fetch_max_wait_ms"] == cfg.fetch_max_wait_ms
+    assert KafkaConfig().replica_fetch_max_wait_ms >= 10 * KafkaConfig().fetch_max_wait_ms
+    with pytest.raises(ValueError, match="replica_fetch_max_wait_ms"):
+        KafkaConfig(replica_fetch_max_wait_ms=-1)
