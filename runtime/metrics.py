@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+LAG_EVERY_S = 1.0  # consumer lag is recomputed at most this often (it walks every assigned partition)
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -54,6 +56,7 @@ class WorkerMetrics:
         self.alive = threading.Event()
         self.ready = threading.Event()
         self._checks: dict[str, Callable[[], bool]] = {}  # background parts the worker needs (followers)
+        self._lag_updated_s = float("-inf")
 
     def require(self, name: str, healthy: Callable[[], bool]) -> None:
         """Make /healthz and /readyz fail while `healthy()` is False (e.g. a replica follower stopped)."""
@@ -72,8 +75,13 @@ class WorkerMetrics:
         self.adapter_version.clear()
         self.adapter_version.labels(version=version).set(1)
 
-    def update_lag(self, consumer) -> None:
-        """Lag from the fetch high watermark (exact on every broker, unlike ListOffsets)."""
+    def update_lag(self, consumer, *, now_s: float | None = None) -> None:
+        """Lag from the fetch high watermark (exact on every broker, unlike ListOffsets), at most once
+        per `LAG_EVERY_S`: the worker loop calls this on every poll, a scrape reads it every few seconds."""
+        now_s = time.monotonic() if now_s is None else now_s
+        if now_s - self._lag_updated_s < LAG_EVERY_S:
+            return
+        self._lag_updated_s = now_s
         for tp in consumer.assignment():
             self.set_lag(tp.topic, tp.partition, consumer.highwater(tp), consumer.position(tp))
 

@@ -184,9 +184,15 @@ class VIP5Model(nn.Module):
     # ---- item tokens: next item over the whole catalogue ------------------------------------------
 
     def task_prompt_states(self, batch_size: int) -> torch.Tensor:
-        """Encoder states of the sequential task prompt, (B, T, D): the prompt selects the task."""
-        ids = self.tokenizer(self.config.sequence_prompt, return_tensors="pt").input_ids.to(self.device)  # (1, T)
-        states = self.backbone.get_encoder()(input_ids=ids).last_hidden_state  # (1, T, D)
+        """Encoder states of the sequential task prompt, (B, T, D): the prompt selects the task.
+        Outside training they are kept until an encoder tensor changes (as `item_table`)."""
+        encoder = self.backbone.get_encoder()
+
+        def encode() -> torch.Tensor:
+            ids = self.tokenizer(self.config.sequence_prompt, return_tensors="pt").input_ids.to(self.device)  # (1, T)
+            return encoder(input_ids=ids).last_hidden_state  # (1, T, D)
+
+        states = self._kept("task_prompt", [*encoder.parameters(), *encoder.buffers()], encode)
         return states.expand(batch_size, -1, -1)
 
     def sequence_states(self, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -200,15 +206,20 @@ class VIP5Model(nn.Module):
         """(I+2, D): every item's token (id embedding + mapped content feature). Outside training
         the table is kept until a tensor it depends on changes (an adapter swap points the mapping
         at other tensors; an in-place update bumps a tensor's version)."""
-        if self.training or torch.is_grad_enabled():
-            return self.item_tokens.table(self.image_mapping)
         tensors = [*self.item_tokens.parameters(), *self.item_tokens.buffers(), *self.image_mapping.parameters()]
+        return self._kept("item_table", tensors, lambda: self.item_tokens.table(self.image_mapping))
+
+    def _kept(self, name: str, tensors: list[torch.Tensor], compute) -> torch.Tensor:
+        """compute(), or outside training (no grad) the value kept from the last call while no tensor
+        in `tensors` has moved (data pointer) or changed in place (version). The kept value holds
+        its tensors' storage, so a freed slot's memory cannot come back under the same pointer."""
+        if self.training or torch.is_grad_enabled():
+            return compute()
         key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
-        cached = getattr(self, "_item_table_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, self.item_tokens.table(self.image_mapping))
-            self._item_table_cache = cached
-        return cached[1]
+        kept = self.__dict__.setdefault("_kept_values", {})
+        if name not in kept or kept[name][0] != key:
+            kept[name] = (key, compute(), [t.detach() for t in tensors])
+        return kept[name][1]
 
     def sequence_loss(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (B, L+1): [start, i_1, ..., i_L] right-padded; softmax cross-entropy over all items

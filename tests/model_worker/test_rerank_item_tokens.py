@@ -79,3 +79,19 @@ def test_the_item_table_is_reused_until_a_tensor_it_depends_on_changes():
         assert second is not first and not torch.allclose(second, first)
         model.item_tokens.set_features([1], np.zeros((1, 6), np.float32))
         assert model.item_table() is not second
+
+
+def test_the_task_prompt_is_encoded_once_until_an_encoder_tensor_changes():
+    model = _model()
+    with torch.no_grad():
+        first = model.task_prompt_states(2)
+        assert first.shape[0] == 2 and model.task_prompt_states(3)[0].data_ptr() == first[0].data_ptr()
+        encoder = model.backbone.get_encoder()
+        weight = next(p for n, p in encoder.named_parameters() if "layer_norm" in n)
+        weight.add_(0.5)  # an in-place update, as an adapter copy is
+        second = model.task_prompt_states(2)
+        assert not torch.allclose(second, first)
+        weight.data = weight.data.clone() - 0.5  # a slot swap points the parameter at other tensors
+        assert torch.allclose(model.task_prompt_states(2), first, atol=1e-6)
+    model.train()
+    assert model.task_prompt_states(1).requires_grad  # training always encodes afresh

@@ -66,3 +66,34 @@ def test_metrics_server_listens_on_loopback_by_default(served):
     _, url = served
     assert url.startswith("http://127.0.0.1:")
     assert get(f"{url}/nope")[0] == 404
+
+
+def test_consumer_lag_is_recomputed_at_most_once_a_second_however_often_the_loop_polls():
+    from collections import namedtuple
+
+    from runtime.metrics import LAG_EVERY_S
+
+    tp = namedtuple("TP", "topic partition")("rerank-requests", 0)
+
+    class Consumer:
+        highwater_calls = 0
+        end = 10
+
+        def assignment(self):
+            return {tp}
+
+        def highwater(self, _):
+            self.highwater_calls += 1
+            return self.end
+
+        def position(self, _):
+            return 4
+
+    metrics, consumer = WorkerMetrics("model-worker"), Consumer()
+    lag = metrics.consumer_lag.labels(topic="rerank-requests", partition="0")
+    metrics.update_lag(consumer, now_s=100.0)
+    consumer.end = 12
+    metrics.update_lag(consumer, now_s=100.0 + LAG_EVERY_S / 2)
+    assert (consumer.highwater_calls, lag._value.get()) == (1, 6)
+    metrics.update_lag(consumer, now_s=100.0 + LAG_EVERY_S)
+    assert (consumer.highwater_calls, lag._value.get()) == (2, 8)
