@@ -39,8 +39,9 @@ def register(commands, bench) -> None:
                        help="folder with products.csv + images/ for the encoder images/s")
     index.add_argument("--skip-encoder", action="store_true", help="leave out the encoder images/s")
     index.add_argument("--threads", type=int, default=None, help="CPU threads for the encoder (torch)")
-    index.add_argument("--faiss-threads", type=int, default=None,
-                       help="OpenMP threads for faiss (process-wide); 1 avoids spin-wait stalls on a busy host")
+    index.add_argument("--faiss-threads", type=int, default=1,
+                       help="OpenMP threads for faiss (process-wide); 1, as the streams worker searches, "
+                       "avoids spin-wait stalls on a busy host; 0: faiss's default (all cores)")
 
     neighbours = add_command(bench, "visual-neighbours", neighbours_command,
                              "precision@k of same article type among visual neighbours")
@@ -99,10 +100,10 @@ def bench_index_command(args: argparse.Namespace) -> dict:
     from index.bench import bench_encoder, bench_index, labelled_images
 
     sizes = args.sizes[:1] if args.quick else args.sizes
-    if args.faiss_threads is not None:
-        from index.faiss_backend import faiss_module
+    if args.faiss_threads:
+        from index.faiss_backend import set_threads
 
-        faiss_module().omp_set_num_threads(args.faiss_threads)
+        set_threads(args.faiss_threads)
     result = bench_index(sizes, args.dim, distribution=args.distribution)
     result["faiss_threads"] = _faiss_threads()
     if not args.skip_encoder:

@@ -114,6 +114,13 @@ def to_gpu(index, resources):
     return faiss_module().index_cpu_to_gpu(resources, 0, index)
 
 
+def set_threads(n: int) -> None:
+    """OpenMP threads faiss uses in this process (process-wide)."""
+    if n < 1:
+        raise ValueError(f"faiss threads must be >= 1, got {n}")
+    faiss_module().omp_set_num_threads(n)
+
+
 def is_gpu_index(index) -> bool:
     if not gpu_build():  # faiss-cpu: no GPU index can exist (and the attribute probe below is not free)
         return False

@@ -50,6 +50,7 @@ def streams_config(args: argparse.Namespace):
         max_users=args.max_users,
         user_idle_s=args.user_idle_s,
         coalesce_ms=args.coalesce_ms,
+        faiss_threads=args.faiss_threads,
         text_encoder=args.text_encoder,
         retriever=not args.no_retriever,
         signing_key=signing_key_from_env(os.environ),
@@ -100,6 +101,8 @@ def register(commands, bench) -> None:
     p.add_argument("--coalesce-ms", type=int, default=5,
                    help="take the interactions arriving within this window together; a user's become one "
                    "request (0: one event at a time)")
+    p.add_argument("--faiss-threads", type=int, default=1,
+                   help="OpenMP threads for faiss searches (one query at a time: 1 is fastest)")
     add_metrics_args(p)
     p.add_argument("--batched-changelog", action="store_true",
                    help="batch table changelog writes (faster; only correct on Apache Kafka, not on Tansu)")

@@ -63,11 +63,15 @@ class StreamsConfig:
     # table recovery depends on them. True costs throughput; set False against Apache Kafka.
     one_record_per_batch: bool = True
     replica_wait_s: float = 30.0  # how long start-up waits for the embeddings replica to catch up
+    # OpenMP threads faiss may use in this process. The worker searches one user's query at a time,
+    # which more threads do not speed up: on the 2-core box `vip5 bench index --quick` (10,000 items,
+    # exact search) gave p50 0.31 / p99 0.40 ms with 1 thread and 1.39 / 2.94 ms with 2.
+    faiss_threads: int = 1
     lag_interval_s: float = 5.0  # how often vip5_consumer_lag is read for the input partitions
 
     def __post_init__(self) -> None:
         positive = ("history_len", "dedupe_window", "max_users", "coalesce_max", "image_batch_size",
-                    "image_batch_wait_ms", "stream_buffer_maxsize")
+                    "image_batch_wait_ms", "stream_buffer_maxsize", "faiss_threads")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -59,6 +59,9 @@ def run_worker(cfg: StreamsConfig, *, loglevel: str = "info", log_format: str = 
                metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
     import faust
 
+    from index.faiss_backend import set_threads
+
+    set_threads(cfg.faiss_threads)
     create_topics(cfg.kafka, cfg.topics)
     ctx, followers = build_context(cfg)
     for follower in followers:

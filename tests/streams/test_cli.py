@@ -45,3 +45,11 @@ def test_covisit_fusion_defaults_to_the_configs_weight_and_a_negative_one_keeps_
     assert streams_config(parse(["streams"])).candidates.covisit_fusion == CandidateConfig().covisit_fusion == 1.0
     assert streams_config(parse(["streams", "--covisit-fusion", "2.5", "--slots", "covisit=5"])).candidates.covisit_fusion == 2.5
     assert streams_config(parse(["streams", "--covisit-fusion", "-1"])).candidates.covisit_fusion is None
+
+
+def test_faiss_searches_on_one_thread_unless_told_otherwise():
+    """The worker searches one user's query at a time: more OpenMP threads only spin."""
+    assert streams_config(build_parser().parse_args(["streams"])).faiss_threads == 1
+    assert streams_config(build_parser().parse_args(["streams", "--faiss-threads", "4"])).faiss_threads == 4
+    with pytest.raises(ValueError, match="faiss_threads"):
+        StreamsConfig(faiss_threads=0)
