@@ -2,6 +2,7 @@
 
     ItemsHandler         ItemUpsert events        ──► embed images, or title + category when an
                                                       item has no image (off the loop) ──► item-embeddings
+                                                      and this worker's catalogue replica
     InteractionsHandler  Interaction events        ──► history table, candidates   ──► rerank-requests
                          (a record with the `vip5-backfill` header updates the history only: no request)
     Intake               raw events of any topic   ──► (event, record) pairs; undecodable ──► dead-letter
@@ -156,6 +157,9 @@ class ItemsHandler:
         record = ItemEmbedding(item_id=upsert.item_id, vector=vector, encoder_id=encoder_id,
                                event_time_ms=upsert.event_time_ms, embedded_time_ms=now_ms())
         await self.send(ITEM_EMBEDDINGS, upsert.item_id.encode(), encode(record))
+        # This worker's own replica takes the item now; the tail of item-embeddings brings the same
+        # record (and every other worker's items) a fetch wait later.
+        self.ctx.replica.apply([record])
         self.ctx.stats["items_embedded"] += 1
         self.ctx.metrics.records_out.labels(topic=self.cfg.topics.name(ITEM_EMBEDDINGS)).inc()
 

@@ -39,6 +39,11 @@ class FakeEncoder:
 class FixedCandidates:
     def __init__(self, items):
         self.items = items
+        self.applied = []  # embeddings the worker gave its own replica
+
+    def apply(self, records):
+        self.applied += records
+        return len(records)
 
     def candidates(self, history, popularity, config, *, now_s, covisitation=None, retriever=None):
         return [RetrievedItem(i, 1.0, "visual") for i in self.items if i not in history]
@@ -120,6 +125,7 @@ def test_items_are_embedded_in_one_call_and_an_undecodable_image_is_dead_lettere
                ItemUpsert(item_id="i3", title="t", category="c", event_time_ms=1)]
     asyncio.run(items.handle([event(u, n, topic="t.items") for n, u in enumerate(upserts)]))
     assert [e.item_id for e in out.on(ITEM_EMBEDDINGS, ItemEmbedding)] == ["i1"]
+    assert [e.item_id for e in ctx.replica.applied] == ["i1"]  # searchable here before the topic comes back
     (letter,) = out.on(DEAD_LETTER, DeadLetter)
     assert letter.stage == "embed" and "cannot decode" in letter.reason
     assert ctx.stats["items_without_image"] == 1 and ctx.stats["items_embedded"] == 1
