@@ -283,7 +283,7 @@ def run_trainer(cfg: TrainerConfig, stop, *, metrics_port: int | None = None, me
             latest = latest_update(cfg.kafka, cfg.topics)
             if latest is not None and latest.version != trainer.version:
                 trainer.adopt(latest)  # e.g. an operator rolled back
-            catalogue = replica.ids()
+            catalogue = sorted(replica.ids())  # not arrival order: a round's evaluation must not depend on fetch timing
             with metrics.stage_seconds.labels(stage="train_round").time():
                 update = trainer.round(replica.features(catalogue), catalogue) if len(catalogue) >= 2 else None
             if update is not None:
