@@ -333,18 +333,21 @@ class UserQuery:
 
     def __init__(self, query: np.ndarray, index: ItemIndex):
         self.query, self.index = query, index
+        self._affinity: dict[str, float | None] = {}  # item id -> inner product, computed once per query
 
     def top(self, k: int, *, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """Up to k (item id, inner product), best first, none of `exclude`."""
         return [(hit.item_id, hit.score) for hit in self.index.search_one(self.query, k, exclude=exclude)]
 
     def affinity(self, item_ids: Sequence[str]) -> list[float | None]:
-        """The inner product of each item's vector with the query; None where there is no vector."""
-        vectors = self.index.get_vectors(item_ids)
-        if not vectors:
-            return [None] * len(item_ids)
-        scores = dict(zip(vectors, (np.stack(list(vectors.values())) @ self.query).tolist(), strict=True))
-        return [scores.get(i) for i in item_ids]
+        """The inner product of each item's vector with the query; None where there is no vector.
+        Each item is scored once per query (the merge asks for the behavioural items, then for all)."""
+        missing = [i for i in dict.fromkeys(item_ids) if i not in self._affinity]
+        vectors = self.index.get_vectors(missing) if missing else {}
+        if vectors:
+            self._affinity.update(zip(vectors, (np.stack(list(vectors.values())) @ self.query).tolist(), strict=True))
+        self._affinity.update((i, None) for i in missing if i not in vectors)
+        return [self._affinity[i] for i in item_ids]
 
 
 def model_handler(retriever: SequentialRetriever) -> Callable[[list], None]:
