@@ -38,8 +38,9 @@ def train_command(args: argparse.Namespace) -> dict:
     import torch
 
     from index.retriever import save_retriever
-    from index.sasrec import SASRecConfig, SASRecScorer
+    from index.sasrec import SASRecConfig
     from model_worker.offline.data import DataConfig, load_data, training_split
+    from model_worker.offline.retriever import fit_retriever
     from model_worker.offline.train import TrainConfig
 
     if args.threads:
@@ -52,12 +53,8 @@ def train_command(args: argparse.Namespace) -> dict:
                           seed=args.seed, patience=args.patience)
     started = time.monotonic()
     content = item_content(data, args.content, Path(args.content_cache or args.out))
-    attributes = item_attributes(data) if args.attributes else None
-    validate = (lambda fitted: validation_scores(fitted, split.valid)["recall@100"]) if split.valid else None
-    scorer = SASRecScorer(split.train, data.n_items, config, content=content, attributes=attributes,
-                          validate=validate)
-    info = {"data": data.name, "train_on_valid": not args.strict_split, "content": args.content, **scorer.info(),
-            "valid": validation_scores(scorer, split.valid)}
+    scorer, fitted = fit_retriever(data, split, config, content=content, attributes=args.attributes)
+    info = {"data": data.name, "train_on_valid": not args.strict_split, "content": args.content, **fitted}
     version = save_retriever(scorer.model, data.item_keys, args.out, info=info)
     return {"out": args.out, "version": version, "items": data.n_items, "users": len(split.train),
             "train_s": round(time.monotonic() - started, 1), **info}
@@ -74,32 +71,6 @@ def item_content(data, content: str, cache: Path):
     from vip5.train_cli import ContentEncoder
 
     return text_content_vectors(data, cache, ContentEncoder())
-
-
-def item_attributes(data) -> list[list[int]] | None:
-    """Each item's attribute ids (row 0 empty), numbered from the names in its category field
-    (`item2attributes.json`'s categories and brand, comma-separated); None when no item has any."""
-    vocabulary: dict[str, int] = {}
-    rows = [[]] + [[vocabulary.setdefault(name, len(vocabulary)) for name in data.category(i).split(", ") if name]
-                   for i in range(1, data.n_items + 1)]
-    return rows if vocabulary else None
-
-
-def validation_scores(scorer, examples, *, batch: int = 512) -> dict:
-    """HR@10 and recall@100 of the retriever's own ranking (history items excluded) on `examples`."""
-    import numpy as np
-
-    hits = np.zeros((len(examples), 2), dtype=bool)
-    for start in range(0, len(examples), batch):
-        chunk = examples[start:start + batch]
-        scores = scorer.scores([e.history for e in chunk])  # (B, I+1)
-        for row, example in enumerate(chunk):
-            scores[row, list(example.history)] = -np.inf
-            target = scores[row, example.target]
-            rank = int((scores[row] > target).sum())  # items scored above the target
-            hits[start + row] = (rank < 10, rank < 100)
-    return {"users": len(examples), "hr@10": round(float(hits[:, 0].mean()), 4) if len(examples) else None,
-            "recall@100": round(float(hits[:, 1].mean()), 4) if len(examples) else None}
 
 
 def publish_command(args: argparse.Namespace) -> dict:

@@ -45,7 +45,8 @@ def train_command(args: argparse.Namespace) -> dict:
         grad_clip=args.grad_clip, time_budget_s=args.time_budget_s, checkpoint_every=args.checkpoint_every,
         threads=args.threads, seed=args.seed, item_ids=args.item_ids, content=args.content,
         max_len=args.max_len, validate_every_s=args.validate_every_s, cold_items_share=args.cold_items_share,
-        **{name: value for name, value in (("dropout_rate", args.dropout), ("weight_decay", args.weight_decay))
+        **{name: value for name, value in (("dropout_rate", args.dropout), ("weight_decay", args.weight_decay),
+                                           ("item_init", args.item_init), ("retriever_share", args.retriever_share))
            if value is not None},
         model_overrides={} if args.content_loss_weight is None else {"content_loss_weight": args.content_loss_weight},
     )
@@ -131,6 +132,11 @@ def register(commands, bench) -> None:
                        help="one token per item + content vector (default) or the paper's digit-piece ids")
     train.add_argument("--content", choices=("text", "none"), default="text",
                        help="item content vectors from the text encoder where the data has no image features")
+    train.add_argument("--item-init", choices=("random", "retriever"), default=None,
+                       help="item tokens: random, or fit the learned sequential retriever first and start from its "
+                       "item vectors, saved in <out>/retriever (default: TrainConfig.item_init)")
+    train.add_argument("--retriever-share", type=float, default=None,
+                       help="share of --time-budget-s the retriever fit may take (default: TrainConfig.retriever_share)")
     train.add_argument("--max-len", type=int, default=50, help="training items per sequence (item tokens)")
     train.add_argument("--validate-every-s", type=float, default=300.0,
                        help="validation HR@10 this often; the best model is kept (item tokens)")

@@ -68,7 +68,11 @@ class TrainConfig:
     every training sequence, to measure how items that arrive after training are served;
     train_on_valid: training sequences also end with the validation item of every user but the
     `validate_users` validation users (the test item is never trained on; the baselines of
-    `vip5 evaluate` are fitted on the same sequences)."""
+    `vip5 evaluate` are fitted on the same sequences);
+    item_init: "random" or "retriever" (item tokens): first fit the learned sequential retriever
+    (SASRec with d_model-sized vectors, `model_worker.offline.retriever`) for `retriever_share` of
+    the time budget (of 600 s without one), save it in `<out_dir>/retriever/` and start every item's
+    id embedding from its item vector (collaborative item tokens); the stages share what is left."""
 
     out_dir: str
     preset: str = "mini"
@@ -96,8 +100,16 @@ class TrainConfig:
     validate_users: int = 2000
     cold_items_share: float = 0.0
     train_on_valid: bool = True
+    item_init: str = "random"
+    retriever_share: float = 0.25
 
     def __post_init__(self) -> None:
+        if self.item_init not in ("random", "retriever"):
+            raise ValueError(f"TrainConfig.item_init must be 'random' or 'retriever', got {self.item_init!r}")
+        if self.item_init == "retriever" and self.item_ids != "tokens":
+            raise ValueError("TrainConfig.item_init='retriever' needs item_ids='tokens'")
+        if not 0 < self.retriever_share < 1:
+            raise ValueError(f"TrainConfig.retriever_share must be in (0, 1), got {self.retriever_share}")
         if self.item_ids not in ("tokens", "digits"):
             raise ValueError(f"TrainConfig.item_ids must be 'tokens' or 'digits', got {self.item_ids!r}")
         if self.content not in ("text", "none"):
@@ -190,6 +202,44 @@ def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
         rows = np.nonzero(data.has_image[1:])[0] + 1
         model.item_tokens.set_features(rows, data.image_features[rows])
     return model
+
+
+RETRIEVER_DIR = "retriever"  # <out_dir>/retriever: the retriever `item_init="retriever"` fitted
+
+
+def item_retriever(data: RecData, split: LeaveOneOut, config: TrainConfig, d_model: int, out: Path):
+    """(SASRec, info) of the run's retriever: fitted on the run's split for `retriever_share` of
+    its time budget and saved in `<out>/retriever/` (a `vip5 retriever` folder), or read back from
+    there when a resumed run already has it."""
+    from index.retriever import META_FILE, load_retriever, save_retriever
+    from index.sasrec import SASRecConfig
+
+    from .retriever import fit_retriever
+
+    folder = out / RETRIEVER_DIR
+    if (folder / META_FILE).exists():
+        _, model, _ = load_retriever(folder)
+        return model, json.loads((folder / META_FILE).read_text())["info"]
+    budget = config.retriever_share * (config.time_budget_s or 2400.0)
+    scorer, info = fit_retriever(data, split, SASRecConfig(hidden=d_model, time_budget_s=budget, seed=config.seed),
+                                 content=data.image_features)
+    info = {"data": data.name, "train_on_valid": config.train_on_valid, **info}
+    save_retriever(scorer.model, data.item_keys, folder, info=info)
+    log.info("retriever: %d epochs in %.0f s, validation %s", info["epochs"], info["train_s"], info["valid"])
+    return scorer.model, info
+
+
+@torch.no_grad()
+def init_item_tokens(model, retriever) -> None:
+    """Start every item's id embedding from the retriever's item vector (ids, content and
+    attributes folded in), scaled so that a decoder state of unit RMS gives the retriever's logits."""
+    tokens = model.item_tokens
+    table = retriever.item_table()[1:]  # (I, D)
+    if table.shape != (tokens.n_items, tokens.id_embedding.weight.shape[1]):
+        raise ValueError(f"retriever vectors {tuple(table.shape)} do not fit {tokens.n_items} item tokens of "
+                         f"size {tokens.id_embedding.weight.shape[1]}")
+    scale = retriever.final_norm.weight.norm() / math.sqrt(table.shape[1])
+    tokens.id_embedding.weight[1:tokens.n_items + 1] = table * scale
 
 
 def write_run_config(out: Path, data_config: DataConfig, tasks: TaskConfig, train: TrainConfig) -> None:
@@ -325,7 +375,7 @@ def run_stage(model, optimizer, state: StageState, sampler, images: dict, train:
             save_checkpoint(model, optimizer, state, out)
         if validator is not None and time.monotonic() - last_validation >= validator.every_s:
             hr10 = validator(model, step=state.step, elapsed_s=state.elapsed_s)
-            bar.write(f"{state.stage} step {state.step}: validation hr@10 {hr10:.4f}")
+            bar.write(f"{state.stage} step {state.step}: validation hr@10 {hr10:.4f}", file=sys.stderr)
             last_validation = time.monotonic()
     bar.close()
     if window:
@@ -395,6 +445,13 @@ def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, re
     else:
         model, state, optimizer_state = loaded
         log.info("resuming stage %s at step %d", state.stage, state.step)
+    retriever_info = None
+    if config.item_init == "retriever":
+        retriever, retriever_info = item_retriever(data, split, config, model.backbone.config.d_model, out)
+        if loaded is None:
+            init_item_tokens(model, retriever)
+        if config.time_budget_s is not None:  # the stages share what the retriever left
+            config = replace(config, time_budget_s=max(config.time_budget_s - retriever_info["train_s"], 1.0))
     summaries = _previous_summaries(out) if loaded is not None else []
     for stage in config.stages:
         if state is not None and STAGES.index(stage) < STAGES.index(state.stage):
@@ -424,7 +481,8 @@ def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, re
     return {"out_dir": str(out), "stages": model.stages_run, "data": data.summary(),
             "validation": validator.history if validator is not None else [],
             "model": {"preset": config.preset, "backbone": config.backbone, **report}, "stage_runs": summaries,
-            "train_s": round(sum(s["train_s"] for s in summaries), 1)}
+            **({"retriever": retriever_info} if retriever_info is not None else {}),
+            "train_s": round(sum(s["train_s"] for s in summaries) + (retriever_info or {}).get("train_s", 0.0), 1)}
 
 
 def _previous_summaries(out: Path) -> list[dict]:
