@@ -57,6 +57,17 @@ def load_replay_data(data_path: str, model_dir: Path):
     return load_data(config)
 
 
+def replay_retriever(asked: str | None, model_dir: Path) -> Path | None:
+    """The retriever folder to publish: the one asked for, none for "none", else the run's own
+    (`vip5 train --item-init retriever` saves it in <run>/retriever) when it has one."""
+    from model_worker.offline.train import RETRIEVER_DIR
+
+    if asked is not None:
+        return None if asked == "none" else Path(asked)
+    own = model_dir / RETRIEVER_DIR
+    return own if own.is_dir() else None
+
+
 def model_path(model_dir: Path) -> Path:
     """A run directory (`vip5 train --out`) or its `model/`."""
     return model_dir / "model" if (model_dir / "model" / "vip5_config.json").exists() else model_dir
@@ -227,7 +238,7 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
                           "--max-users", str(max(20_000, len({user for user, _ in replay_log.train})))),
             trainer_args=() if args.trainer else None, start_timeout_s=300.0)
         run = run_replay(data, replay_log, stack_cfg, timeout_s=args.timeout,
-                         retriever_dir=Path(args.retriever) if args.retriever else None)
+                         retriever_dir=replay_retriever(args.retriever, model_dir))
     result = score(data, replay_log, run["recommendations"], run["requests"], seed=args.seed, halves=args.trainer)
     out = {"data": data.name, "n_items": data.n_items, "train_interactions": len(replay_log.train),
            "ordered_by": replay_log.ordered_by, **result, **run["timing"], "retriever": run["retriever"]}
@@ -267,7 +278,8 @@ def register(commands, bench) -> None:
     p.add_argument("--seed", type=int, default=0, help="user sample, interleaving and tie-breaking")
     p.add_argument("--trainer", action="store_true", help="run the adapter trainer too; report `halves`")
     p.add_argument("--retriever", default=None, metavar="RDIR",
-                   help="publish this `vip5 retriever train` folder before the log: the sequential candidates")
+                   help="publish this `vip5 retriever train` folder before the log: the sequential candidates "
+                   "(default: the run's own <model-dir>/retriever when it has one; none: no retriever)")
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--candidates", type=int, default=100, help="candidates per re-rank request")
     p.add_argument("--prompt-history-len", type=int, default=20)

@@ -41,12 +41,13 @@ def train_command(args: argparse.Namespace) -> dict:
     stages = None if args.stages is None else tuple(s.strip() for s in args.stages.split(",") if s.strip())
     config = TrainConfig(
         out_dir=args.out, preset=args.preset, backbone=args.backbone, stages=stages, pretrain_steps=args.pretrain_steps,
-        adapt_steps=args.adapt_steps, batch_size=args.batch_size, lr=args.lr, warmup_fraction=args.warmup,
+        adapt_steps=args.adapt_steps, batch_size=args.batch_size, warmup_fraction=args.warmup,
         grad_clip=args.grad_clip, time_budget_s=args.time_budget_s, checkpoint_every=args.checkpoint_every,
         threads=args.threads, seed=args.seed, item_ids=args.item_ids, content=args.content,
         max_len=args.max_len, validate_every_s=args.validate_every_s, cold_items_share=args.cold_items_share,
         **{name: value for name, value in (("dropout_rate", args.dropout), ("weight_decay", args.weight_decay),
-                                           ("item_init", args.item_init), ("retriever_share", args.retriever_share))
+                                           ("item_init", args.item_init), ("retriever_share", args.retriever_share),
+                                           ("lr", args.lr))
            if value is not None},
         model_overrides={} if args.content_loss_weight is None else {"content_loss_weight": args.content_loss_weight},
     )
@@ -133,8 +134,9 @@ def register(commands, bench) -> None:
     train.add_argument("--content", choices=("text", "none"), default="text",
                        help="item content vectors from the text encoder where the data has no image features")
     train.add_argument("--item-init", choices=("random", "retriever"), default=None,
-                       help="item tokens: random, or fit the learned sequential retriever first and start from its "
-                       "item vectors, saved in <out>/retriever (default: TrainConfig.item_init)")
+                       help="retriever (the default for item tokens): fit the learned sequential retriever first "
+                       "(--retriever-share of the budget), start the item tokens from its item vectors and save it "
+                       "in <out>/retriever; random: item ids start random (the default for digit ids)")
     train.add_argument("--retriever-share", type=float, default=None,
                        help="share of --time-budget-s the retriever fit may take (default: TrainConfig.retriever_share)")
     train.add_argument("--max-len", type=int, default=50, help="training items per sequence (item tokens)")
@@ -147,7 +149,8 @@ def register(commands, bench) -> None:
     train.add_argument("--pretrain-steps", type=int, default=12000)
     train.add_argument("--adapt-steps", type=int, default=600)
     train.add_argument("--batch-size", type=int, default=128, help="sequences (tokens) or prompts (digits) per step")
-    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    train.add_argument("--lr", type=float, default=None,
+                       help="peak learning rate (default: 1e-3 from the retriever's item vectors, 3e-3 from random)")
     train.add_argument("--warmup", type=float, default=0.05, help="warmup share of each stage's steps")
     train.add_argument("--grad-clip", type=float, default=1.0)
     train.add_argument("--dropout", type=float, default=None,

@@ -40,7 +40,7 @@ import torch
 from model_worker.training import lr_factor, make_optimizer, train_step
 from model_worker.vip5model.config import PRESETS, STAGES, VIP5Config
 
-from .data import DataConfig, LeaveOneOut, RecData, load_data, training_split, validation_users
+from .data import SPLIT_FIELDS, DataConfig, LeaveOneOut, RecData, load_data, training_split, validation_users
 from .tasks import SequenceSampler, TaskConfig, TrainingSampler, image_lookup, tokenizer_corpus
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class TrainConfig:
     None for the preset; stages: which stages run, in order (None: "pretrain" then "adapt" for a
     preset, "adapt" alone for a pretrained backbone, which must not forget what it knows);
     pretrain_steps/adapt_steps: optimizer steps per stage; batch_size: prompts per step;
-    lr: peak learning rate (both stages; the paper uses 1e-3); warmup_fraction: share of a stage's
+    lr: peak learning rate (both stages; None: 1e-3, the paper's, when the item tokens start from
+    the retriever, which a larger rate erodes, and 3e-3 from random weights); warmup_fraction: share of a stage's
     steps spent warming up; weight_decay: AdamW; grad_clip: max gradient norm; time_budget_s:
     wall-clock limit of the whole run (None: steps only); checkpoint_every: steps between
     checkpoints; log_every: steps per recorded mean loss; dropout_rate: backbone dropout (0 by default: on a CPU its masks cost about a
@@ -69,10 +70,11 @@ class TrainConfig:
     train_on_valid: training sequences also end with the validation item of every user but the
     `validate_users` validation users (the test item is never trained on; the baselines of
     `vip5 evaluate` are fitted on the same sequences);
-    item_init: "random" or "retriever" (item tokens): first fit the learned sequential retriever
-    (SASRec with d_model-sized vectors, `model_worker.offline.retriever`) for `retriever_share` of
-    the time budget (of 600 s without one), save it in `<out_dir>/retriever/` and start every item's
-    id embedding from its item vector (collaborative item tokens); the stages share what is left."""
+    item_init: "retriever" (the default for item tokens): first fit the learned sequential
+    retriever (SASRec with d_model-sized vectors, `model_worker.offline.retriever`) for
+    `retriever_share` of the time budget (of 2,400 s without one), save it in `<out_dir>/retriever/`
+    and start every item's id embedding from its item vector (collaborative item tokens); the
+    stages share what is left. "random" (the default for digit ids): item ids start random."""
 
     out_dir: str
     preset: str = "mini"
@@ -81,7 +83,7 @@ class TrainConfig:
     pretrain_steps: int = 12000
     adapt_steps: int = 600
     batch_size: int = 128
-    lr: float = 3e-3
+    lr: float | None = None  # a number after construction
     warmup_fraction: float = 0.05
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -100,10 +102,12 @@ class TrainConfig:
     validate_users: int = 2000
     cold_items_share: float = 0.0
     train_on_valid: bool = True
-    item_init: str = "random"
+    item_init: str | None = None  # "retriever" for item tokens, "random" for digit ids, after construction
     retriever_share: float = 0.25
 
     def __post_init__(self) -> None:
+        if self.item_init is None:
+            object.__setattr__(self, "item_init", "retriever" if self.item_ids == "tokens" else "random")
         if self.item_init not in ("random", "retriever"):
             raise ValueError(f"TrainConfig.item_init must be 'random' or 'retriever', got {self.item_init!r}")
         if self.item_init == "retriever" and self.item_ids != "tokens":
@@ -131,6 +135,8 @@ class TrainConfig:
         for name in ("pretrain_steps", "adapt_steps", "batch_size", "checkpoint_every", "log_every", "threads"):
             if getattr(self, name) < (0 if name.endswith("_steps") else 1):
                 raise ValueError(f"TrainConfig.{name} is out of range: {getattr(self, name)}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", 1e-3 if self.item_init == "retriever" else 3e-3)
         if self.lr <= 0 or self.grad_clip <= 0 or self.weight_decay < 0:
             raise ValueError("TrainConfig.lr and TrainConfig.grad_clip must be > 0, weight_decay >= 0")
         if not 0 <= self.warmup_fraction < 1:
@@ -210,7 +216,7 @@ RETRIEVER_DIR = "retriever"  # <out_dir>/retriever: the retriever `item_init="re
 def item_retriever(data: RecData, split: LeaveOneOut, config: TrainConfig, d_model: int, out: Path):
     """(SASRec, info) of the run's retriever: fitted on the run's split for `retriever_share` of
     its time budget and saved in `<out>/retriever/` (a `vip5 retriever` folder), or read back from
-    there when a resumed run already has it."""
+    there when the folder already holds one for the same items and split (a resumed run)."""
     from index.retriever import META_FILE, load_retriever, save_retriever
     from index.sasrec import SASRecConfig
 
@@ -218,15 +224,22 @@ def item_retriever(data: RecData, split: LeaveOneOut, config: TrainConfig, d_mod
 
     folder = out / RETRIEVER_DIR
     if (folder / META_FILE).exists():
-        _, model, _ = load_retriever(folder)
-        return model, json.loads((folder / META_FILE).read_text())["info"]
+        meta = json.loads((folder / META_FILE).read_text())
+        if meta["item_keys"] == list(data.item_keys) and meta["info"].get("split") == split_fields(config):
+            return load_retriever(folder)[1], meta["info"]
+        log.warning("%s holds a retriever for other items or another split: fitting a new one", folder)
     budget = config.retriever_share * (config.time_budget_s or 2400.0)
     scorer, info = fit_retriever(data, split, SASRecConfig(hidden=d_model, time_budget_s=budget, seed=config.seed),
                                  content=data.image_features)
-    info = {"data": data.name, "train_on_valid": config.train_on_valid, **info}
+    info = {"data": data.name, "split": split_fields(config), **info}
     save_retriever(scorer.model, data.item_keys, folder, info=info)
     log.info("retriever: %d epochs in %.0f s, validation %s", info["epochs"], info["train_s"], info["valid"])
     return scorer.model, info
+
+
+def split_fields(config: TrainConfig) -> dict:
+    """What decides a run's training split (recorded with its retriever)."""
+    return {name: getattr(config, name) for name in SPLIT_FIELDS}
 
 
 @torch.no_grad()
@@ -260,6 +273,7 @@ def read_run_config(out: Path) -> tuple[DataConfig, TaskConfig, TrainConfig]:
     record = json.loads((out / "train_config.json").read_text())
     tasks = record["tasks"]
     tasks["family_weights"] = tuple(tasks["family_weights"])
+    record["train"].setdefault("item_init", "random")  # runs recorded before retriever init
     return DataConfig(**record["data"]), TaskConfig(**tasks), TrainConfig(**record["train"])
 
 

@@ -1,6 +1,6 @@
 """`vip5 bench replay` through the real broker and worker processes, on a slice of Amazon Beauty:
 every test user gets a recommendation, the published lists beat popularity on the same users, and
-a retriever published on its topics feeds the candidates."""
+the run's retriever, published on its topics, feeds the candidates."""
 
 import time
 from pathlib import Path
@@ -16,8 +16,8 @@ USERS = 300
 
 @pytest.fixture(scope="session")
 def slice_run(tmp_path_factory) -> Path:
-    """An item-token VIP5 trained for about a minute on the slice (as tests/model_worker/offline/
-    test_item_token_learning.py does), once per session."""
+    """The default recipe on the slice for about a minute, once per session: the retriever first
+    (saved in <run>/retriever), then the item-token VIP5 started from its item vectors."""
     from model_worker.offline.data import DataConfig
     from model_worker.offline.tasks import TaskConfig
     from model_worker.offline.train import TrainConfig, train
@@ -29,19 +29,8 @@ def slice_run(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def slice_retriever(tmp_path_factory) -> Path:
-    """`vip5 retriever train` on the slice for a few seconds."""
-    out = tmp_path_factory.mktemp("slice-retriever")
-    args = build_parser().parse_args(["retriever", "train", "--data", str(SLICE), "--out", str(out),
-                                      "--time-budget-s", "10", "--threads", "1", "--json"])
-    assert args.handler(args)["version"].startswith("sasrec-")
-    return out
-
-
-def test_a_replayed_slice_recommends_to_every_test_user_and_beats_popularity(slice_run, slice_retriever):
+def test_a_replayed_slice_recommends_to_every_test_user_and_beats_popularity(slice_run):
     args = build_parser().parse_args(["bench", "replay", "--data", str(SLICE), "--model-dir", str(slice_run),
-                                      "--retriever", str(slice_retriever),
                                       "--users", str(USERS), "--timeout", "240", "--json"])
     started = time.monotonic()
     result = args.handler(args)
@@ -50,7 +39,7 @@ def test_a_replayed_slice_recommends_to_every_test_user_and_beats_popularity(sli
     assert result["replay"]["n_users"] == result["popularity"]["n_users"] == USERS
     assert result["replay"]["hr@10"] > result["popularity"]["hr@10"], result
     assert set(result["recall_at_100"]) == {"covisit", "sequential", "visual", "popular", "fresh", "all"}
-    # the published retriever reached the streams worker through its topics and fed the candidates
+    # the run's own retriever was published, reached the streams worker through its topics and fed the candidates
     assert result["retriever"]["vectors"] > 0 and result["recall_at_100"]["sequential"] > 0, result
     assert result["events_per_s"] > 0 and result["freshness_p99_ms"] >= result["freshness_p50_ms"] > 0
     assert elapsed < 240, elapsed

@@ -28,3 +28,13 @@ def test_train_uses_the_runs_split_and_reports_its_validation_scores(tmp_path):
     assert (tmp_path / "content_vectors.npy").exists()  # cached for the next run
     assert 0 < result["valid"]["users"] <= 2000 and 0 <= result["valid"]["recall@100"] <= 1
     assert json.loads((tmp_path / "retriever.json").read_text())["info"]["valid"] == result["valid"]
+
+
+def test_a_replay_publishes_the_runs_own_retriever_unless_told_otherwise(tmp_path):
+    from vip5.bench_replay import replay_retriever
+
+    assert replay_retriever(None, tmp_path) is None  # a run without one: no sequential source
+    (tmp_path / "retriever").mkdir()
+    assert replay_retriever(None, tmp_path) == tmp_path / "retriever"
+    assert replay_retriever("none", tmp_path) is None
+    assert replay_retriever("/elsewhere", tmp_path) == Path("/elsewhere")

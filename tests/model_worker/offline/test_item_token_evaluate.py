@@ -22,8 +22,9 @@ SLICE = Path(__file__).resolve().parents[2] / "data" / "beauty_slice"
 
 
 def test_evaluating_an_item_token_run_reports_rerank_fused_and_cold_start(tmp_path):
-    config = TrainConfig(out_dir=str(tmp_path), content="none", stages=("pretrain",), pretrain_steps=2, batch_size=8,
-                         validate_every_s=1e9, validate_users=50, cold_items_share=0.05, threads=1)
+    config = TrainConfig(out_dir=str(tmp_path), content="none", item_init="random", stages=("pretrain",),
+                         pretrain_steps=2, batch_size=8, validate_every_s=1e9, validate_users=50, cold_items_share=0.05,
+                         threads=1)
     train(DataConfig(str(SLICE)), TaskConfig(), config)
     result = evaluate(EvalConfig(max_users=200, baselines=("popularity", "markov"), threads=1), model_dir=str(tmp_path))
     metrics = {"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10"}

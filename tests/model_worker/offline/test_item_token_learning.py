@@ -30,8 +30,9 @@ def _validation_hr10(scorer, valid) -> float:
 
 def test_a_short_training_on_a_slice_of_beauty_beats_popularity(tmp_path):
     data_config = DataConfig(str(SLICE))
-    config = TrainConfig(out_dir=str(tmp_path), content="none", stages=("pretrain",), pretrain_steps=300,
-                         time_budget_s=150, validate_every_s=1e9, threads=1)
+    # random item ids and the from-scratch learning rate: the model's own learning, no retriever's head start
+    config = TrainConfig(out_dir=str(tmp_path), content="none", item_init="random", lr=3e-3, stages=("pretrain",),
+                         pretrain_steps=300, time_budget_s=150, validate_every_s=1e9, threads=1)
     train(data_config, TaskConfig(), config)
     model, _, _ = load_run(tmp_path)
     data = load_data(data_config)
@@ -46,8 +47,8 @@ def test_an_item_token_run_saves_its_item_keys_and_scores_the_same_after_loading
 
     from model_worker.vip5model.model import VIP5Model
 
-    config = TrainConfig(out_dir=str(tmp_path), content="none", stages=("pretrain",), pretrain_steps=2,
-                         batch_size=8, validate_every_s=1e9, threads=1)
+    config = TrainConfig(out_dir=str(tmp_path), content="none", item_init="random", stages=("pretrain",),
+                         pretrain_steps=2, batch_size=8, validate_every_s=1e9, threads=1)
     train(DataConfig(str(SLICE)), TaskConfig(), config)
     model, _, _ = load_run(tmp_path)
     again = VIP5Model.from_pretrained(tmp_path / "model")

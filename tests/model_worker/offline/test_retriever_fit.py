@@ -81,11 +81,14 @@ def test_a_retriever_of_another_size_is_refused():
         init_item_tokens(model, SASRec(6, SASRecConfig(hidden=128)))
 
 
-def test_item_init_retriever_needs_item_tokens():
+def test_item_tokens_start_from_the_retriever_by_default_and_digit_ids_from_random():
     with pytest.raises(ValueError, match="item_ids='tokens'"):
         TrainConfig(out_dir="x", item_ids="digits", item_init="retriever")
     with pytest.raises(ValueError, match="item_init"):
         TrainConfig(out_dir="x", item_init="sasrec")
+    assert (TrainConfig(out_dir="x").item_init, TrainConfig(out_dir="x").lr) == ("retriever", 1e-3)
+    assert (TrainConfig(out_dir="x", item_ids="digits").item_init, TrainConfig(out_dir="x", item_ids="digits").lr) == (
+        "random", 3e-3)  # a larger rate from random weights; it erodes the retriever's vectors
 
 
 def test_a_run_with_retriever_init_saves_the_retriever_and_a_resumed_run_reuses_it(tmp_path):
@@ -102,3 +105,6 @@ def test_a_run_with_retriever_init_saves_the_retriever_and_a_resumed_run_reuses_
     assert (tmp_path / "retriever" / "retriever.json").stat().st_mtime_ns == written
     assert again["retriever"] == json.loads((tmp_path / "retriever" / "retriever.json").read_text())["info"]
     assert load_retriever(tmp_path / "retriever")[0] == version
+    other_split = train(DataConfig(str(SLICE)), TaskConfig(), replace(config, validate_users=500))
+    assert other_split["retriever"]["split"]["validate_users"] == 500  # fitted again on that split
+    assert other_split["retriever"]["valid"]["users"] == 500
