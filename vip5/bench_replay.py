@@ -64,7 +64,8 @@ def replay_retriever(asked: str | None, model_dir: Path) -> Path | None:
 
     if asked is not None:
         return None if asked == "none" else Path(asked)
-    own = model_dir / RETRIEVER_DIR
+    run = model_dir.parent if (model_dir / "vip5_config.json").exists() else model_dir  # RUN or RUN/model
+    own = run / RETRIEVER_DIR
     return own if own.is_dir() else None
 
 

@@ -36,5 +36,8 @@ def test_a_replay_publishes_the_runs_own_retriever_unless_told_otherwise(tmp_pat
     assert replay_retriever(None, tmp_path) is None  # a run without one: no sequential source
     (tmp_path / "retriever").mkdir()
     assert replay_retriever(None, tmp_path) == tmp_path / "retriever"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "vip5_config.json").write_text("{}")
+    assert replay_retriever(None, tmp_path / "model") == tmp_path / "retriever"  # --model-dir RUN/model
     assert replay_retriever("none", tmp_path) is None
     assert replay_retriever("/elsewhere", tmp_path) == Path("/elsewhere")
