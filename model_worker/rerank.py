@@ -154,8 +154,8 @@ class Reranker:
 
     def _candidate_tokens(self, request: ScoringRequest, table: torch.Tensor, lookup: ImageLookup | None
                           ) -> torch.Tensor:
-        """(C, D): the model's token per candidate; content-only for unseen items, NaN rows (scored
-        -inf) for unseen items without a usable feature."""
+        """(C, D): the model's token per candidate; built from the content feature for unseen items
+        (`VIP5Model.new_item_tokens`), NaN rows (scored -inf) for unseen items without a usable feature."""
         vocab, dim = self.model.item_vocabulary, self.model.config.image_feature_dim
         tokens = torch.full((len(request.candidates), table.shape[1]), float("nan"), device=table.device)
         rows = [vocab.row(item) for item in request.candidates]
@@ -169,7 +169,7 @@ class Reranker:
                 unseen.append(c)
                 found.append(torch.as_tensor(feature, dtype=torch.float32))
         if unseen:
-            tokens[unseen] = self.model.content_tokens(torch.stack(found).to(table.device))
+            tokens[unseen] = self.model.new_item_tokens(torch.stack(found).to(table.device))
         return tokens
 
     def score_naive(self, requests: Sequence[ScoringRequest], features: ImageLookup | None = None) -> list[list[float]]:

@@ -24,7 +24,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -442,7 +443,26 @@ def evaluate_item_tokens(model, context: EvalContext, *, max_len: int, cold: fro
                          validation: EvalContext | None = None) -> dict:
     """Sequential, sampled direct and rerank metrics of an item-token model (one pass per batch of
     histories scores the whole catalogue), the rerank fused with the candidate score (weight chosen
-    on `validation`), and cold-start items with and without content."""
+    on `validation`), and cold-start items with and without content. Cold items (held out of
+    training) are served as items that arrived after training throughout."""
+    with served_as_new(model, cold):
+        return _evaluate_item_tokens(model, context, max_len=max_len, cold=cold, validation=validation)
+
+
+@contextmanager
+def served_as_new(model, items: frozenset[int]) -> Iterator[None]:
+    """Within the block, `items` have no trained id (as items that arrived after training)."""
+    has_id = model.item_tokens.has_id
+    saved = has_id.clone()
+    has_id[torch.tensor(sorted(items), dtype=torch.long)] = False
+    try:
+        yield
+    finally:
+        has_id.copy_(saved)
+
+
+def _evaluate_item_tokens(model, context: EvalContext, *, max_len: int, cold: frozenset[int],
+                          validation: EvalContext | None) -> dict:
     started = time.monotonic()
     scorer = ItemTokenScorer(model, max_len=max_len)
     ranks = baseline_ranks(scorer, context)
@@ -467,24 +487,27 @@ def evaluate_item_tokens(model, context: EvalContext, *, max_len: int, cold: fro
 
 
 def cold_start_metrics(model, context: EvalContext, *, max_len: int, cold: frozenset[int]) -> dict:
-    """Test users whose target was held out of training: the cold items are served as items that
-    arrive after training (no id embedding), with their content tokens and without them."""
+    """Test users whose target was held out of training (`served_as_new`): ranked with the cold
+    items' content (the id borrowed from their nearest trained items by content, plus the content
+    part), with the content part alone, and without content."""
     examples = [e for e in context.examples if e.target in cold]
     if not examples:
         return {"n_users": 0}
-    tokens, rows = model.item_tokens, torch.tensor(sorted(cold))
-    saved = tokens.has_id.clone(), tokens.has_feature.clone()
+    tokens, rows, config = model.item_tokens, torch.tensor(sorted(cold)), model.config
+    saved = tokens.has_feature.clone()
     sub = replace(context, examples=tuple(examples), rerank=())
-    out = {"n_users": len(examples), "n_items": len(cold)}
-    try:
-        tokens.has_id[rows] = False
-        for name, has_content in (("with_content", True), ("without_content", False)):
-            tokens.has_feature[rows] = saved[1][rows] & has_content
-            ranks = _sequential_only(ItemTokenScorer(model, max_len=max_len), sub)
-            out[name] = rank_metrics(ranks)
-    finally:
-        tokens.has_id.copy_(saved[0])
-        tokens.has_feature.copy_(saved[1])
+    out = {"n_users": len(examples), "n_items": len(cold), "neighbours": config.new_item_neighbours}
+    variants = (("with_content", True, config), ("content_part_only", True, config.replace(new_item_neighbours=0)),
+                ("without_content", False, config))
+    with served_as_new(model, cold):
+        try:
+            for name, has_content, served in variants:
+                tokens.has_feature[rows] = saved[rows] & has_content
+                model.config = served
+                out[name] = rank_metrics(_sequential_only(ItemTokenScorer(model, max_len=max_len), sub))
+        finally:
+            model.config = config
+            tokens.has_feature.copy_(saved)
     return out
 
 

@@ -79,6 +79,13 @@ class VIP5Config:
     alone, to sharpen the content tokens of items that arrive after training. Off by default: on
     Toys, 0.25 held validation HR@10 at 0.087 where 0 reached 0.1055 in the same time; the content
     part still trains through the id + content sum"""
+    new_item_neighbours: int = 2
+    """item tokens: an item without a trained id (one that arrived after training) takes as its id part
+    the similarity-weighted mean id of its `new_item_neighbours` nearest trained items by content
+    (cosine); 0 leaves it the content part alone. On Toys items held out of training, 2 neighbours
+    put 6% of their next-item targets in the top 10, where the content part alone put none"""
+    new_item_temperature: float = 0.05
+    """item tokens: softmax temperature over the neighbours' cosine similarities"""
     sequence_prompt: str = "sequential recommendation : which item will the user interact with next ?"
     """item tokens: the task prompt the encoder reads for next-item recommendation"""
 
@@ -105,6 +112,8 @@ class VIP5Config:
                "must be >= 1 with item_ids='tokens'")
         _check(0.0 <= self.item_id_dropout < 1.0, "item_id_dropout", "must be in [0, 1)")
         _check(self.content_loss_weight >= 0.0, "content_loss_weight", "must be >= 0")
+        _check(self.new_item_neighbours >= 0, "new_item_neighbours", "must be >= 0")
+        _check(self.new_item_temperature > 0.0, "new_item_temperature", "must be > 0")
 
     @property
     def is_preset(self) -> bool:

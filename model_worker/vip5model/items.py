@@ -9,11 +9,14 @@ Out: the item table (I+2, D): row i = id_embedding[i] + g * mean_k mapping(featu
 
 Letters: I items, D d_model, F feature size, k image tokens per item (the mapping emits k x D).
 
-New items: `ItemVocabulary.add` gives an item that arrived after training a row whose id part is
-zero, so its token is its content vector through the mapping network: a new product is scored
-(and retrieved) before anyone has clicked it. The content part trains through the id + content
-sum; `VIP5Config.content_loss_weight` > 0 adds a loss in which every item is its content part
-alone, so the content part names items by itself (off by default: it cost next-item accuracy).
+New items: `ItemVocabulary.add` gives an item that arrived after training a row with no trained id.
+Its id part is borrowed from the trained items nearest to it by content (the mean of their ids,
+weighted by a softmax of cosine similarity / temperature; `neighbour_ids`), and its content part
+comes through the mapping network as for any item: a new product is scored (and retrieved) before
+anyone has clicked it. With no neighbours its token is the content part alone, which next to
+trained ids is too small to reach a top 10. The content part trains through the id + content sum;
+`VIP5Config.content_loss_weight` > 0 adds a loss in which every item is its content part alone, so
+the content part names items by itself (off by default: it cost next-item accuracy).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -111,11 +115,25 @@ class ItemTokens(nn.Module):
         self.has_id = torch.cat([has_id[:-1], has_id.new_zeros(extra), has_id[-1:]])
         self.n_items = n_items
 
-    def parts(self, mapping: nn.Module, *, id_dropout: float = 0.0, generator: torch.Generator | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(ids, content), each (I+2, D): the id part (zero for items added after training, and for a
-        random `id_dropout` share of items that have content) and the mapped content feature (zero
-        where an item has none; None when no item has one)."""
+    def neighbour_ids(self, features: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+        """features (N, F) -> (N, D): for each, the mean id embedding of its k nearest trained items
+        with content (cosine similarity), weighted by softmax(similarity / temperature); zeros when
+        k is 0 or no trained item has content."""
+        out = features.new_zeros(len(features), self.id_embedding.weight.shape[1])
+        trained = (self.has_id[:-1] & self.has_feature).nonzero().squeeze(1)  # rows with an id and content
+        if k == 0 or len(trained) == 0 or len(features) == 0:
+            return out
+        sims = F.normalize(features, dim=1) @ F.normalize(self.features[trained], dim=1).T  # (N, T)
+        top, index = sims.topk(min(k, len(trained)), dim=1)  # (N, k)
+        weights = torch.softmax(top / temperature, dim=1)
+        return (weights[..., None] * self.id_embedding.weight[trained[index]]).sum(dim=1)
+
+    def parts(self, mapping: nn.Module, *, id_dropout: float = 0.0, generator: torch.Generator | None = None,
+              neighbours: int = 0, temperature: float = 0.05) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ids, content), each (I+2, D): the id part (for items added after training, borrowed from
+        their `neighbours` nearest trained items by content, or zero; zero for a random `id_dropout`
+        share of items that have content) and the mapped content feature (zero where an item has
+        none; None when no item has one)."""
         ids = self.id_embedding.weight  # (I+2, D)
         keep = self.has_id
         if id_dropout > 0:
@@ -123,6 +141,9 @@ class ItemTokens(nn.Module):
             drop[-1] = False  # never the start token
             keep = keep & (~drop | ~torch.cat([self.has_feature, self.has_feature.new_zeros(1)]))
         ids = ids * keep[:, None].to(ids.dtype)
+        new = (~self.has_id[:-1] & self.has_feature).nonzero().squeeze(1)  # arrived after training, with content
+        if neighbours and len(new):
+            ids = ids.index_put((new,), self.neighbour_ids(self.features[new], neighbours, temperature))
         if not bool(self.has_feature.any()):
             return ids, None
         content = mapping(self.features).mean(dim=-2) * self.content_scale  # (I+1, k, D) -> (I+1, D)

@@ -207,7 +207,12 @@ class VIP5Model(nn.Module):
         the table is kept until a tensor it depends on changes (an adapter swap points the mapping
         at other tensors; an in-place update bumps a tensor's version)."""
         tensors = [*self.item_tokens.parameters(), *self.item_tokens.buffers(), *self.image_mapping.parameters()]
-        return self._kept("item_table", tensors, lambda: self.item_tokens.table(self.image_mapping))
+        rule = self._new_items()  # part of the name: a changed rule is another table
+        return self._kept(f"item_table {rule}", tensors, lambda: self.item_tokens.table(self.image_mapping, **rule))
+
+    def _new_items(self) -> dict:
+        """How items without a trained id get one (`ItemTokens.parts`' neighbours and temperature)."""
+        return {"neighbours": self.config.new_item_neighbours, "temperature": self.config.new_item_temperature}
 
     def _kept(self, name: str, tensors: list[torch.Tensor], compute) -> torch.Tensor:
         """compute(), or outside training (no grad) the value kept from the last call while no tensor
@@ -226,7 +231,7 @@ class VIP5Model(nn.Module):
         for every next item i_1..i_L (one forward pass, L targets per sequence), plus
         `content_loss_weight` x the same loss with every item named by its content part alone."""
         dropout = self.config.item_id_dropout if self.training else 0.0
-        ids, content = self.item_tokens.parts(self.image_mapping, id_dropout=dropout)
+        ids, content = self.item_tokens.parts(self.image_mapping, id_dropout=dropout, **self._new_items())
         table = ids if content is None else ids + content
         inputs, targets = rows[:, :-1], rows[:, 1:]  # (B, L)
         states = self.sequence_states(inputs, table)[targets > 0]  # (N, D)
@@ -257,10 +262,13 @@ class VIP5Model(nn.Module):
         return scores
 
     @torch.no_grad()
-    def content_tokens(self, features: torch.Tensor) -> torch.Tensor:
+    def new_item_tokens(self, features: torch.Tensor) -> torch.Tensor:
         """features (N, F) -> (N, D): the token of an item known only by its content (an item that
-        arrived after training), as `items.ItemTokens` builds the content part."""
-        return self.image_mapping(features).mean(dim=-2) * self.item_tokens.content_scale
+        arrived after training), as `items.ItemTokens` builds it: the id part borrowed from its
+        nearest trained items by content, plus the content part."""
+        content = self.image_mapping(features).mean(dim=-2) * self.item_tokens.content_scale
+        rule = self._new_items()
+        return content + self.item_tokens.neighbour_ids(features, rule["neighbours"], rule["temperature"])
 
     def loss(self, batch) -> torch.Tensor:
         """Training loss of a prompt `EncodedBatch` (digit ids and text targets) or of item-token rows."""

@@ -39,6 +39,39 @@ def test_an_item_added_after_training_is_named_by_its_content_alone():
     assert torch.count_nonzero(ids[7]) == 0 and torch.count_nonzero(content[7]) > 0
 
 
+def test_an_item_added_after_training_borrows_the_id_of_its_nearest_trained_item_by_content():
+    tokens, mapping = _tokens()
+    features = torch.eye(4)[[0, 1, 2, 3, 3]] + 0.01  # item 5 is item 4's twin, 1-3 are far from both
+    tokens.set_features(range(1, 6), features.numpy())
+    tokens.grow(6)
+    tokens.set_features([6], (features[3] * 2).numpy()[None])  # same direction as items 4 and 5
+    ids, _ = tokens.parts(mapping, neighbours=2, temperature=0.01)
+    weights = tokens.id_embedding.weight
+    assert torch.allclose(ids[6], (weights[4] + weights[5]) / 2, atol=1e-5)  # equally near: equal weights
+    assert torch.allclose(ids[1:6], weights[1:6])  # trained items keep their own ids
+    ids_alone, _ = tokens.parts(mapping, neighbours=0)
+    assert torch.count_nonzero(ids_alone[6]) == 0
+
+
+def test_neighbour_weights_follow_similarity_and_the_temperature():
+    tokens, mapping = _tokens(n_items=2)
+    tokens.set_features([1, 2], np.array([[1, 0, 0, 0], [0.6, 0.8, 0, 0]], np.float32))
+    query = torch.tensor([[1.0, 0.2, 0, 0]])  # nearer item 1
+    weights = tokens.id_embedding.weight
+    sharp = tokens.neighbour_ids(query, 2, temperature=1e-3)
+    flat = tokens.neighbour_ids(query, 2, temperature=1e3)
+    assert torch.allclose(sharp[0], weights[1], atol=1e-5)
+    assert torch.allclose(flat[0], (weights[1] + weights[2]) / 2, atol=1e-3)
+
+
+def test_an_item_without_content_borrows_nothing():
+    tokens, mapping = _tokens()
+    tokens.set_features(range(1, 6), np.ones((5, 4), np.float32))
+    tokens.grow(6)  # item 6 has no feature
+    ids, content = tokens.parts(mapping, neighbours=2)
+    assert torch.count_nonzero(ids[6]) == 0 and torch.count_nonzero(content[6]) == 0
+
+
 def test_features_outside_the_rows_are_refused():
     tokens, _ = _tokens()
     with pytest.raises(ValueError, match="rows"):

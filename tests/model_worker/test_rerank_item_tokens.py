@@ -38,9 +38,28 @@ def test_an_unseen_item_is_scored_by_its_content_and_one_without_content_last():
                             candidates=("new-item", "no-content", "sku-4"))
     scores = reranker.score([request])[0]
     state = model.history_states(torch.tensor([[3]]), torch.tensor([1]))[0]
-    expected = float(state @ model.content_tokens(torch.tensor(feature)[None])[0])
+    expected = float(state @ model.new_item_tokens(torch.tensor(feature)[None])[0])
     assert np.isclose(scores[0], expected, atol=1e-5)
     assert scores[1] == float("-inf") and np.isfinite(scores[2])
+
+
+def test_an_unseen_item_with_a_catalogue_items_content_is_scored_like_that_item():
+    model = _model()
+    twin_of_sku_4 = model.item_tokens.features[4].numpy()
+    reranker = Reranker(model, image_lookup={"new-item": twin_of_sku_4})
+    request = ScoringRequest(user_id="u", history=("sku-3", "sku-7"), candidates=("new-item", "sku-4", "sku-5"))
+    new, known, other = reranker.score([request])[0]
+    assert np.isclose(new, known, atol=1e-4) and not np.isclose(new, other, atol=1e-4)
+
+
+def test_the_item_table_follows_the_new_item_rule():
+    model = _model()
+    model.item_tokens.has_id[5] = False  # served as an item that arrived after training
+    with torch.no_grad():
+        borrowed = model.item_table()
+        model.config = model.config.replace(new_item_neighbours=0)
+        alone = model.item_table()
+    assert not torch.allclose(borrowed[5], alone[5]) and torch.allclose(borrowed[6:], alone[6:])
 
 
 def test_the_model_adds_its_best_catalogue_items_to_the_candidates_but_never_history_items():

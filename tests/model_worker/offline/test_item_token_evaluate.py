@@ -11,6 +11,7 @@ from model_worker.offline.evaluate import (
     EvalContext,
     affinity_term,
     candidate_order_ranks,
+    cold_start_metrics,
     covisit_term,
     evaluate,
     fused_ranks,
@@ -40,6 +41,29 @@ def test_evaluating_an_item_token_run_reports_rerank_fused_and_cold_start(tmp_pa
     assert 0 <= recall["merged"] <= 1
     for name in ("popularity", "markov"):
         assert metrics <= set(result["baselines"][name]["rerank"])
+
+
+def test_a_cold_item_is_ranked_through_the_trained_item_nearest_its_content():
+    import torch
+
+    from model_worker.vip5model.config import VIP5Config
+    from model_worker.vip5model.model import VIP5Model
+    from model_worker.vip5model.tokenizer import build_template_tokenizer
+
+    config = VIP5Config(backbone="tiny", item_ids="tokens", n_items=200, image_feature_dim=6, dropout_rate=0.0)
+    model = VIP5Model.build(config, build_template_tokenizer([config.sequence_prompt], vocab_size=300), seed=0).eval()
+    features = np.random.default_rng(0).standard_normal((200, 6)).astype(np.float32)
+    history = (3, 7)
+    best = int(model.next_item_scores(torch.tensor([history]), torch.tensor([2]))[0, 8:].argmax()) + 8
+    cold = 5  # the model's favourite's twin by content, never trained
+    features[cold - 1] = features[best - 1]
+    model.item_tokens.set_features(range(1, 201), features)
+    context = _context([Example(1, history, cold)], [], [])
+    before = model.item_tokens.has_id.clone(), model.item_tokens.has_feature.clone()
+    result = cold_start_metrics(model, context, max_len=50, cold=frozenset({cold}))
+    assert result["with_content"]["hr@10"] == 1.0
+    assert result["without_content"]["hr@10"] == 0.0 and result["content_part_only"]["hr@10"] == 0.0
+    assert torch.equal(model.item_tokens.has_id, before[0]) and torch.equal(model.item_tokens.has_feature, before[1])
 
 
 def _context(examples, rerank, scores, affinity=()) -> EvalContext:
