@@ -60,18 +60,12 @@ def load_replay_data(data_path: str, model_dir: Path):
 def replay_retriever(asked: str | None, model_dir: Path) -> Path | None:
     """The retriever folder to publish: the one asked for, none for "none", else the run's own
     (`vip5 train --item-init retriever` saves it in <run>/retriever) when it has one."""
-    from model_worker.offline.train import RETRIEVER_DIR
+    from model_worker.offline.train import RETRIEVER_DIR, run_dirs
 
     if asked is not None:
         return None if asked == "none" else Path(asked)
-    run = model_dir.parent if (model_dir / "vip5_config.json").exists() else model_dir  # RUN or RUN/model
-    own = run / RETRIEVER_DIR
+    own = run_dirs(model_dir)[0] / RETRIEVER_DIR
     return own if own.is_dir() else None
-
-
-def model_path(model_dir: Path) -> Path:
-    """A run directory (`vip5 train --out`) or its `model/`."""
-    return model_dir / "model" if (model_dir / "model" / "vip5_config.json").exists() else model_dir
 
 
 def publish_catalogue(stack, data, *, timeout_s: float) -> int:
@@ -218,6 +212,7 @@ def score(data, replay_log, recs, requests, *, seed: int, halves: bool) -> dict:
 
 
 def run_bench_replay(args: argparse.Namespace) -> dict:
+    from model_worker.offline.train import run_dirs
     from vip5.replay_log import build_log
     from vip5.stack import StackConfig
 
@@ -229,7 +224,7 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
              len(replay_log.train), replay_log.ordered_by, len(replay_log.test))
     with tempfile.TemporaryDirectory(prefix="vip5-replay-") as tmp:
         stack_cfg = StackConfig(
-            work_dir=Path(tmp), model_dir=model_path(model_dir), topic_prefix="replay.", partitions=args.partitions,
+            work_dir=Path(tmp), model_dir=run_dirs(model_dir)[1], topic_prefix="replay.", partitions=args.partitions,
             candidates=args.candidates, prompt_history_len=args.prompt_history_len,
             serve_args=("--max-batch", str(args.max_batch), "--catalogue-k", str(args.catalogue_k),
                         *(("--retrieval-weight", str(args.retrieval_weight)) if args.retrieval_weight is not None

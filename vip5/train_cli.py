@@ -45,6 +45,7 @@ def train_command(args: argparse.Namespace) -> dict:
         grad_clip=args.grad_clip, time_budget_s=args.time_budget_s, checkpoint_every=args.checkpoint_every,
         threads=args.threads, seed=args.seed, item_ids=args.item_ids, content=args.content,
         max_len=args.max_len, validate_every_s=args.validate_every_s, cold_items_share=args.cold_items_share,
+        freeze_item_ids=args.freeze_item_ids,
         **{name: value for name, value in (("dropout_rate", args.dropout), ("weight_decay", args.weight_decay),
                                            ("item_init", args.item_init), ("retriever_share", args.retriever_share),
                                            ("lr", args.lr))
@@ -139,6 +140,8 @@ def register(commands, bench) -> None:
                        "in <out>/retriever; random: item ids start random (the default for digit ids)")
     train.add_argument("--retriever-share", type=float, default=None,
                        help="share of --time-budget-s the retriever fit may take (default: TrainConfig.retriever_share)")
+    train.add_argument("--freeze-item-ids", action="store_true",
+                       help="item tokens keep the id embeddings they start from (the rest still trains)")
     train.add_argument("--max-len", type=int, default=50, help="training items per sequence (item tokens)")
     train.add_argument("--validate-every-s", type=float, default=300.0,
                        help="validation HR@10 this often; the best model is kept (item tokens)")

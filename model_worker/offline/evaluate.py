@@ -564,13 +564,11 @@ def model_summary(model) -> dict:
             "vocab_size": backbone.vocab_size, "image_tokens": model.config.image_tokens, **report}
 
 
-def _run_dir(model_dir: Path) -> Path:
-    return model_dir if (model_dir / "train_config.json").exists() else model_dir.parent
-
-
 def trained_data_config(model_dir: Path) -> DataConfig:
     """The DataConfig a run was trained with (its `train_config.json`)."""
-    record = json.loads((_run_dir(model_dir) / "train_config.json").read_text())
+    from .train import run_dirs
+
+    record = json.loads((run_dirs(model_dir)[0] / "train_config.json").read_text())
     return DataConfig(**record["data"])
 
 
@@ -578,11 +576,12 @@ def load_run(model_dir: Path) -> tuple[object, DataConfig, dict]:
     """A trained model and the data config it was trained with (`<run>/train_config.json`)."""
     from model_worker.vip5model.model import VIP5Model
 
-    run_dir = _run_dir(model_dir)
+    from .train import run_dirs
+
+    run_dir, model_path = run_dirs(model_dir)
     record = json.loads((run_dir / "train_config.json").read_text())
     stages = run_dir / "stages.json"
     record["stage_runs"] = json.loads(stages.read_text()) if stages.exists() else []
-    model_path = model_dir / "model" if (model_dir / "model" / "vip5_config.json").exists() else model_dir
     return VIP5Model.from_pretrained(model_path), DataConfig(**record["data"]), record
 
 

@@ -75,7 +75,9 @@ class TrainConfig:
     retriever (SASRec with d_model-sized vectors, `model_worker.offline.retriever`) for
     `retriever_share` of the time budget (of 2,400 s without one), save it in `<out_dir>/retriever/`
     and start every item's id embedding from its item vector (collaborative item tokens); the
-    stages share what is left. "random" (the default for digit ids): item ids start random."""
+    stages share what is left. "random" (the default for digit ids): item ids start random.
+    freeze_item_ids: item tokens keep their id embeddings as they start (the content part, the
+    mapping and the rest of the model still train)."""
 
     out_dir: str
     preset: str = "mini"
@@ -105,6 +107,7 @@ class TrainConfig:
     train_on_valid: bool = True
     item_init: str | None = None  # "retriever" for item tokens, "random" for digit ids, after construction
     retriever_share: float = 0.25
+    freeze_item_ids: bool = False
 
     def __post_init__(self) -> None:
         if self.item_init is None:
@@ -209,6 +212,16 @@ def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
         rows = np.nonzero(data.has_image[1:])[0] + 1
         model.item_tokens.set_features(rows, data.image_features[rows])
     return model
+
+
+def run_dirs(path: str | Path) -> tuple[Path, Path]:
+    """(run, model) folders of a `vip5 train --out RUN`, given RUN or RUN/model: the run holds
+    train_config.json and the retriever, the model folder the saved model."""
+    path = Path(path)
+    is_model = (path / "vip5_config.json").exists() and not (path / "train_config.json").exists()
+    if is_model:
+        return path.parent, path
+    return path, path / "model" if (path / "model" / "vip5_config.json").exists() else path
 
 
 RETRIEVER_DIR = "retriever"  # <out_dir>/retriever: the retriever `item_init="retriever"` fitted
@@ -478,6 +491,8 @@ def train(data_config: DataConfig, tasks: TaskConfig, config: TrainConfig, *, re
         if stage == "adapt" and not (out / "pretrained").exists():
             model.save_pretrained(out / "pretrained")  # the frozen backbone adapter checkpoints refer to
         model.set_stage(stage)
+        if config.freeze_item_ids and model.item_tokens is not None:
+            model.item_tokens.id_embedding.weight.requires_grad_(False)
         optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)

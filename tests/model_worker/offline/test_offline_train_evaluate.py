@@ -8,7 +8,7 @@ from index.sasrec import SASRecConfig
 from model_worker.offline.data import DataConfig, load_data
 from model_worker.offline.evaluate import EvalConfig, evaluate, load_run, make_context, sequential_ranks
 from model_worker.offline.tasks import TaskConfig
-from model_worker.offline.train import TrainConfig, lr_factor, train
+from model_worker.offline.train import TrainConfig, lr_factor, run_dirs, train
 
 SMALL_TASKS = TaskConfig(history_len=5, train_candidates=4)
 QUICK_SASREC = SASRecConfig(hidden=16, max_epochs=2, time_budget_s=10)
@@ -83,6 +83,18 @@ def test_evaluate_returns_the_documented_keys(trained_run):
     assert set(result["baselines"]) == {"popularity", "markov", "sasrec", "next_id"}
     assert 0 <= result["baselines"]["markov"]["sequential"]["hr@5"] <= 1
     assert {"sequential", "direct"} <= set(result["baselines"]["sasrec"])
+
+
+def test_a_run_is_found_from_its_folder_or_its_model_folder(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "vip5_config.json").write_text("{}")
+    (tmp_path / "train_config.json").write_text("{}")
+    assert run_dirs(tmp_path) == (tmp_path, tmp_path / "model")
+    assert run_dirs(tmp_path / "model") == (tmp_path, tmp_path / "model")
+    bare = tmp_path / "bare"  # a model folder saved on its own
+    bare.mkdir()
+    (bare / "vip5_config.json").write_text("{}")
+    assert run_dirs(bare) == (tmp_path, bare)
 
 
 def test_lr_warms_up_then_decays_on_steps_or_time():

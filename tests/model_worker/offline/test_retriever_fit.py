@@ -93,12 +93,16 @@ def test_item_tokens_start_from_the_retriever_by_default_and_digit_ids_from_rand
 
 def test_a_run_with_retriever_init_saves_the_retriever_and_a_resumed_run_reuses_it(tmp_path):
     config = TrainConfig(out_dir=str(tmp_path), content="none", stages=("pretrain",), pretrain_steps=2,
-                         batch_size=8, validate_every_s=1e9, threads=1, item_init="retriever", time_budget_s=20)
+                         batch_size=8, validate_every_s=1e9, threads=1, item_init="retriever", time_budget_s=20,
+                         freeze_item_ids=True)
     result = train(DataConfig(str(SLICE)), TaskConfig(), config)
     version, retriever, keys = load_retriever(tmp_path / "retriever")
     assert result["retriever"]["valid"]["users"] == config.validate_users
     assert result["train_s"] >= result["retriever"]["train_s"]
     assert retriever.config.hidden == 128 and len(keys) == retriever.n_items
+    trained = VIP5Model.from_pretrained(tmp_path / "model").item_tokens.id_embedding.weight[1:-1]
+    scale = retriever.final_norm.weight.norm() / retriever.config.hidden ** 0.5
+    assert torch.allclose(trained, retriever.item_table()[1:] * scale, atol=1e-6)  # frozen: still the start
     written = (tmp_path / "retriever" / "retriever.json").stat().st_mtime_ns
     again = train(DataConfig(str(SLICE)), TaskConfig(), replace(config, pretrain_steps=3),
                   resume=True)
