@@ -12,6 +12,9 @@ Out: one dict (`vip5 evaluate --json`):
   baselines    popularity, markov, sasrec, next_id: the same sequential and direct metrics on the
                same users and candidate lists (SASRec trained here on the same training split;
                next_id = largest history id + 1, a probe of how much the numbering leaks).
+  cold_start   (item-token runs with cold items) the users whose target was held out of training:
+               with_content, content_part_only, without_content; cold items are served as items
+               that arrived after training in every metric of such a run.
   stages, numbering, n_users, model (size), data, protocol, timing_s.
 Ranks break score ties uniformly at random (seeded). With `exclude_history` (default) items already
 in the history are ranked last for every method alike (no test target of the 5-core data repeats a
