@@ -60,7 +60,7 @@ def load_replay_data(data_path: str, model_dir: Path):
 def replay_retriever(asked: str | None, model_dir: Path) -> Path | None:
     """The retriever folder to publish: the one asked for, none for "none", else the run's own
     (`vip5 train --item-init retriever` saves it in <run>/retriever) when it has one."""
-    from model_worker.offline.train import RETRIEVER_DIR, run_dirs
+    from model_worker.offline.runs import RETRIEVER_DIR, run_dirs
 
     if asked is not None:
         return None if asked == "none" else Path(asked)
@@ -212,7 +212,7 @@ def score(data, replay_log, recs, requests, *, seed: int, halves: bool) -> dict:
 
 
 def run_bench_replay(args: argparse.Namespace) -> dict:
-    from model_worker.offline.train import run_dirs
+    from model_worker.offline.runs import run_dirs
     from vip5.replay_log import build_log
     from vip5.stack import StackConfig
 

@@ -50,6 +50,7 @@ from .data import (
     training_split,
 )
 from .metrics import rank_in_list, rank_metrics, rank_of_target, text_metrics
+from .runs import run_dirs
 from .tasks import explanation_from, image_lookup, shuffled
 
 log = logging.getLogger(__name__)
@@ -569,8 +570,6 @@ def model_summary(model) -> dict:
 
 def trained_data_config(model_dir: Path) -> DataConfig:
     """The DataConfig a run was trained with (its `train_config.json`)."""
-    from .train import run_dirs
-
     record = json.loads((run_dirs(model_dir)[0] / "train_config.json").read_text())
     return DataConfig(**record["data"])
 
@@ -578,8 +577,6 @@ def trained_data_config(model_dir: Path) -> DataConfig:
 def load_run(model_dir: Path) -> tuple[object, DataConfig, dict]:
     """A trained model and the data config it was trained with (`<run>/train_config.json`)."""
     from model_worker.vip5model.model import VIP5Model
-
-    from .train import run_dirs
 
     run_dir, model_path = run_dirs(model_dir)
     record = json.loads((run_dir / "train_config.json").read_text())

@@ -41,6 +41,7 @@ from model_worker.training import lr_factor, make_optimizer, train_step
 from model_worker.vip5model.config import PRESETS, STAGES, VIP5Config
 
 from .data import SPLIT_FIELDS, DataConfig, LeaveOneOut, RecData, load_data, training_split, validation_users
+from .runs import RETRIEVER_DIR
 from .tasks import SequenceSampler, TaskConfig, TrainingSampler, image_lookup, tokenizer_corpus
 
 log = logging.getLogger(__name__)
@@ -212,19 +213,6 @@ def build_model(train: TrainConfig, data: RecData, split: LeaveOneOut):
         rows = np.nonzero(data.has_image[1:])[0] + 1
         model.item_tokens.set_features(rows, data.image_features[rows])
     return model
-
-
-def run_dirs(path: str | Path) -> tuple[Path, Path]:
-    """(run, model) folders of a `vip5 train --out RUN`, given RUN or RUN/model: the run holds
-    train_config.json and the retriever, the model folder the saved model."""
-    path = Path(path)
-    is_model = (path / "vip5_config.json").exists() and not (path / "train_config.json").exists()
-    if is_model:
-        return path.parent, path
-    return path, path / "model" if (path / "model" / "vip5_config.json").exists() else path
-
-
-RETRIEVER_DIR = "retriever"  # <out_dir>/retriever: the retriever `item_init="retriever"` fitted
 
 
 def item_retriever(data: RecData, split: LeaveOneOut, config: TrainConfig, d_model: int, out: Path):

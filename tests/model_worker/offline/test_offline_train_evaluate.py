@@ -7,8 +7,9 @@ import pytest
 from index.sasrec import SASRecConfig
 from model_worker.offline.data import DataConfig, load_data
 from model_worker.offline.evaluate import EvalConfig, evaluate, load_run, make_context, sequential_ranks
+from model_worker.offline.runs import run_dirs
 from model_worker.offline.tasks import TaskConfig
-from model_worker.offline.train import TrainConfig, lr_factor, run_dirs, train
+from model_worker.offline.train import TrainConfig, lr_factor, train
 
 SMALL_TASKS = TaskConfig(history_len=5, train_candidates=4)
 QUICK_SASREC = SASRecConfig(hidden=16, max_epochs=2, time_budget_s=10)
