@@ -115,15 +115,24 @@ class ItemTokens(nn.Module):
         self.has_id = torch.cat([has_id[:-1], has_id.new_zeros(extra), has_id[-1:]])
         self.n_items = n_items
 
-    def neighbour_ids(self, features: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
+    def neighbour_keys(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows (T,), unit features (T, F)) of the trained items with content: what a new item's
+        content is compared with."""
+        trained = (self.has_id[:-1] & self.has_feature).nonzero().squeeze(1)
+        return trained, F.normalize(self.features[trained], dim=1)
+
+    def neighbour_ids(self, features: torch.Tensor, k: int, temperature: float,
+                      keys: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """features (N, F) -> (N, D): for each, the mean id embedding of its k nearest trained items
         with content (cosine similarity), weighted by softmax(similarity / temperature); zeros when
-        k is 0 or no trained item has content."""
+        k is 0 or no trained item has content. `keys`: `neighbour_keys()`, when the caller keeps them."""
         out = features.new_zeros(len(features), self.id_embedding.weight.shape[1])
-        trained = (self.has_id[:-1] & self.has_feature).nonzero().squeeze(1)  # rows with an id and content
-        if k == 0 or len(trained) == 0 or len(features) == 0:
+        if k == 0 or len(features) == 0:
             return out
-        sims = F.normalize(features, dim=1) @ F.normalize(self.features[trained], dim=1).T  # (N, T)
+        trained, unit = self.neighbour_keys() if keys is None else keys
+        if len(trained) == 0:
+            return out
+        sims = F.normalize(features, dim=1) @ unit.T  # (N, T)
         top, index = sims.topk(min(k, len(trained)), dim=1)  # (N, k)
         weights = torch.softmax(top / temperature, dim=1)
         return (weights[..., None] * self.id_embedding.weight[trained[index]]).sum(dim=1)
@@ -141,9 +150,10 @@ class ItemTokens(nn.Module):
             drop[-1] = False  # never the start token
             keep = keep & (~drop | ~torch.cat([self.has_feature, self.has_feature.new_zeros(1)]))
         ids = ids * keep[:, None].to(ids.dtype)
-        new = (~self.has_id[:-1] & self.has_feature).nonzero().squeeze(1)  # arrived after training, with content
-        if neighbours and len(new):
-            ids = ids.index_put((new,), self.neighbour_ids(self.features[new], neighbours, temperature))
+        if neighbours:
+            new = (~self.has_id[:-1] & self.has_feature).nonzero().squeeze(1)  # arrived after training, with content
+            if len(new):
+                ids = ids.index_put((new,), self.neighbour_ids(self.features[new], neighbours, temperature))
         if not bool(self.has_feature.any()):
             return ids, None
         content = mapping(self.features).mean(dim=-2) * self.content_scale  # (I+1, k, D) -> (I+1, D)

@@ -266,9 +266,10 @@ class VIP5Model(nn.Module):
         """features (N, F) -> (N, D): the token of an item known only by its content (an item that
         arrived after training), as `items.ItemTokens` builds it: the id part borrowed from its
         nearest trained items by content, plus the content part."""
-        content = self.image_mapping(features).mean(dim=-2) * self.item_tokens.content_scale
-        rule = self._new_items()
-        return content + self.item_tokens.neighbour_ids(features, rule["neighbours"], rule["temperature"])
+        tokens, rule = self.item_tokens, self._new_items()
+        keys = self._kept("neighbour_keys", [tokens.features, tokens.has_feature, tokens.has_id], tokens.neighbour_keys)
+        content = self.image_mapping(features).mean(dim=-2) * tokens.content_scale
+        return content + tokens.neighbour_ids(features, rule["neighbours"], rule["temperature"], keys=keys)
 
     def loss(self, batch) -> torch.Tensor:
         """Training loss of a prompt `EncodedBatch` (digit ids and text targets) or of item-token rows."""
