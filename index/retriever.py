@@ -51,7 +51,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save, save_file
 
 from index.item_index import IndexConfig, ItemIndex
-from index.sasrec import SASRec, SASRecConfig
+from index.sasrec import SASRec, SASRecConfig, SASRecTowers, sasrec_model
 from runtime.signing import sign, verify
 from runtime.tail import TopicTail, decode_each
 from schemas.records import ItemEmbedding, RetrieverModel
@@ -61,14 +61,15 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE, META_FILE = "retriever.safetensors", "retriever.json"
 MODEL_KEY = "sequential"  # the retriever-models key: one retriever per deployment
-ITEM_TABLE = "item_emb.weight"
+ITEM_TABLE = "item_emb.weight"  # each tower's item table ends with this name; it travels as vectors, not weights
 MAX_WAITING_VERSIONS = 2  # versions held besides the current one (the newest touched are kept)
 
 
 # ----------------------------------------------------------------------------- on disk
 
 
-def save_retriever(model: SASRec, item_keys: Sequence[str], out: str | Path, *, info: dict | None = None) -> str:
+def save_retriever(model: SASRec | SASRecTowers, item_keys: Sequence[str], out: str | Path, *,
+                   info: dict | None = None) -> str:
     """Write a trained SASRec (item j = item_keys[j - 1]) to `out` as a plain SASRec (content and
     attribute embeddings are folded into the item table); returns its version (a hash of the weights, so the
     same model always publishes as the same version)."""
@@ -76,22 +77,20 @@ def save_retriever(model: SASRec, item_keys: Sequence[str], out: str | Path, *, 
     out.mkdir(parents=True, exist_ok=True)
     if len(item_keys) != model.n_items:
         raise ValueError(f"item_keys: {len(item_keys)} keys for a model of {model.n_items} items")
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
-             if not name.startswith(("content_proj.", "attribute_emb."))}
-    state[ITEM_TABLE] = model.item_table().detach().contiguous()  # side information folded into the table
+    state = model.plain_state()  # side information folded into the item table
     version = "sasrec-" + hashlib.sha256(save(state)).hexdigest()[:16]
     save_file(state, str(out / WEIGHTS_FILE))
-    config = {k: getattr(model.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "loss")}
+    config = {k: getattr(model.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "loss", "towers")}
     (out / META_FILE).write_text(json.dumps({"version": version, "config": config, "item_keys": list(item_keys),
                                              "info": info or {}}, indent=1))
     return version
 
 
-def load_retriever(path: str | Path) -> tuple[str, SASRec, list[str]]:
+def load_retriever(path: str | Path) -> tuple[str, SASRec | SASRecTowers, list[str]]:
     """(version, model in eval mode, item keys) from a `save_retriever` folder."""
     path = Path(path)
     meta = json.loads((path / META_FILE).read_text())
-    model = SASRec(len(meta["item_keys"]), SASRecConfig(**meta["config"], dropout=0.0))
+    model = sasrec_model(len(meta["item_keys"]), SASRecConfig(**meta["config"], dropout=0.0))
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     return meta["version"], model.eval(), list(meta["item_keys"])
 
@@ -107,10 +106,12 @@ def vectors_digest(vectors: Iterable[tuple[str, np.ndarray]]) -> str:
 
 def signed_body(record: RetrieverModel) -> bytes:
     """The bytes a RetrieverModel's signature covers: every field but the signature, the weights
-    by their sha256."""
+    by their sha256 (and `towers` only when there are several)."""
     fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)
               if f.name not in ("weights", "signature")}
     fields["weights_sha256"] = hashlib.sha256(record.weights).hexdigest()
+    if fields["towers"] == 1:
+        del fields["towers"]  # as signed before records had towers: their signatures still verify
     return json.dumps(fields, sort_keys=True).encode()
 
 
@@ -123,33 +124,34 @@ def retriever_records(path: str | Path, *, now_ms: int | None = None,
     table = model.item_table().detach()[1:].numpy().astype(np.float32)  # (I, D): row j-1 = item j
     vectors = [ItemEmbedding(item_id=key, vector=row, encoder_id=version, event_time_ms=now_ms,
                              embedded_time_ms=now_ms) for key, row in zip(keys, table, strict=True)]
-    body = {name: t.detach().contiguous() for name, t in model.state_dict().items() if name != ITEM_TABLE}
+    body = {name: t.detach().contiguous() for name, t in model.state_dict().items() if not name.endswith(ITEM_TABLE)}
     c = model.config
     record = RetrieverModel(version=version, hidden=c.hidden, n_blocks=c.n_blocks, n_heads=c.n_heads,
-                            max_len=c.max_len, loss=c.loss, weights=save(body), n_items=len(keys),
+                            max_len=c.max_len, loss=c.loss, towers=c.towers, weights=save(body), n_items=len(keys),
                             created_time_ms=now_ms, vectors_digest=vectors_digest(zip(keys, table, strict=True)))
     if signing_key is not None:
         record = dataclasses.replace(record, signature=sign(signing_key, signed_body(record)))
     return vectors, record
 
 
-def query_network(record: RetrieverModel) -> SASRec:
+def query_network(record: RetrieverModel) -> SASRec | SASRecTowers:
     """The record's network in eval mode; ValueError if its weights are not exactly the declared shapes."""
     config = SASRecConfig(hidden=record.hidden, n_blocks=record.n_blocks, n_heads=record.n_heads,
-                          max_len=record.max_len, loss=record.loss, dropout=0.0)
-    model = SASRec(0, config)
+                          max_len=record.max_len, loss=record.loss, towers=record.towers, dropout=0.0)
+    model = sasrec_model(0, config)
     try:
         body = load_tensors(record.weights)
     except Exception as err:  # safetensors raises its own error types for malformed bytes
         raise ValueError(f"weights are not a safetensors file: {err}") from err
-    expected = {name: t.shape for name, t in model.state_dict().items() if name != ITEM_TABLE}
+    tables = {name: t for name, t in model.state_dict().items() if name.endswith(ITEM_TABLE)}  # empty: 0 items
+    expected = {name: t.shape for name, t in model.state_dict().items() if name not in tables}
     got = {name: t.shape for name, t in body.items()}
     if got != expected:
         wrong = sorted(set(got.items()) ^ set(expected.items()))[:3]
         raise ValueError(f"weights do not match the declared network (first differences: {wrong})")
     if not all(torch.isfinite(t).all() for t in body.values()):
         raise ValueError("weights hold NaN or infinity")
-    model.load_state_dict({**body, ITEM_TABLE: model.item_emb.weight.detach()})
+    model.load_state_dict({**body, **tables})
     return model.eval()
 
 
@@ -164,8 +166,8 @@ class SequentialRetriever:
     def __init__(self, *, signing_key: bytes | None = None) -> None:
         self.signing_key = signing_key  # None: records are not verified (a deployment without a key)
         self._indexes: dict[str, ItemIndex] = {}  # version -> its item vectors, least recently touched first
-        self._network: SASRec | None = None
-        self._waiting: tuple[RetrieverModel, SASRec] | None = None  # signed, its vectors not all here yet
+        self._network: SASRec | SASRecTowers | None = None
+        self._waiting: tuple[RetrieverModel, SASRec | SASRecTowers] | None = None  # signed, its vectors not all here yet
         self.version: str | None = None
         self._lock = threading.Lock()
         self.updates = 0
@@ -238,7 +240,7 @@ class SequentialRetriever:
         self._waiting = None
         self._switch(record, network)
 
-    def _switch(self, record: RetrieverModel, network: SASRec) -> None:
+    def _switch(self, record: RetrieverModel, network: SASRec | SASRecTowers) -> None:
         """(lock held) Make `record` the version queried; every other version's vectors go."""
         self._network, self.version = network, record.version
         for version in [v for v in self._indexes if v != record.version]:
@@ -303,7 +305,7 @@ class SequentialRetriever:
 
     @staticmethod
     @torch.no_grad()
-    def query(network: SASRec, index: ItemIndex, history: Sequence[str]) -> np.ndarray | None:
+    def query(network: SASRec | SASRecTowers, index: ItemIndex, history: Sequence[str]) -> np.ndarray | None:
         """(D,) the network's state after the latest history items that have vectors."""
         recent = list(history)[-4 * network.config.max_len:]
         vectors = index.get_vectors(recent)

@@ -10,6 +10,14 @@ arXiv 2508.06450, that this alone lifts SASRec to the best from-scratch results 
 With "ce" the item embeddings start small (N(0, 0.02)) and are not scaled by sqrt(D): scaled,
 tied embeddings start the softmax far above chance and learn slowly.
 
+Towers (`SASRecConfig.towers` K > 1): K independently initialised SASRecs, each hidden / K wide,
+trained side by side on the same batches, each on its own loss; an item's vector is the towers'
+vectors concatenated (hidden wide) and a user's state the towers' states concatenated and divided
+by K, so the inner product is the mean of the towers' scores: an ensemble that is still one
+retriever searched in one index, its scores on a single model's scale. Independent towers miss
+fewer targets together than either alone; they must each be wide enough, though (see the README,
+"Replaying a log").
+
 Item side information (optional): given one vector per item (`content`, (I+1, C): image features
 or the text encoder's vectors of title and category) and/or each item's attribute ids
 (`attributes`: categories, brand), an item's vector is its ID embedding plus a learned projection
@@ -29,7 +37,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -61,14 +69,16 @@ class SASRecConfig:
     seed: int = 0
     validate_every: int = 1
     patience: int = 5
+    towers: int = 1  # independent SASRecs, hidden / towers wide each, scores summed (see the module doc)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "n_blocks", "n_heads", "max_len", "batch_size", "max_epochs", "validate_every",
-                     "patience"):
+                     "patience", "towers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SASRecConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden % self.n_heads:
-            raise ValueError(f"SASRecConfig.hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
+        if self.hidden % (self.towers * self.n_heads):
+            raise ValueError(f"SASRecConfig.hidden ({self.hidden}) must be divisible by towers x n_heads "
+                             f"({self.towers} x {self.n_heads})")
         if self.loss not in ("ce", "bce"):
             raise ValueError(f"SASRecConfig.loss must be 'ce' or 'bce', got {self.loss!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -99,6 +109,8 @@ class SASRec(nn.Module):
     def __init__(self, n_items: int, config: SASRecConfig, content: np.ndarray | None = None,
                  attributes: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
+        if config.towers != 1:
+            raise ValueError(f"SASRec is one tower; build {config.towers} with sasrec_model()")
         self.config, self.n_items = config, n_items
         self.item_emb = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)
         self.content_proj: nn.Linear | None = None
@@ -201,6 +213,74 @@ class SASRec(nn.Module):
         logits = hidden @ table[1:].T  # (N, I): column j is item j+1
         return nn.functional.cross_entropy(logits, pos[pos > 0] - 1)
 
+    def plain_state(self) -> dict[str, torch.Tensor]:
+        """The weights of a plain SASRec: content and attribute embeddings folded into the item table."""
+        state = {name: t.detach().contiguous() for name, t in self.state_dict().items()
+                 if not name.startswith(("content_proj.", "attribute_emb."))}
+        state["item_emb.weight"] = self.item_table().detach().contiguous()
+        return state
+
+    def final_scale(self) -> torch.Tensor:
+        """(D,) the final LayerNorm's weights: the scale of the hidden states that score items."""
+        return self.final_norm.weight
+
+    @property
+    def side_information(self) -> dict:
+        return {"content_dim": None if self.content_proj is None else self.content_proj.in_features,
+                "attributes": None if self.attribute_emb is None else self.attribute_emb.num_embeddings}
+
+
+class SASRecTowers(nn.Module):
+    """`config.towers` SASRecs side by side, each `config.hidden / towers` wide and initialised on its
+    own (see the module doc). The same interface as one SASRec: item vectors are the towers'
+    concatenated and hidden states the towers' concatenated / K, so inner products are the mean of
+    the towers' scores; each tower learns from its own loss (`ce_loss` / `bce_loss` return their mean)."""
+
+    def __init__(self, n_items: int, config: SASRecConfig, content: np.ndarray | None = None,
+                 attributes: Sequence[Sequence[int]] | None = None) -> None:
+        super().__init__()
+        self.config, self.n_items = config, n_items
+        one = replace(config, hidden=config.hidden // config.towers, towers=1)
+        self.towers = nn.ModuleList(SASRec(n_items, one, content, attributes) for _ in range(config.towers))
+
+    def item_table(self) -> torch.Tensor:
+        return torch.cat([tower.item_table() for tower in self.towers], dim=1)  # (I+1, D)
+
+    def forward(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.item_table() if table is None else table
+        return self.encode(nn.functional.embedding(seqs, table), seqs > 0)
+
+    def encode(self, items: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """items (B, T, D): each tower reads its own slice of the vectors -> (B, T, D), divided by K
+        so that an inner product with an item vector is the towers' mean score."""
+        slices = items.split(self.config.hidden // self.config.towers, dim=-1)
+        states = [tower.encode(part, present) for tower, part in zip(self.towers, slices, strict=True)]
+        return torch.cat(states, dim=-1) / len(self.towers)
+
+    def ce_loss(self, seqs: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tower.ce_loss(seqs, pos) for tower in self.towers]).mean()
+
+    def bce_loss(self, seqs: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tower.bce_loss(seqs, pos, neg) for tower in self.towers]).mean()
+
+    def plain_state(self) -> dict[str, torch.Tensor]:
+        return {f"towers.{k}.{name}": t for k, tower in enumerate(self.towers) for name, t in tower.plain_state().items()}
+
+    def final_scale(self) -> torch.Tensor:
+        return torch.cat([tower.final_scale() for tower in self.towers]) / len(self.towers)
+
+    @property
+    def side_information(self) -> dict:
+        return self.towers[0].side_information
+
+
+def sasrec_model(n_items: int, config: SASRecConfig, content: np.ndarray | None = None,
+                 attributes: Sequence[Sequence[int]] | None = None) -> SASRec | SASRecTowers:
+    """The network `config` describes: one SASRec, or `config.towers` of them side by side."""
+    if config.towers == 1:
+        return SASRec(n_items, config, content, attributes)
+    return SASRecTowers(n_items, config, content, attributes)
+
 
 def left_pad(items: Sequence[int], length: int) -> list[int]:
     items = list(items)[-length:]
@@ -254,7 +334,7 @@ class SASRecScorer:
         self.config = config or SASRecConfig()
         self.n_items = n_items
         torch.manual_seed(self.config.seed)
-        self.model = SASRec(n_items, self.config, content, attributes)
+        self.model = sasrec_model(n_items, self.config, content, attributes)
         self.validation: list[tuple[int, float]] = []  # (epoch, score) of each validation
         self.best_epoch: int | None = None
         self.epochs_run, self.train_s, self.last_loss = self._fit(train, validate)
@@ -319,6 +399,5 @@ class SASRecScorer:
         return {"implementation": f"own torch SASRec (Kang & McAuley 2018), {losses[self.config.loss]} at every position",
                 "epochs": self.epochs_run, "train_s": round(self.train_s, 1), "last_loss": self.last_loss,
                 "best_epoch": self.best_epoch, "validation": [[e, round(s, 4)] for e, s in self.validation],
-                "content_dim": None if self.model.content_proj is None else self.model.content_proj.in_features,
-                "attributes": None if self.model.attribute_emb is None else self.model.attribute_emb.num_embeddings,
-                **{k: getattr(self.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "dropout")}}
+                **self.model.side_information,
+                **{k: getattr(self.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "dropout", "towers")}}

@@ -245,14 +245,17 @@ class RetrieverModel(Record):
     weights: bytes = F.field(F.Bytes(max_len=LIMITS.max_message_bytes - 64 * 1024))
     n_items: int = F.field(F.Int(lo=1))
     created_time_ms: int = F.field(TIME_MS)
+    # independent SASRecs side by side, hidden / towers wide each (index.sasrec.SASRecTowers)
+    towers: int = F.field(F.Int(lo=1, hi=16), default=1)
     # sha256 of the version's item vectors (index.retriever.vectors_digest)
     vectors_digest: str | None = F.field(F.Str(max_len=64, min_len=64, pattern="[0-9a-f]{64}", optional=True))
     # hex HMAC-SHA256 of index.retriever.signed_body(record) under the deployment's key (runtime.signing)
     signature: str | None = F.field(F.Str(max_len=64, min_len=64, pattern="[0-9a-f]{64}", optional=True))
 
     def check(self) -> None:
-        if self.hidden % self.n_heads:
-            raise SchemaError("n_heads", f"hidden {self.hidden} is not divisible by n_heads {self.n_heads}")
+        if self.hidden % (self.towers * self.n_heads):
+            raise SchemaError("n_heads", f"hidden {self.hidden} is not divisible by towers x n_heads "
+                              f"({self.towers} x {self.n_heads})")
 
 
 @record("dead_letter", 1)

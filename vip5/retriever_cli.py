@@ -49,8 +49,8 @@ def train_command(args: argparse.Namespace) -> dict:
     run = TrainConfig(out_dir=args.out)  # the split of `vip5 train`'s default recipe
     split = training_split(data, train_on_valid=not args.strict_split, validate_users=run.validate_users,
                            seed=run.seed)
-    config = SASRecConfig(hidden=args.hidden, time_budget_s=args.time_budget_s, max_epochs=args.max_epochs,
-                          seed=args.seed, patience=args.patience)
+    config = SASRecConfig(hidden=args.hidden, towers=args.towers, time_budget_s=args.time_budget_s,
+                          max_epochs=args.max_epochs, seed=args.seed, patience=args.patience)
     started = time.monotonic()
     content = item_content(data, args.content, Path(args.content_cache or args.out))
     scorer, fitted = fit_retriever(data, split, config, content=content, attributes=args.attributes)
@@ -100,7 +100,9 @@ def register(commands, bench) -> None:
     train.add_argument("--out", required=True, help="folder for retriever.safetensors and retriever.json")
     train.add_argument("--time-budget-s", type=float, default=600.0, help="training stops after the epoch crossing it")
     train.add_argument("--max-epochs", type=int, default=200)
-    train.add_argument("--hidden", type=int, default=128, help="vector size")
+    train.add_argument("--hidden", type=int, default=256, help="vector size (all towers together)")
+    train.add_argument("--towers", type=int, default=2,
+                       help="independent SASRecs side by side, hidden / towers wide each, scores averaged")
     train.add_argument("--patience", type=int, default=5,
                        help="stop after this many epochs without a better validation recall@100 (the best "
                        "epoch's weights are kept)")

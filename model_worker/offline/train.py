@@ -253,7 +253,7 @@ def init_item_tokens(model, retriever) -> None:
     if table.shape != (tokens.n_items, tokens.id_embedding.weight.shape[1]):
         raise ValueError(f"retriever vectors {tuple(table.shape)} do not fit {tokens.n_items} item tokens of "
                          f"size {tokens.id_embedding.weight.shape[1]}")
-    scale = retriever.final_norm.weight.norm() / math.sqrt(table.shape[1])
+    scale = retriever.final_scale().norm() / math.sqrt(table.shape[1])
     tokens.id_embedding.weight[1:tokens.n_items + 1] = table * scale
 
 

@@ -9,7 +9,13 @@ import torch
 
 from index.candidates import CandidateConfig, FreshnessTracker, PopularityTracker, generate_candidates
 from index.item_index import IndexConfig, ItemIndex
-from index.retriever import SequentialRetriever, load_retriever, retriever_records, save_retriever
+from index.retriever import (
+    SequentialRetriever,
+    load_retriever,
+    retriever_records,
+    save_retriever,
+    signed_body,
+)
 from index.sasrec import SASRecConfig, SASRecScorer
 from schemas.codec import decode, encode
 from schemas.records import RetrieverModel
@@ -18,16 +24,18 @@ N_ITEMS = 30
 KEYS = [f"item-{j}" for j in range(1, N_ITEMS + 1)]
 
 
-def trained_folder(tmp_path, *, seed=0, hidden=16, content=None, attributes=None):
-    """SASRec fitted for a few epochs on a log where item j is followed by item j + 1."""
+def trained_folder(tmp_path, *, seed=0, hidden=16, content=None, attributes=None, towers=1):
+    """SASRec (`towers` of them side by side) fitted for a few epochs on a log where item j is
+    followed by item j + 1."""
     rng = np.random.default_rng(seed)
     train = []
     for _ in range(200):
         start = int(rng.integers(1, N_ITEMS - 6))
         train.append(list(range(start, start + 6)))
-    scorer = SASRecScorer(train, N_ITEMS, SASRecConfig(hidden=hidden, max_len=8, max_epochs=40, time_budget_s=30, lr=1e-2, dropout=0.1,
-                                                       seed=seed), content=content, attributes=attributes)
-    folder = tmp_path / f"retriever-{seed}{'' if content is None and attributes is None else '-side'}"
+    config = SASRecConfig(hidden=hidden, max_len=8, max_epochs=40, time_budget_s=30, lr=1e-2, dropout=0.1, seed=seed,
+                          towers=towers)
+    scorer = SASRecScorer(train, N_ITEMS, config, content=content, attributes=attributes)
+    folder = tmp_path / f"retriever-{seed}-{towers}{'' if content is None and attributes is None else '-side'}"
     save_retriever(scorer.model, KEYS, folder)
     return folder, scorer
 
@@ -41,8 +49,9 @@ def replica_of(*folders):
     return retriever
 
 
-def test_the_replica_retrieves_what_sasrec_ranks_highest(tmp_path):
-    folder, scorer = trained_folder(tmp_path)
+@pytest.mark.parametrize("towers", [1, 2])
+def test_the_replica_retrieves_what_sasrec_ranks_highest(tmp_path, towers):
+    folder, scorer = trained_folder(tmp_path, towers=towers)
     retriever = replica_of(folder)
     history = [3, 4, 5]
     scores = scorer.scores([history])[0]
@@ -63,14 +72,15 @@ def test_a_saved_retriever_loads_back_with_the_same_version_and_weights(tmp_path
         assert torch.equal(tensor, model.state_dict()[name])
 
 
+@pytest.mark.parametrize("towers", [1, 2])
 def test_a_retriever_trained_with_item_content_and_attributes_exports_as_a_plain_sasrec_that_ranks_the_same(
-        tmp_path):
+        tmp_path, towers):
     content = np.random.default_rng(5).normal(size=(N_ITEMS + 1, 12)).astype(np.float32)
     attributes = [[]] + [[j % 3, 3 + j % 5] if j % 4 else [] for j in range(1, N_ITEMS + 1)]  # some items have none
-    folder, scorer = trained_folder(tmp_path, content=content, attributes=attributes)
+    folder, scorer = trained_folder(tmp_path, content=content, attributes=attributes, towers=towers)
     assert scorer.info()["content_dim"] == 12 and scorer.info()["attributes"] == 8
     _, plain, _ = load_retriever(folder)  # no content projection: it is folded into the item table
-    assert plain.content_proj is None and plain.attribute_emb is None
+    assert plain.side_information == {"content_dim": None, "attributes": None}
     histories = [[3, 4, 5], [10, 11], [20]]
     padded = torch.tensor([[0] * (8 - len(h)) + h for h in histories])
     with torch.no_grad():
@@ -154,15 +164,16 @@ def test_every_candidate_carries_the_retrievers_affinity_whichever_source_propos
     assert plain and all(c.affinity is None for c in plain)
 
 
-def test_the_model_record_carries_the_network_without_its_item_table(tmp_path):
+@pytest.mark.parametrize("towers", [1, 2])
+def test_the_model_record_carries_the_network_without_its_item_table(tmp_path, towers):
     from safetensors.torch import load
 
-    folder, scorer = trained_folder(tmp_path)
+    folder, scorer = trained_folder(tmp_path, towers=towers)
     _, model = retriever_records(folder)
     body = load(model.weights)
-    assert model.n_items == N_ITEMS and model.hidden == 16
-    assert "item_emb.weight" not in body
-    assert set(body) == set(scorer.model.state_dict()) - {"item_emb.weight"}
+    assert model.n_items == N_ITEMS and model.hidden == 16 and model.towers == towers
+    tables = {name for name in scorer.model.state_dict() if name.endswith("item_emb.weight")}
+    assert len(tables) == towers and set(body) == set(scorer.model.state_dict()) - tables
 
 
 def test_the_models_topic_handler_skips_what_does_not_decode_and_applies_the_last_model(tmp_path):
@@ -201,6 +212,14 @@ def test_a_signed_replica_switches_only_to_models_signed_with_its_key(tmp_path):
     assert retriever.rejected == 3
     assert retriever.apply_model(decode(encode(signed), RetrieverModel))  # as it arrives from the topic
     assert retriever.version == signed.version and retriever.candidates(["item-3"], 1)
+
+
+def test_the_signature_covers_the_towers_and_a_one_tower_record_signs_as_before_towers_existed(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    _, one = retriever_records(folder, signing_key=KEY)
+    assert b"towers" not in signed_body(one)  # records signed by earlier publishers still verify
+    two = dataclasses.replace(one, hidden=16, towers=2)
+    assert b'"towers": 2' in signed_body(two) and signed_body(two) != signed_body(one)
 
 
 def test_a_signed_model_waits_until_its_vectors_are_all_there_and_match_its_digest(tmp_path):

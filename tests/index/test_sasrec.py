@@ -1,9 +1,11 @@
 """SASRec's training loop: with a validation function it keeps the best epoch's weights and stops
-once validation stops improving."""
+once validation stops improving. Towers: independent SASRecs whose scores are averaged."""
 
+import numpy as np
+import pytest
 import torch
 
-from index.sasrec import SASRecConfig, SASRecScorer
+from index.sasrec import SASRec, SASRecConfig, SASRecScorer, left_pad, sasrec_model
 
 TRAIN = [[1, 2, 3, 4, 5], [2, 3, 4, 5, 6], [3, 4, 5, 6, 7]] * 10
 
@@ -30,3 +32,33 @@ def test_training_keeps_the_best_validated_epoch_and_stops_after_patience_runs_o
 def test_without_validation_training_runs_its_epochs_and_keeps_the_last_weights():
     scorer = SASRecScorer(TRAIN, 7, SASRecConfig(hidden=8, max_len=6, max_epochs=3))
     assert scorer.epochs_run == 3 and scorer.best_epoch is None and scorer.validation == []
+
+
+def test_a_two_tower_model_scores_an_item_as_the_mean_of_its_towers_scores():
+    scorer = SASRecScorer(TRAIN, 7, SASRecConfig(hidden=8, max_len=6, max_epochs=2, towers=2))
+    towers = scorer.model.towers
+    assert [t.config.hidden for t in towers] == [4, 4]
+    assert not torch.equal(towers[0].item_emb.weight, towers[1].item_emb.weight)  # initialised on their own
+    history = [2, 3, 4]
+    x = torch.tensor([left_pad(history, 6)])
+    with torch.no_grad():
+        each = [(t(x)[:, -1] @ t.item_table().T).numpy() for t in towers]
+    assert np.allclose(scorer.scores([history])[0, 1:], (each[0] + each[1])[0, 1:] / 2, atol=1e-5)
+
+
+def test_towers_train_each_on_its_own_loss():
+    model = sasrec_model(7, SASRecConfig(hidden=8, max_len=6, towers=2, dropout=0.0))
+    seqs, pos = torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]])
+    model.ce_loss(seqs, pos).backward()
+    alone = SASRec(7, SASRecConfig(hidden=4, max_len=6, dropout=0.0))
+    alone.load_state_dict(model.towers[1].state_dict())
+    (alone.ce_loss(seqs, pos) / 2).backward()  # the towers' mean loss: each tower gets half its own gradient
+    for (name, got), want in zip(model.towers[1].named_parameters(), alone.parameters(), strict=True):
+        assert torch.allclose(got.grad, want.grad, atol=1e-6), name
+
+
+def test_a_width_the_towers_and_heads_cannot_share_is_refused():
+    with pytest.raises(ValueError, match="towers x n_heads"):
+        SASRecConfig(hidden=10, towers=4)
+    with pytest.raises(ValueError, match="sasrec_model"):
+        SASRec(7, SASRecConfig(hidden=8, towers=2))

@@ -51,10 +51,20 @@ EXAMPLES = [
 ]
 
 
-def test_a_retriever_model_whose_heads_do_not_divide_its_width_is_refused():
+def test_a_retriever_model_whose_heads_and_towers_do_not_divide_its_width_is_refused():
     with pytest.raises(SchemaError, match="n_heads"):
         RetrieverModel(version="v", hidden=64, n_blocks=2, n_heads=3, max_len=50, loss="ce", weights=b"x",
                        n_items=1, created_time_ms=T)
+    with pytest.raises(SchemaError, match="towers x n_heads"):
+        RetrieverModel(version="v", hidden=64, n_blocks=2, n_heads=2, max_len=50, loss="ce", weights=b"x",
+                       n_items=1, created_time_ms=T, towers=3)
+
+
+def test_a_retriever_model_published_without_towers_is_one_tower():
+    record = next(r for r in EXAMPLES if isinstance(r, RetrieverModel))
+    body = msgpack.unpackb(encode(record), raw=False)
+    del body["towers"]  # as records published before towers existed
+    assert decode(msgpack.packb(body, use_bin_type=True), RetrieverModel).towers == 1
 
 
 def test_examples_cover_every_record():

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from index.retriever import load_retriever
-from index.sasrec import SASRec, SASRecConfig
+from index.sasrec import SASRec, SASRecConfig, sasrec_model
 from model_worker.offline.data import DataConfig, Example, RecData
 from model_worker.offline.retriever import item_attributes, validation_scores
 from model_worker.offline.tasks import TaskConfig
@@ -73,6 +73,16 @@ def test_item_tokens_start_from_the_retrievers_item_vectors_at_the_decoders_scal
     assert torch.equal(ids[-1], bos)  # the start token keeps its own embedding
 
 
+def test_item_tokens_start_from_the_towers_concatenated_vectors_at_their_joint_scale():
+    model = _mini_model()
+    retriever = sasrec_model(5, SASRecConfig(hidden=128, towers=2))
+    with torch.no_grad():
+        retriever.towers[0].final_norm.weight.fill_(4.0)
+        retriever.towers[1].final_norm.weight.fill_(4.0)  # states of RMS 4 / 2 towers
+    init_item_tokens(model, retriever)
+    assert torch.allclose(model.item_tokens.id_embedding.weight[1:6], retriever.item_table()[1:] * 2.0)
+
+
 def test_a_retriever_of_another_size_is_refused():
     model = _mini_model()
     with pytest.raises(ValueError, match="do not fit"):
@@ -101,7 +111,7 @@ def test_a_run_with_retriever_init_saves_the_retriever_and_a_resumed_run_reuses_
     assert result["train_s"] >= result["retriever"]["train_s"]
     assert retriever.config.hidden == 128 and len(keys) == retriever.n_items
     trained = VIP5Model.from_pretrained(tmp_path / "model").item_tokens.id_embedding.weight[1:-1]
-    scale = retriever.final_norm.weight.norm() / retriever.config.hidden ** 0.5
+    scale = retriever.final_scale().norm() / retriever.config.hidden ** 0.5
     assert torch.allclose(trained, retriever.item_table()[1:] * scale, atol=1e-6)  # frozen: still the start
     written = (tmp_path / "retriever" / "retriever.json").stat().st_mtime_ns
     again = train(DataConfig(str(SLICE)), TaskConfig(), replace(config, pretrain_steps=3),
