@@ -92,17 +92,25 @@ class RetrieverCandidates:
         self.to_ours = np.array([0] + [ours.get(key, 0) for key in keys])  # retriever item -> ours (0: unknown)
         theirs = {key: item for item, key in enumerate(keys, start=1)}
         self.to_theirs = np.array([0] + [theirs.get(key, 0) for key in item_keys])
+        with torch.no_grad():
+            self.table = self.model.item_table()  # (I'+1, D), fixed: the model is in eval mode
+        self._last: tuple[tuple[int, ...], np.ndarray | None] | None = None  # the latest history's scores
 
     @torch.no_grad()
     def item_scores(self, history: Sequence[int]) -> np.ndarray | None:
         """The retriever's inner product of every item with the history's query, in its own
-        numbering (I'+1,), column 0 = -inf; None when no history item is known to it."""
+        numbering (I'+1,), column 0 = -inf; None when no history item is known to it. The latest
+        history's scores are kept: candidates and then affinity for one user run the network once."""
+        key = tuple(history)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         mapped = [int(self.to_theirs[i]) for i in history if self.to_theirs[i]]
-        if not mapped:
-            return None
-        seq = torch.tensor([left_pad(mapped, self.model.config.max_len)])
-        scores = (self.model(seq)[0, -1] @ self.model.item_table().T).numpy()  # (I'+1,)
-        scores[0] = -np.inf
+        scores = None
+        if mapped:
+            seq = torch.tensor([left_pad(mapped, self.model.config.max_len)])
+            scores = (self.model(seq, self.table)[0, -1] @ self.table.T).numpy()  # (I'+1,)
+            scores[0] = -np.inf
+        self._last = (key, scores)
         return scores
 
     def affinity(self, history: Sequence[int], items: Sequence[int]) -> list[float]:

@@ -142,13 +142,14 @@ def make_context(data: RecData, config: EvalConfig, trained: dict | None = None)
     generator = CoVisitCandidates(split.train, data.n_items)
     if config.retriever:
         generator = RetrieverCandidates(generator, config.retriever, data.item_keys)
-    generated = [generator.candidates(e.history, config.rerank_candidates) for e in examples]
-    affinity = (tuple(tuple(generator.affinity(e.history, items)) for e, (items, _) in zip(examples, generated,
-                                                                                          strict=True))
-                if config.retriever else ())
+    generated, affinity = [], []
+    for e in examples:  # one user at a time: the retriever scores each history once for both
+        generated.append(generator.candidates(e.history, config.rerank_candidates))
+        if config.retriever:
+            affinity.append(tuple(generator.affinity(e.history, generated[-1][0])))
     return EvalContext(data, tuple(examples), candidates, split.train, config,
                        rerank=tuple(tuple(items) for items, _ in generated),
-                       rerank_scores=tuple(tuple(scores) for _, scores in generated), rerank_affinity=affinity)
+                       rerank_scores=tuple(tuple(scores) for _, scores in generated), rerank_affinity=tuple(affinity))
 
 
 def batches(items: Sequence, size: int):
