@@ -69,7 +69,7 @@ class SASRecConfig:
     seed: int = 0
     validate_every: int = 1
     patience: int = 5
-    towers: int = 1  # independent SASRecs, hidden / towers wide each, scores summed (see the module doc)
+    towers: int = 1  # independent SASRecs, hidden / towers wide each, scores averaged (see the module doc)
 
     def __post_init__(self) -> None:
         for name in ("hidden", "n_blocks", "n_heads", "max_len", "batch_size", "max_epochs", "validate_every",
