@@ -10,7 +10,9 @@
 
 The query is SASRec's hidden state after the user's latest items (up to `max_len`), computed with
 the replica's own copy of the item vectors; the score of an item is the inner product with its
-vector, searched exactly in FAISS (`ItemIndex`, not normalised). The same score of every candidate,
+vector, searched exactly in FAISS (`ItemIndex`, not normalised). A retriever of several towers
+(`index.sasrec.SASRecTowers`, `RetrieverModel.towers`) looks the same from here: wider vectors and
+a query whose inner product is the towers' mean score. The same score of every candidate,
 whatever source proposed it (its `affinity`), lets the model worker fuse the retriever's view with
 the model's (`model_worker.rerank.RerankConfig.retrieval_weight`). Items the version has no vector
 for (new since training) are skipped in the history and never retrieved; the content and
