@@ -1,7 +1,8 @@
 """`vip5 retriever train|publish`: the learned sequential retriever, from a log to the running system.
 
     vip5 retriever train --data DIR --out RDIR    P5 folder or review file (+ item content vectors)
-                                                  ──► SASRec (softmax over all items)
+                                                  ──► SASRec (softmax over all items; two
+                                                  independent 128-d towers by default)
                                                   ──► RDIR (index.retriever.save_retriever)
     vip5 retriever publish --dir RDIR             RDIR ──► retriever-vectors + retriever-models (signed
                                                   with VIP5_ADAPTER_SIGNING_KEY when set); every
