@@ -246,9 +246,7 @@ class SASRecTowers(nn.Module):
     def item_table(self) -> torch.Tensor:
         return torch.cat([tower.item_table() for tower in self.towers], dim=1)  # (I+1, D)
 
-    def forward(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        table = self.item_table() if table is None else table
-        return self.encode(nn.functional.embedding(seqs, table), seqs > 0)
+    forward = SASRec.forward  # the same lookup of the (concatenated) item vectors, then `encode`
 
     def encode(self, items: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """items (B, T, D): each tower reads its own slice of the vectors -> (B, T, D), divided by K
