@@ -8,7 +8,12 @@ one sampled negative per position (an item the user never touched), as in the pa
 softmax cross-entropy over all items at every position ("ce", the default: the eSASRec finding,
 arXiv 2508.06450, that this alone lifts SASRec to the best from-scratch results on these splits).
 With "ce" the item embeddings start small (N(0, 0.02)) and are not scaled by sqrt(D): scaled,
-tied embeddings start the softmax far above chance and learn slowly.
+tied embeddings start the softmax far above chance and learn slowly. `label_smoothing` (Szegedy
+et al., 2016) moves that share of each target's probability mass onto all items: a softer softmax
+that keeps more of the plausible next items near the top, which is what a candidate generator
+is measured on (recall@100; see the README, "Replaying a log"). `ema_decay` keeps an exponential
+moving average of the weights over the training steps (`torch.optim.swa_utils.AveragedModel`);
+validation scores the average and it is what training keeps: a smoother model than any one step's.
 
 Towers (`SASRecConfig.towers` K > 1): K independently initialised SASRecs, each hidden / K wide,
 trained side by side on the same batches, each on its own loss; an item's vector is the towers'
@@ -36,12 +41,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,9 @@ log = logging.getLogger(__name__)
 class SASRecConfig:
     """hidden: D; n_blocks/n_heads: attention blocks and heads; max_len: L (older items dropped);
     dropout: on embeddings and inside blocks; loss: "ce" (softmax over all items) or "bce" (one
-    negative per position); lr/batch_size/max_epochs: Adam training;
+    negative per position); label_smoothing: with "ce", the share of each target spread over all
+    items (0: plain cross-entropy); ema_decay: per-step decay of the weight average that is
+    validated and kept (0: no average, the last step's weights); lr/batch_size/max_epochs: Adam training;
     time_budget_s: training stops after the epoch that crosses it; seed: init and sampling;
     validate_every/patience: with a validation function (`SASRecScorer(validate=...)`), score it
     every `validate_every` epochs, stop after `patience` scores without a new best and keep the
@@ -62,6 +72,8 @@ class SASRecConfig:
     max_len: int = 50
     dropout: float = 0.5
     loss: str = "ce"
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0
     lr: float = 1e-3
     batch_size: int = 128
     max_epochs: int = 200
@@ -81,6 +93,12 @@ class SASRecConfig:
                              f"({self.towers} x {self.n_heads})")
         if self.loss not in ("ce", "bce"):
             raise ValueError(f"SASRecConfig.loss must be 'ce' or 'bce', got {self.loss!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"SASRecConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss != "ce":
+            raise ValueError("SASRecConfig.label_smoothing needs loss='ce' (a softmax over all items)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"SASRecConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"SASRecConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0 or self.time_budget_s <= 0:
@@ -207,11 +225,12 @@ class SASRec(nn.Module):
 
 
     def ce_loss(self, seqs: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """seqs, pos (B, L): softmax cross-entropy over all items at every non-padding position."""
+        """seqs, pos (B, L): softmax cross-entropy over all items at every non-padding position
+        (with `config.label_smoothing`)."""
         table = self.item_table()
         hidden = self.forward(seqs, table)[pos > 0]  # (N, D)
         logits = hidden @ table[1:].T  # (N, I): column j is item j+1
-        return nn.functional.cross_entropy(logits, pos[pos > 0] - 1)
+        return nn.functional.cross_entropy(logits, pos[pos > 0] - 1, label_smoothing=self.config.label_smoothing)
 
     def plain_state(self) -> dict[str, torch.Tensor]:
         """The weights of a plain SASRec: content and attribute embeddings folded into the item table."""
@@ -343,6 +362,8 @@ class SASRecScorer:
         seqs, pos = training_arrays(train, config.max_len)
         touched = [set(items) for items in train if len(items) >= 2]
         optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.98))
+        averaged = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+                    if config.ema_decay else None)
         start, epoch, loss_value = time.monotonic(), 0, float("nan")
         self.model.train()
         while epoch < config.max_epochs and time.monotonic() - start < config.time_budget_s and len(seqs):
@@ -357,18 +378,37 @@ class SASRecScorer:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                if averaged is not None:
+                    averaged.update_parameters(self.model)
                 losses.append(loss.item())
             epoch, loss_value = epoch + 1, float(np.mean(losses))
             log.debug("sasrec epoch %d loss %.4f", epoch, loss_value)
-            if validate is not None and epoch % config.validate_every == 0 and self._validated(validate, epoch):
-                break
+            if validate is not None and epoch % config.validate_every == 0:
+                with self._weights_of(averaged):
+                    if self._validated(validate, epoch):
+                        break
         if self.best_epoch is not None:
             self.model.load_state_dict(self._best_state)
             del self._best_state
+        elif averaged is not None:
+            vector_to_parameters(parameters_to_vector(averaged.module.parameters()), self.model.parameters())
         self.model.eval()
         elapsed = time.monotonic() - start
         log.info("sasrec: %d epochs in %.0f s, last loss %.4f", epoch, elapsed, loss_value)
         return epoch, elapsed, loss_value
+
+    @contextmanager
+    def _weights_of(self, averaged: AveragedModel | None) -> Iterator[None]:
+        """Inside: the model holds the averaged weights (when there is an average); after: its own again."""
+        if averaged is None:
+            yield
+            return
+        own = parameters_to_vector(self.model.parameters()).detach().clone()
+        vector_to_parameters(parameters_to_vector(averaged.module.parameters()).detach(), self.model.parameters())
+        try:
+            yield
+        finally:
+            vector_to_parameters(own, self.model.parameters())
 
     def _validated(self, validate, epoch: int) -> bool:
         """Score the current weights, keep them if they are the best so far; True: stop (no new
@@ -398,4 +438,5 @@ class SASRecScorer:
                 "epochs": self.epochs_run, "train_s": round(self.train_s, 1), "last_loss": self.last_loss,
                 "best_epoch": self.best_epoch, "validation": [[e, round(s, 4)] for e, s in self.validation],
                 **self.model.side_information,
-                **{k: getattr(self.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "dropout", "towers")}}
+                **{k: getattr(self.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "dropout", "towers",
+                                                      "label_smoothing", "ema_decay")}}

@@ -1,7 +1,8 @@
 """`vip5 retriever train|publish`: the learned sequential retriever, from a log to the running system.
 
     vip5 retriever train --data DIR --out RDIR    P5 folder or review file (+ item content vectors)
-                                                  ──► SASRec (softmax over all items; two
+                                                  ──► SASRec (softmax over all items, label
+                                                  smoothing 0.1, weight average; two
                                                   independent 128-d towers by default)
                                                   ──► RDIR (index.retriever.save_retriever)
     vip5 retriever publish --dir RDIR             RDIR ──► retriever-vectors + retriever-models (signed
@@ -50,7 +51,9 @@ def train_command(args: argparse.Namespace) -> dict:
     run = TrainConfig(out_dir=args.out)  # the split of `vip5 train`'s default recipe
     split = training_split(data, train_on_valid=not args.strict_split, validate_users=run.validate_users,
                            seed=run.seed)
-    config = SASRecConfig(hidden=args.hidden, towers=args.towers, time_budget_s=args.time_budget_s,
+    config = SASRecConfig(hidden=args.hidden, towers=args.towers, label_smoothing=args.label_smoothing,
+                          ema_decay=args.ema_decay,
+                          time_budget_s=args.time_budget_s,
                           max_epochs=args.max_epochs, seed=args.seed, patience=args.patience)
     started = time.monotonic()
     content = item_content(data, args.content, Path(args.content_cache or args.out))
@@ -105,6 +108,12 @@ def register(commands, bench) -> None:
     train.add_argument("--hidden", type=int, default=256, help="vector size (all towers together)")
     train.add_argument("--towers", type=int, default=2,
                        help="independent SASRecs side by side, hidden / towers wide each, scores averaged")
+    train.add_argument("--label-smoothing", type=float, default=0.1,
+                       help="share of each target's probability spread over all items (0: plain softmax "
+                       "cross-entropy); a softer softmax misses fewer next items in the top 100")
+    train.add_argument("--ema-decay", type=float, default=0.998,
+                       help="per-step decay of the weight average that is validated and kept (0: the last "
+                       "step's weights)")
     train.add_argument("--patience", type=int, default=5,
                        help="stop after this many epochs without a better validation recall@100 (the best "
                        "epoch's weights are kept)")

@@ -1,6 +1,8 @@
 """SASRec's training loop: with a validation function it keeps the best epoch's weights and stops
 once validation stops improving. Towers: independent SASRecs whose scores are averaged."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +64,61 @@ def test_a_width_the_towers_and_heads_cannot_share_is_refused():
         SASRecConfig(hidden=10, towers=4)
     with pytest.raises(ValueError, match="sasrec_model"):
         SASRec(7, SASRecConfig(hidden=8, towers=2))
+
+
+def test_label_smoothing_moves_that_share_of_the_target_onto_all_items():
+    seqs, pos = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 2, 3, 4]])  # three targets, one padding column
+    plain = SASRec(7, SASRecConfig(hidden=8, max_len=6, dropout=0.0))
+    smoothed = SASRec(7, SASRecConfig(hidden=8, max_len=6, dropout=0.0, label_smoothing=0.2))
+    smoothed.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        log_p = torch.log_softmax(plain(seqs)[0, 1:] @ plain.item_table()[1:].T, dim=-1)  # (3, 7): items 1..7
+        nll = -log_p[torch.arange(3), pos[0, 1:] - 1].mean()
+        uniform = -log_p.mean()  # cross-entropy against a uniform target over all items
+        assert torch.isclose(plain.ce_loss(seqs, pos), nll, atol=1e-5)
+        assert torch.isclose(smoothed.ce_loss(seqs, pos), 0.8 * nll + 0.2 * uniform, atol=1e-5)
+
+
+def test_label_smoothing_needs_the_softmax_loss_and_a_share_below_one():
+    with pytest.raises(ValueError, match="needs loss='ce'"):
+        SASRecConfig(loss="bce", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        SASRecConfig(label_smoothing=1.0)
+
+
+def seeded_start(config: SASRecConfig) -> dict[str, torch.Tensor]:
+    """The weights a fit with this config starts from (the fit seeds torch with config.seed)."""
+    torch.manual_seed(config.seed)
+    return SASRec(7, config).state_dict()
+
+
+def distance(params, start) -> float:
+    return sum(float((tensor.detach() - start[name]).norm()) for name, tensor in params.items())
+
+
+def test_with_a_weight_average_validation_scores_and_training_keeps_the_average():
+    validated = []
+
+    def validate(scorer):
+        validated.append({k: v.detach().clone() for k, v in scorer.model.named_parameters()})
+        return float(len(validated))  # every epoch is a new best: the last one is kept
+
+    # 8 steps an epoch; at this decay the average stays near the weights after the first step
+    config = SASRecConfig(hidden=8, max_len=6, max_epochs=4, batch_size=4, ema_decay=0.999)
+    start = seeded_start(config)
+    averaged = SASRecScorer(TRAIN, 7, config, validate=validate)
+    raw = SASRecScorer(TRAIN, 7, replace(config, ema_decay=0.0), validate=lambda s: len(s.validation))
+    raw_moved = distance(dict(raw.model.named_parameters()), start)
+    assert all(distance(seen, start) < raw_moved / 5 for seen in validated)  # validation saw the average
+    kept = {k: v.detach() for k, v in averaged.model.named_parameters()}
+    assert all(torch.equal(kept[name], validated[-1][name]) for name in kept)  # and training kept it
+    assert averaged.info()["ema_decay"] == 0.999
+
+
+def test_without_validation_a_weight_average_is_what_training_keeps():
+    config = SASRecConfig(hidden=8, max_len=6, max_epochs=2)
+    start = seeded_start(config)
+    plain = SASRecScorer(TRAIN, 7, config)
+    averaged = SASRecScorer(TRAIN, 7, replace(config, ema_decay=0.9))
+    moved = [distance(dict(s.model.named_parameters()), start) for s in (averaged, plain)]
+    assert 0 < moved[0] < moved[1]  # the average lags the last step

@@ -1,5 +1,5 @@
 """`vip5 retriever train`: trained on `vip5 train`'s split, scored on its held-out validation users;
-two towers by default."""
+two towers, label smoothing and a weight average by default."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def test_train_uses_the_runs_split_and_reports_its_validation_scores(tmp_path):
     result = args.handler(args)
     assert result["train_on_valid"] is True and result["epochs"] == 1
     assert (result["towers"], result["hidden"]) == (2, 256)  # two independent 128-wide SASRecs by default
+    assert (result["label_smoothing"], result["ema_decay"]) == (0.1, 0.998)
     assert result["content"] == "text" and result["content_dim"] == 384  # the text encoder's vectors
     assert result["attributes"] is None  # the slice has no item2attributes.json
     assert (tmp_path / "content_vectors.npy").exists()  # cached for the next run
