@@ -102,7 +102,7 @@ def register(commands, bench) -> None:
     train = add_command(sub, "train", train_command, "train SASRec on a log and save it as a retriever")
     train.add_argument("--data", required=True, help="P5/VIP5 folder or a reviews_*_5.json.gz file")
     train.add_argument("--out", required=True, help="folder for retriever.safetensors and retriever.json")
-    train.add_argument("--time-budget-s", type=float, default=2000.0,
+    train.add_argument("--time-budget-s", type=float, default=3000.0,
                        help="training stops after the epoch crossing it (or earlier, see --patience)")
     train.add_argument("--max-epochs", type=int, default=200)
     train.add_argument("--hidden", type=int, default=256, help="vector size (all towers together)")
