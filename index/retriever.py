@@ -1,6 +1,7 @@
 """The learned sequential retriever: SASRec item vectors, searched with a query from the recent history.
 
     trained SASRec (index.sasrec) ──► save_retriever(dir): retriever.safetensors + retriever.json
+    several dirs ──► stack_retrievers ──► one retriever of all their towers (the mean of their scores)
     dir ──► retriever_records ──► one ItemEmbedding per item (encoder_id = version) for retriever-vectors
                               ──► one RetrieverModel (the network without its item table) for retriever-models
     both compacted topics ──► SequentialRetriever (a replica in every streams worker)
@@ -95,6 +96,34 @@ def load_retriever(path: str | Path) -> tuple[str, SASRec | SASRecTowers, list[s
     model = sasrec_model(len(meta["item_keys"]), SASRecConfig(**meta["config"], dropout=0.0))
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     return meta["version"], model.eval(), list(meta["item_keys"])
+
+
+def stack_retrievers(paths: Sequence[str | Path]) -> tuple[SASRecTowers, list[str]]:
+    """(model, item keys): the towers of every `save_retriever` folder in `paths` side by side, as one
+    retriever whose score is the mean of all those towers' scores (a two-tower folder counts twice
+    a one-tower one). Independently trained retrievers miss different targets, so together they miss
+    fewer. They must cover the same items in the same order and have towers of the same shape."""
+    if len(paths) < 2:
+        raise ValueError(f"stacking needs at least two retrievers, got {len(paths)}")
+    loaded = [(Path(p), *load_retriever(p)[1:]) for p in paths]
+    first_path, _, keys = loaded[0]
+    towers = [t for _, model, _ in loaded for t in (model.towers if isinstance(model, SASRecTowers) else [model])]
+    shape = ("hidden", "n_blocks", "n_heads", "max_len", "loss")
+    for path, _, other_keys in loaded[1:]:
+        if other_keys != keys:
+            raise ValueError(f"{path} covers other items (or another order) than {first_path}")
+    for tower in towers[1:]:
+        if any(getattr(tower.config, k) != getattr(towers[0].config, k) for k in shape):
+            raise ValueError("stacked retrievers need towers of the same shape: "
+                             + ", ".join(f"{k} {getattr(towers[0].config, k)} vs {getattr(tower.config, k)}"
+                                         for k in shape if getattr(tower.config, k) != getattr(towers[0].config, k)))
+    one = towers[0].config
+    config = SASRecConfig(hidden=one.hidden * len(towers), towers=len(towers), n_blocks=one.n_blocks,
+                          n_heads=one.n_heads, max_len=one.max_len, loss=one.loss, dropout=0.0)
+    stacked = SASRecTowers(len(keys), config)
+    for mine, theirs in zip(stacked.towers, towers, strict=True):
+        mine.load_state_dict(theirs.state_dict())
+    return stacked.eval(), keys
 
 
 def vectors_digest(vectors: Iterable[tuple[str, np.ndarray]]) -> str:

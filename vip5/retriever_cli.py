@@ -1,10 +1,13 @@
-"""`vip5 retriever train|publish`: the learned sequential retriever, from a log to the running system.
+"""`vip5 retriever train|stack|publish`: the learned sequential retriever, from a log to the running system.
 
     vip5 retriever train --data DIR --out RDIR    P5 folder or review file (+ item content vectors)
                                                   ──► SASRec (softmax over all items, label
                                                   smoothing 0.1, weight average; two
                                                   independent 128-d towers by default)
                                                   ──► RDIR (index.retriever.save_retriever)
+    vip5 retriever stack --dirs R1 R2 --out RDIR  independently trained retrievers (e.g. --seed 0 and 1)
+                                                  ──► one retriever of all their towers: the mean
+                                                  of their scores, published as one
     vip5 retriever publish --dir RDIR             RDIR ──► retriever-vectors + retriever-models (signed
                                                   with VIP5_ADAPTER_SIGNING_KEY when set); every
                                                   streams worker switches to it without a restart
@@ -77,6 +80,19 @@ def item_content(data, content: str, cache: Path):
     return text_content_vectors(data, cache, ContentEncoder())
 
 
+def stack_command(args: argparse.Namespace) -> dict:
+    import json
+
+    from index.retriever import META_FILE, save_retriever, stack_retrievers
+
+    model, keys = stack_retrievers(args.dirs)
+    parts = [{"dir": d, "version": meta["version"], "valid": meta.get("info", {}).get("valid")}
+             for d, meta in ((d, json.loads((Path(d) / META_FILE).read_text())) for d in args.dirs)]
+    version = save_retriever(model, keys, args.out, info={"stacked": parts})
+    return {"out": args.out, "version": version, "items": len(keys), "towers": model.config.towers,
+            "hidden": model.config.hidden, "stacked": parts}
+
+
 def publish_command(args: argparse.Namespace) -> dict:
     from index.retriever import publish_retriever
     from runtime.kafka import create_topics, producer
@@ -97,7 +113,7 @@ def publish_command(args: argparse.Namespace) -> dict:
 
 def register(commands, bench) -> None:
     del bench
-    group = commands.add_parser("retriever", help="the learned sequential retriever (SASRec): train, publish")
+    group = commands.add_parser("retriever", help="the learned sequential retriever (SASRec): train, stack, publish")
     sub = group.add_subparsers(dest="retriever_command", metavar="ACTION", required=True)
     train = add_command(sub, "train", train_command, "train SASRec on a log and save it as a retriever")
     train.add_argument("--data", required=True, help="P5/VIP5 folder or a reviews_*_5.json.gz file")
@@ -130,6 +146,11 @@ def register(commands, bench) -> None:
                        "the same data has them)")
     train.add_argument("--strict-split", action="store_true",
                        help="train on no validation item (default: all but the validation users', as vip5 train)")
+    stack = add_command(sub, "stack", stack_command,
+                        "stack independently trained retrievers into one (the mean of their towers' scores)")
+    stack.add_argument("--dirs", nargs="+", required=True, help="two or more `vip5 retriever train --out` folders "
+                       "of the same data (the same items, towers of the same shape)")
+    stack.add_argument("--out", required=True, help="folder for the stacked retriever")
     publish = add_command(sub, "publish", publish_command,
                           "send a trained retriever to the running system (vectors, then the model)")
     add_kafka_args(publish)

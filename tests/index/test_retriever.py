@@ -15,6 +15,7 @@ from index.retriever import (
     retriever_records,
     save_retriever,
     signed_body,
+    stack_retrievers,
 )
 from index.sasrec import SASRecConfig, SASRecScorer
 from schemas.codec import decode, encode
@@ -70,6 +71,33 @@ def test_a_saved_retriever_loads_back_with_the_same_version_and_weights(tmp_path
     assert save_retriever(model, keys, tmp_path / "again") == version
     for name, tensor in scorer.model.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name])
+
+
+def test_stacked_retrievers_score_the_mean_of_all_their_towers_and_publish_as_one(tmp_path):
+    one, one_scorer = trained_folder(tmp_path, seed=0, hidden=8)
+    two, two_scorer = trained_folder(tmp_path, seed=1, hidden=16, towers=2)  # two 8-wide towers
+    model, keys = stack_retrievers([one, two])
+    assert keys == KEYS and (model.config.towers, model.config.hidden) == (3, 24)
+    save_retriever(model, keys, tmp_path / "stacked")
+    history = [3, 4, 5]
+    want = (one_scorer.scores([history])[0] + 2 * two_scorer.scores([history])[0]) / 3  # a two-tower folder counts twice
+    scores = replica_of(tmp_path / "stacked").candidates([KEYS[j - 1] for j in history], N_ITEMS)
+    got = {item: score for item, score in scores}
+    assert np.allclose([got[key] for key in KEYS if key in got], [want[j] for j in range(1, N_ITEMS + 1)
+                                                                   if KEYS[j - 1] in got], atol=1e-4)
+
+
+def test_only_retrievers_of_the_same_items_and_tower_shape_stack(tmp_path):
+    one, _ = trained_folder(tmp_path, seed=0, hidden=8)
+    wider, _ = trained_folder(tmp_path, seed=1, hidden=16)
+    with pytest.raises(ValueError, match="same shape: hidden 8 vs 16"):
+        stack_retrievers([one, wider])
+    _, model, keys = load_retriever(one)
+    save_retriever(model, keys[::-1], tmp_path / "reordered")
+    with pytest.raises(ValueError, match="other items"):
+        stack_retrievers([one, tmp_path / "reordered"])
+    with pytest.raises(ValueError, match="at least two"):
+        stack_retrievers([one])
 
 
 @pytest.mark.parametrize("towers", [1, 2])

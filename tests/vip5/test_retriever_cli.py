@@ -1,5 +1,5 @@
 """`vip5 retriever train`: trained on `vip5 train`'s split, scored on its held-out validation users;
-two towers, label smoothing and a weight average by default."""
+two towers, label smoothing and a weight average by default; `stack` joins trained retrievers."""
 
 from __future__ import annotations
 
@@ -44,3 +44,21 @@ def test_a_replay_publishes_the_runs_own_retriever_unless_told_otherwise(tmp_pat
     assert replay_retriever(None, tmp_path / "model") == tmp_path / "retriever"  # --model-dir RUN/model
     assert replay_retriever("none", tmp_path) is None
     assert replay_retriever("/elsewhere", tmp_path) == Path("/elsewhere")
+
+
+def test_stack_joins_independently_trained_retrievers_into_one_of_all_their_towers(tmp_path):
+    def train(seed):
+        out = tmp_path / f"seed{seed}"
+        args = build_parser().parse_args(["retriever", "train", "--data", str(SLICE), "--out", str(out),
+                                          "--seed", str(seed), "--max-epochs", "1", "--threads", "1",
+                                          "--content", "none", "--no-attributes", "--json"])
+        return args.handler(args)["version"], out
+
+    (first, one), (second, two) = train(0), train(1)
+    args = build_parser().parse_args(["retriever", "stack", "--dirs", str(one), str(two), "--out",
+                                      str(tmp_path / "stacked"), "--json"])
+    result = args.handler(args)
+    assert (result["towers"], result["hidden"]) == (4, 512)  # two default retrievers of two 128-wide towers
+    assert [p["version"] for p in result["stacked"]] == [first, second]
+    saved = json.loads((tmp_path / "stacked" / "retriever.json").read_text())
+    assert saved["version"] == result["version"] and saved["config"]["towers"] == 4
