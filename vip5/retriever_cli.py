@@ -126,7 +126,7 @@ def register(commands, bench) -> None:
                        help="independent SASRecs side by side, hidden / towers wide each, scores averaged")
     train.add_argument("--label-smoothing", type=float, default=0.1,
                        help="share of each target's probability spread over all items (0: plain softmax "
-                       "cross-entropy); a softer softmax misses fewer next items in the top 100")
+                       "cross-entropy)")
     train.add_argument("--ema-decay", type=float, default=0.998,
                        help="per-step decay of the weight average that is validated and kept (0: the last "
                        "step's weights)")
