@@ -112,12 +112,12 @@ def stack_retrievers(paths: Sequence[str | Path]) -> tuple[SASRecTowers, list[st
     for path, _, other_keys in loaded[1:]:
         if other_keys != keys:
             raise ValueError(f"{path} covers other items (or another order) than {first_path}")
-    for tower in towers[1:]:
-        if any(getattr(tower.config, k) != getattr(towers[0].config, k) for k in shape):
-            raise ValueError("stacked retrievers need towers of the same shape: "
-                             + ", ".join(f"{k} {getattr(towers[0].config, k)} vs {getattr(tower.config, k)}"
-                                         for k in shape if getattr(tower.config, k) != getattr(towers[0].config, k)))
     one = towers[0].config
+    for tower in towers[1:]:
+        differ = [f"{k} {getattr(one, k)} vs {getattr(tower.config, k)}" for k in shape
+                  if getattr(tower.config, k) != getattr(one, k)]
+        if differ:
+            raise ValueError("stacked retrievers need towers of the same shape: " + ", ".join(differ))
     config = SASRecConfig(hidden=one.hidden * len(towers), towers=len(towers), n_blocks=one.n_blocks,
                           n_heads=one.n_heads, max_len=one.max_len, loss=one.loss, dropout=0.0)
     stacked = SASRecTowers(len(keys), config)
