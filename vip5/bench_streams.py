@@ -56,7 +56,8 @@ def run_bench_streams(args: argparse.Namespace) -> dict:
             time.sleep(2.0)  # partitions assigned, fetches running
             client = producer(kafka)
             started_ms = int(time.time() * 1000)
-            for n, (user, item) in enumerate(burst(args.events, users=args.users, items=args.items, seed=args.seed)):
+            events = burst(args.events, users=args.users, items=args.items, seed=args.seed)
+            for n, (user, item) in enumerate(events):
                 event = Interaction(event_id=f"b{n}", user_id=user, item_id=item, kind="click",
                                     event_time_ms=int(time.time() * 1000))
                 client.send(topics.name(INTERACTIONS), key=user.encode(), value=encode(event))
@@ -68,10 +69,13 @@ def run_bench_streams(args: argparse.Namespace) -> dict:
                                   until=lambda ms: len(ms) >= args.events, idle_s=5.0)
     requests = [decode(m.value, RerankRequest) for m in messages]
     reflected = {e for r in requests for e in r.event_ids} & wanted
+    # an event of a user who has seen every item known so far gets no candidates, hence no request
+    unreflected_users = {events[int(e[1:])][0] for e in wanted - reflected}
     last_ms = max((r.request_time_ms for r in requests), default=started_ms)
     wait = [r.streams_received_time_ms - r.event_time_ms for r in requests]
     handle = [r.request_time_ms - r.streams_received_time_ms for r in requests]
     return {"events": args.events, "requests": len(requests), "events_reflected": len(reflected),
+            "users_unreflected": len(unreflected_users),
             "seconds": round((last_ms - started_ms) / 1000, 2),
             "requests_per_s": round(len(requests) / max((last_ms - started_ms) / 1000, 1e-3), 1),
             "events_per_s": round(len(reflected) / max((last_ms - started_ms) / 1000, 1e-3), 1),
