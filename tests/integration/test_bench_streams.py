@@ -1,9 +1,9 @@
 """`vip5 bench streams` drives a real streams worker through the embedded broker and accounts for
 the time of the requests it publishes."""
 
-import pytest
-
 from collections import Counter
+
+import pytest
 
 from vip5.bench_streams import burst
 from vip5.cli import build_parser
