@@ -14,11 +14,13 @@ Out: up to `CandidateConfig.k` `RetrievedItem(item_id, score, source)` (the inde
      (None for an item it has no vector for): comparable across all candidates of one user.
 
 Slots: each source has `*_k` reserved slots and visual gets the rest of k; with a retriever, the
-co-visited and retrieved items share their slots by a joint score (`fuse_behavioural`). A source that has fewer
-items than its slots leaves them to the others, in `MERGE_ORDER`, so a new user (no history) still
-gets a full list of popular and fresh items, a log without images still gets a full list of
-co-visited and popular ones, and a new product can reach users before anyone clicks it. An item
-that two sources propose counts for the first in `MERGE_ORDER`.
+co-visited and retrieved items share their slots by a joint score (`fuse_behavioural`), and
+content neighbours and fresh items are the cold ones only, the items the retriever has no vector
+for (`CandidateConfig.content_cold_only`); the slots they cannot fill join the joint ranking. A
+source that has fewer items than its slots leaves them to the others, in `MERGE_ORDER`, so a new
+user (no history) still gets a full list of popular and fresh items, a log without images still
+gets a full list of co-visited and popular ones, and a new product can reach users before anyone
+clicks it. An item that two sources propose counts for the first in `MERGE_ORDER`.
 
 The visual query is the recency-weighted mean of the history's unit vectors (weight 0.5 ** (age /
 half_life), age 0 = latest item), normalised.
@@ -47,6 +49,8 @@ Item = TypeVar("Item", bound=Hashable)  # an item id: the live system's strings,
 # The sources this module merges, in list and backfill order; names are the wire's CANDIDATE_SOURCES.
 MERGE_ORDER = ("covisit", "sequential", "visual", "popular", "fresh")
 RESERVED = ("covisit", "sequential", "popular", "fresh")  # the sources with `<source>_k` slots; visual gets the rest
+BEHAVIOURAL = ("covisit", "sequential")  # ranked jointly when there is a retriever (fuse_behavioural)
+COLD_SOURCES = ("visual", "fresh")  # with a retriever, only for the items it does not know (content_cold_only)
 assert set(MERGE_ORDER) <= set(CANDIDATE_SOURCES), set(MERGE_ORDER) - set(CANDIDATE_SOURCES)
 
 
@@ -73,6 +77,12 @@ class CandidateConfig:
     # gave recall@100 0.339 at weight 0, 0.344 at 1, 0.3445 at 2, 0.3365 at 4 (an offline check of
     # the ranking alone; the replay's numbers are in the README, "Replaying a log").
     covisit_fusion: float | None = 1.0
+    # With a retriever, content (visual or text) neighbours and fresh items propose only the items
+    # it has no vector for: products newer than the retriever, which no behavioural source can
+    # rank. The retriever ranks the items it knows, their content included (index.sasrec's side
+    # information), and the slots these sources leave go to the behavioural ones. On Beauty (text
+    # vectors, every item known to the retriever) this gave the behavioural sources all 100 slots.
+    content_cold_only: bool = True
     recency_half_life: float = 5.0  # in history positions: the item 5 back weighs half the latest
 
     @classmethod
@@ -242,24 +252,41 @@ def generate_candidates(history: Sequence[str], index: ItemIndex | Sequence[Item
 def merge_candidates(ranked: Mapping[str, Sequence[tuple[Item, float]]], config: CandidateConfig,
                      affinity: Callable[[list[Item]], Sequence[float | None]] | None) -> list[RetrievedItem]:
     """Each source's list merged into k: by the configured slots, or, with the retriever's
-    `affinity` and `covisit_fusion` set, the behavioural slots by `fuse_behavioural`."""
+    `affinity` and `covisit_fusion` set, the behavioural slots by `fuse_behavioural`. With
+    `affinity` and `content_cold_only`, content neighbours and fresh items are only the ones the
+    retriever has no vector for; the slots such a source cannot fill join the behavioural ones."""
     reserved = slots(config)
-    if affinity is not None and config.covisit_fusion is not None:
-        ranked = dict(ranked)
+    if affinity is None:
+        return merge_sources(ranked, reserved, config.k)
+    ranked = dict(ranked)
+    if config.content_cold_only:
+        for source in COLD_SOURCES:
+            ranked[source] = unknown_to(affinity, ranked.get(source, ()))
+    if config.covisit_fusion is not None:
+        spare = sum(max(0, n - len(ranked.get(s, ()))) for s, n in reserved.items() if s not in BEHAVIOURAL)
         ranked["covisit"], ranked["sequential"], fused = fuse_behavioural(
-            ranked.get("covisit", ()), ranked.get("sequential", ()), affinity, config)
+            ranked.get("covisit", ()), ranked.get("sequential", ()), affinity, config,
+            slots=min(config.k, config.covisit_k + config.sequential_k + spare))
         reserved.update(fused)
     return merge_sources(ranked, reserved, config.k)
 
 
+def unknown_to(affinity: Callable[[list[Item]], Sequence[float | None]],
+               items: Sequence[tuple[Item, float]]) -> list[tuple[Item, float]]:
+    """The items of a source's list that the retriever has no vector for (no affinity), in order."""
+    given = affinity([item for item, _ in items]) if items else []
+    return [pair for pair, a in zip(items, given, strict=True) if a is None]
+
+
 def fuse_behavioural(covisit: Sequence[tuple[Item, float]], sequential: Sequence[tuple[Item, float]],
                      affinity: Callable[[list[Item]], Sequence[float | None]], config: CandidateConfig,
+                     *, slots: int | None = None,
                      ) -> tuple[list[tuple[Item, float]], list[tuple[Item, float]], dict[str, int]]:
     """Co-visited items (weight > 0) and the retriever's items ranked together by
     affinity + covisit_fusion x ln(1 + co-visitation weight); an item the retriever has no vector
     for gets the lowest affinity of the others. Returns both lists in that order (each item under
-    the first source that has it, with its own score) and the slots that give the top
-    covisit_k + sequential_k of the joint order: {"covisit": n, "sequential": m}."""
+    the first source that has it, with its own score) and the slots that give the top `slots`
+    (default covisit_k + sequential_k) of the joint order: {"covisit": n, "sequential": m}."""
     weight = {item: w for item, w in covisit if w > 0}
     own = dict(sequential)
     items = list(dict.fromkeys([*weight, *own]))
@@ -269,7 +296,7 @@ def fuse_behavioural(covisit: Sequence[tuple[Item, float]], sequential: Sequence
     score = {item: a + config.covisit_fusion * math.log1p(weight.get(item, 0.0))
              for item, a in zip(items, given, strict=True)}
     order = sorted(items, key=lambda item: -score[item])  # stable: co-visitation's order breaks ties
-    top = order[:config.covisit_k + config.sequential_k]
+    top = order[:config.covisit_k + config.sequential_k if slots is None else slots]
     fused_covisit = [(item, weight[item]) for item in order if item in weight]
     rest = [(item, w) for item, w in covisit if w <= 0 and item not in own]  # a generator's own fill
     n_covisit = sum(item in weight for item in top)

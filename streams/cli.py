@@ -7,22 +7,22 @@ import argparse
 from runtime.cli import add_command, add_kafka_args, add_metrics_args, kafka_config, topic_config
 
 
-def candidate_config(k: int, slots: str | None, covisit_fusion: float | None = 1.0):
+def candidate_config(k: int, slots: str | None, **settings):
     """`--slots covisit=30,sequential=40,...` (reserved slots per source, visual gets the rest), or
-    each source's default share scaled to k; `covisit_fusion` as `CandidateConfig`'s."""
+    each source's default share scaled to k; `settings`: other `CandidateConfig` fields."""
     import dataclasses
 
     from index.candidates import RESERVED, CandidateConfig
 
     if not slots:
-        return dataclasses.replace(CandidateConfig.sized(k), covisit_fusion=covisit_fusion)
+        return dataclasses.replace(CandidateConfig.sized(k), **settings)
     reserved = dict.fromkeys(RESERVED, 0)
     for part in slots.split(","):
         name, _, count = (p.strip() for p in part.partition("="))
         if name not in RESERVED or not count.isdigit():
             raise ValueError(f"--slots: {part!r} is not SOURCE=COUNT with SOURCE one of {', '.join(RESERVED)}")
         reserved[name] = int(count)
-    return CandidateConfig(k=k, covisit_fusion=covisit_fusion, **{f"{name}_k": n for name, n in reserved.items()})
+    return CandidateConfig(k=k, **settings, **{f"{name}_k": n for name, n in reserved.items()})
 
 
 def streams_config(args: argparse.Namespace):
@@ -43,7 +43,8 @@ def streams_config(args: argparse.Namespace):
                               limits=ImageLimits(base_dir=os.path.abspath(image_dir) if image_dir else None)),
         # slots a source cannot fill go to the others
         candidates=candidate_config(args.candidates, args.slots,
-                                    None if args.covisit_fusion < 0 else args.covisit_fusion),
+                                    covisit_fusion=None if args.covisit_fusion < 0 else args.covisit_fusion,
+                                    content_cold_only=args.content_cold_only),
         app_id=args.app_id or f"{topic_config(args).prefix}streams",
         data_dir=args.data_dir,
         history_len=args.history_len,
@@ -91,6 +92,9 @@ def register(commands, bench) -> None:
     p.add_argument("--covisit-fusion", type=float, default=1.0, metavar="W",
                    help="with a retriever, co-visited and retrieved items share their slots by affinity + W x "
                    "ln(1 + co-visitation weight); negative: each source keeps its own slots")
+    p.add_argument("--content-cold-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="with a retriever, content neighbours and fresh items are only the items it has no vector "
+                   "for (newer than it); their unused slots join the behavioural ranking")
     p.add_argument("--no-retriever", action="store_true",
                    help="do not follow the learned retriever's topics (`vip5 retriever publish`)")
     p.add_argument("--history-len", type=int, default=50, help="items kept per user")

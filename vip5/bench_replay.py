@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import tempfile
 import threading
 import time
@@ -231,7 +232,8 @@ def run_bench_replay(args: argparse.Namespace) -> dict:
                           else ())),
             # every user of the log keeps its history, as in the offline evaluation it is compared with
             streams_args=("--coalesce-ms", str(args.coalesce_ms),
-                          "--max-users", str(max(20_000, len({user for user, _ in replay_log.train})))),
+                          "--max-users", str(max(20_000, len({user for user, _ in replay_log.train}))),
+                          *shlex.split(args.streams_args)),
             trainer_args=() if args.trainer else None, start_timeout_s=300.0)
         run = run_replay(data, replay_log, stack_cfg, timeout_s=args.timeout,
                          retriever_dir=replay_retriever(args.retriever, model_dir))
@@ -286,5 +288,7 @@ def register(commands, bench) -> None:
                    help="model worker: weight of the retriever's affinity in the score; 0: the model alone "
                         "(default: vip5 serve's)")
     p.add_argument("--coalesce-ms", type=int, default=50, help="streams worker coalescing window")
+    p.add_argument("--streams-args", default="", metavar="ARGS",
+                   help="extra `vip5 streams` flags, one string, e.g. --streams-args=--no-content-cold-only")
     p.add_argument("--timeout", type=float, default=1800.0, help="limit of each phase, seconds")
     p.add_argument("--report", default=None, metavar="DIR", help="also write an HTML report with plots to DIR/index.html")

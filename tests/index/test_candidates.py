@@ -148,6 +148,7 @@ def test_candidate_config_rejects_invalid_field_naming_it(kwargs, field):
 def test_with_a_retriever_the_behavioural_slots_go_to_the_best_by_affinity_plus_co_visitation():
     covisit = [("a", 3.0), ("b", 1.0), ("p", -1.0)]  # "p": a generator's own fill, not co-visited
     sequential = [("x", 5.0), ("a", 4.0), ("y", 1.0)]
+    visual = [("v", 0.9)]  # newer than the retriever, like "b": a content neighbour keeps its slot
     affinity = {"a": 1.0, "x": 2.0, "y": 0.5}  # "b" is newer than the retriever: the lowest, 0.5
 
     def given(items):
@@ -158,10 +159,38 @@ def test_with_a_retriever_the_behavioural_slots_go_to_the_best_by_affinity_plus_
     fused_covisit, fused_sequential, reserved = fuse_behavioural(covisit, sequential, given, config)
     assert fused_covisit == [("a", 3.0), ("b", 1.0), ("p", -1.0)] and fused_sequential == [("x", 5.0), ("y", 1.0)]
     assert reserved == {"covisit": 2, "sequential": 1}
-    merged = merge_candidates({"covisit": covisit, "sequential": sequential}, config, given)
-    assert [(c.item_id, c.source) for c in merged] == [("a", "covisit"), ("b", "covisit"), ("p", "covisit"),
-                                                       ("x", "sequential")]
-    # without fusion each source keeps its own slots: the retriever's y gets in, the fill p does not
-    fixed = merge_candidates({"covisit": covisit, "sequential": sequential},
+    merged = merge_candidates({"covisit": covisit, "sequential": sequential, "visual": visual}, config, given)
+    assert [(c.item_id, c.source) for c in merged] == [("a", "covisit"), ("b", "covisit"), ("x", "sequential"),
+                                                       ("v", "visual")]
+    # without fusion each source keeps its own slots: the retriever's y gets in, b does not
+    fixed = merge_candidates({"covisit": covisit, "sequential": sequential, "visual": visual},
                              dataclasses.replace(config, covisit_fusion=None), given)
-    assert [c.item_id for c in fixed] == ["a", "b", "x", "y"]
+    assert [c.item_id for c in fixed] == ["a", "x", "y", "v"]
+
+
+def test_with_a_retriever_content_and_fresh_slots_go_to_items_it_does_not_know_and_the_rest_to_the_joint_ranking():
+    covisit = [("a", 3.0)]
+    sequential = [("x", 5.0), ("y", 4.0), ("z", 3.0), ("w", 2.0)]
+    visual = [("y", 0.9), ("new-1", 0.8)]  # y is known to the retriever: it ranks it itself
+    fresh = [("new-2", -5.0), ("z", -9.0)]
+    affinity = {"a": 1.0, "x": 2.0, "y": 1.5, "z": 0.4, "w": 0.3}
+
+    def given(items):
+        return [affinity.get(i) for i in items]
+
+    config = CandidateConfig(k=6, covisit_k=1, sequential_k=1, popular_k=0, fresh_k=2)  # visual: 2
+    ranked = {"covisit": covisit, "sequential": sequential, "visual": visual, "fresh": fresh}
+    merged = merge_candidates(ranked, config, given)
+    # one cold content neighbour and one cold fresh item: 2 slots of theirs join the joint ranking,
+    # which then takes 4: x 2, y 1.5, a 1 + ln 4, z 0.4 (w is fifth)
+    assert [(c.item_id, c.source) for c in merged] == [
+        ("a", "covisit"), ("x", "sequential"), ("y", "sequential"), ("z", "sequential"),
+        ("new-1", "visual"), ("new-2", "fresh")]
+    # the old behaviour, for a deployment that wants content neighbours of known items too
+    everything = merge_candidates(ranked, dataclasses.replace(config, content_cold_only=False), given)
+    assert [(c.item_id, c.source) for c in everything] == [
+        ("a", "covisit"), ("x", "sequential"), ("y", "visual"), ("new-1", "visual"), ("new-2", "fresh"),
+        ("z", "fresh")]
+    # without a retriever nothing is known or unknown: every source keeps its list
+    plain = merge_candidates(ranked, config, None)
+    assert {c.item_id for c in plain if c.source in ("visual", "fresh")} == {"y", "new-1", "new-2", "z"}

@@ -47,6 +47,13 @@ def test_covisit_fusion_defaults_to_the_configs_weight_and_a_negative_one_keeps_
     assert streams_config(parse(["streams", "--covisit-fusion", "-1"])).candidates.covisit_fusion is None
 
 
+def test_content_neighbours_are_for_items_the_retriever_does_not_know_unless_told_otherwise():
+    parse = build_parser().parse_args
+    assert streams_config(parse(["streams"])).candidates.content_cold_only is CandidateConfig().content_cold_only is True
+    assert streams_config(parse(["streams", "--no-content-cold-only"])).candidates.content_cold_only is False
+    assert streams_config(parse(["streams", "--no-content-cold-only", "--slots", "covisit=5"])).candidates.content_cold_only is False
+
+
 def test_faiss_searches_on_one_thread_unless_told_otherwise():
     """The worker searches one user's query at a time: more OpenMP threads only spin."""
     assert streams_config(build_parser().parse_args(["streams"])).faiss_threads == 1
