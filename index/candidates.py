@@ -266,7 +266,7 @@ def merge_candidates(ranked: Mapping[str, Sequence[tuple[Item, float]]], config:
         spare = sum(max(0, n - len(ranked.get(s, ()))) for s, n in reserved.items() if s not in BEHAVIOURAL)
         ranked["covisit"], ranked["sequential"], fused = fuse_behavioural(
             ranked.get("covisit", ()), ranked.get("sequential", ()), affinity, config,
-            slots=min(config.k, config.covisit_k + config.sequential_k + spare))
+            joint_slots=min(config.k, config.covisit_k + config.sequential_k + spare))
         reserved.update(fused)
     return merge_sources(ranked, reserved, config.k)
 
@@ -280,12 +280,12 @@ def unknown_to(affinity: Callable[[list[Item]], Sequence[float | None]],
 
 def fuse_behavioural(covisit: Sequence[tuple[Item, float]], sequential: Sequence[tuple[Item, float]],
                      affinity: Callable[[list[Item]], Sequence[float | None]], config: CandidateConfig,
-                     *, slots: int | None = None,
+                     *, joint_slots: int | None = None,
                      ) -> tuple[list[tuple[Item, float]], list[tuple[Item, float]], dict[str, int]]:
     """Co-visited items (weight > 0) and the retriever's items ranked together by
     affinity + covisit_fusion x ln(1 + co-visitation weight); an item the retriever has no vector
     for gets the lowest affinity of the others. Returns both lists in that order (each item under
-    the first source that has it, with its own score) and the slots that give the top `slots`
+    the first source that has it, with its own score) and the slots that give the top `joint_slots`
     (default covisit_k + sequential_k) of the joint order: {"covisit": n, "sequential": m}."""
     weight = {item: w for item, w in covisit if w > 0}
     own = dict(sequential)
@@ -296,7 +296,7 @@ def fuse_behavioural(covisit: Sequence[tuple[Item, float]], sequential: Sequence
     score = {item: a + config.covisit_fusion * math.log1p(weight.get(item, 0.0))
              for item, a in zip(items, given, strict=True)}
     order = sorted(items, key=lambda item: -score[item])  # stable: co-visitation's order breaks ties
-    top = order[:config.covisit_k + config.sequential_k if slots is None else slots]
+    top = order[:config.covisit_k + config.sequential_k if joint_slots is None else joint_slots]
     fused_covisit = [(item, weight[item]) for item in order if item in weight]
     rest = [(item, w) for item, w in covisit if w <= 0 and item not in own]  # a generator's own fill
     n_covisit = sum(item in weight for item in top)

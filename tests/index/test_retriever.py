@@ -192,6 +192,28 @@ def test_every_candidate_carries_the_retrievers_affinity_whichever_source_propos
     assert plain and all(c.affinity is None for c in plain)
 
 
+def test_with_a_replica_content_neighbours_and_fresh_items_are_the_ones_newer_than_the_retriever(tmp_path):
+    folder, _ = trained_folder(tmp_path)
+    retriever = replica_of(folder)
+    content = ItemIndex(IndexConfig(dim=4, kind="flat"))
+    # the history's content neighbours: item-20 is known to the retriever, "brand-new" is not
+    content.upsert(["item-3", "item-20", "brand-new"], np.array([[1, 0, 0, 0], [1, 0.1, 0, 0], [1, 0.2, 0, 0]]))
+    fresh = FreshnessTracker()
+    fresh.add("item-21", 0.0)
+    fresh.add("also-new", 0.0)
+    config = CandidateConfig(k=10, covisit_k=0, sequential_k=5, popular_k=0, fresh_k=2)  # content: 3
+    got = generate_candidates(["item-3"], content, PopularityTracker(), fresh, config, now_s=1.0, retriever=retriever)
+    by_source = {s: [c.item_id for c in got if c.source == s] for s in ("sequential", "visual", "fresh")}
+    assert by_source["visual"] == ["brand-new"] and by_source["fresh"] == ["also-new"]
+    # the three slots they leave join the retriever's: 8 of its items, item-20 and item-21 among them only
+    # if it ranks them there
+    assert len(by_source["sequential"]) == 8 == len(got) - 2
+    assert by_source["sequential"] == [i for i, _ in retriever.candidates(["item-3"], 8, exclude={"item-3"})]
+    every = generate_candidates(["item-3"], content, PopularityTracker(), fresh, dataclasses.replace(
+        config, content_cold_only=False), now_s=1.0, retriever=retriever)
+    assert {"item-20", "brand-new"} <= {c.item_id for c in every if c.source in ("visual", "sequential")}
+
+
 @pytest.mark.parametrize("towers", [1, 2])
 def test_the_model_record_carries_the_network_without_its_item_table(tmp_path, towers):
     from safetensors.torch import load
