@@ -9,7 +9,8 @@ handler's start to the request's time). Compare `requests_per_s` with `vip5 benc
 `events_per_s` and `raw_rerank_requests_per_s` to see which side caps the running system. Items
 carry no image and the text encoder is off, so candidates come from co-visitation and popularity
 (and the retriever, when one is published); `--streams-args` passes flags through (for example
-`--batched-changelog` or `--coalesce-ms 5`).
+`--batched-changelog` or `--coalesce-ms 5`). An event gets no request only while its user has
+seen every item popularity knows (the first user served): `users_unreflected` counts such users.
 """
 
 from __future__ import annotations
