@@ -63,6 +63,7 @@ from schemas.topics import RETRIEVER_MODELS, RETRIEVER_VECTORS, TopicSpec
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE, META_FILE = "retriever.safetensors", "retriever.json"
+SHAPE = ("hidden", "n_blocks", "n_heads", "max_len", "loss")  # the config fields saved with the weights (and towers)
 MODEL_KEY = "sequential"  # the retriever-models key: one retriever per deployment
 ITEM_TABLE = "item_emb.weight"  # each tower's item table ends with this name; it travels as vectors, not weights
 MAX_WAITING_VERSIONS = 2  # versions held besides the current one (the newest touched are kept)
@@ -83,16 +84,21 @@ def save_retriever(model: SASRec | SASRecTowers, item_keys: Sequence[str], out: 
     state = model.plain_state()  # side information folded into the item table
     version = "sasrec-" + hashlib.sha256(save(state)).hexdigest()[:16]
     save_file(state, str(out / WEIGHTS_FILE))
-    config = {k: getattr(model.config, k) for k in ("hidden", "n_blocks", "n_heads", "max_len", "loss", "towers")}
+    config = {k: getattr(model.config, k) for k in (*SHAPE, "towers")}
     (out / META_FILE).write_text(json.dumps({"version": version, "config": config, "item_keys": list(item_keys),
                                              "info": info or {}}, indent=1))
     return version
 
 
+def read_meta(path: str | Path) -> dict:
+    """A `save_retriever` folder's retriever.json: version, config, item_keys and info."""
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
 def load_retriever(path: str | Path) -> tuple[str, SASRec | SASRecTowers, list[str]]:
     """(version, model in eval mode, item keys) from a `save_retriever` folder."""
     path = Path(path)
-    meta = json.loads((path / META_FILE).read_text())
+    meta = read_meta(path)
     model = sasrec_model(len(meta["item_keys"]), SASRecConfig(**meta["config"], dropout=0.0))
     model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
     return meta["version"], model.eval(), list(meta["item_keys"])
@@ -108,18 +114,17 @@ def stack_retrievers(paths: Sequence[str | Path]) -> tuple[SASRecTowers, list[st
     loaded = [(Path(p), *load_retriever(p)[1:]) for p in paths]
     first_path, _, keys = loaded[0]
     towers = [t for _, model, _ in loaded for t in (model.towers if isinstance(model, SASRecTowers) else [model])]
-    shape = ("hidden", "n_blocks", "n_heads", "max_len", "loss")
     for path, _, other_keys in loaded[1:]:
         if other_keys != keys:
             raise ValueError(f"{path} covers other items (or another order) than {first_path}")
     one = towers[0].config
     for tower in towers[1:]:
-        differ = [f"{k} {getattr(one, k)} vs {getattr(tower.config, k)}" for k in shape
+        differ = [f"{k} {getattr(one, k)} vs {getattr(tower.config, k)}" for k in SHAPE
                   if getattr(tower.config, k) != getattr(one, k)]
         if differ:
             raise ValueError("stacked retrievers need towers of the same shape: " + ", ".join(differ))
-    config = SASRecConfig(hidden=one.hidden * len(towers), towers=len(towers), n_blocks=one.n_blocks,
-                          n_heads=one.n_heads, max_len=one.max_len, loss=one.loss, dropout=0.0)
+    config = SASRecConfig(**{**{k: getattr(one, k) for k in SHAPE}, "hidden": one.hidden * len(towers)},
+                          towers=len(towers), dropout=0.0)
     stacked = SASRecTowers(len(keys), config)
     for mine, theirs in zip(stacked.towers, towers, strict=True):
         mine.load_state_dict(theirs.state_dict())

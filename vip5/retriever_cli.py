@@ -81,13 +81,11 @@ def item_content(data, content: str, cache: Path):
 
 
 def stack_command(args: argparse.Namespace) -> dict:
-    import json
-
-    from index.retriever import META_FILE, save_retriever, stack_retrievers
+    from index.retriever import read_meta, save_retriever, stack_retrievers
 
     model, keys = stack_retrievers(args.dirs)
     parts = [{"dir": d, "version": meta["version"], "valid": meta.get("info", {}).get("valid")}
-             for d, meta in ((d, json.loads((Path(d) / META_FILE).read_text())) for d in args.dirs)]
+             for d, meta in ((d, read_meta(d)) for d in args.dirs)]
     version = save_retriever(model, keys, args.out, info={"stacked": parts})
     return {"out": args.out, "version": version, "items": len(keys), "towers": model.config.towers,
             "hidden": model.config.hidden, "stacked": parts}

@@ -219,14 +219,14 @@ def item_retriever(data: RecData, split: LeaveOneOut, config: TrainConfig, d_mod
     """(SASRec, info) of the run's retriever: fitted on the run's split for `retriever_share` of
     its time budget and saved in `<out>/retriever/` (a `vip5 retriever` folder), or read back from
     there when the folder already holds one for the same items and split (a resumed run)."""
-    from index.retriever import META_FILE, load_retriever, save_retriever
+    from index.retriever import META_FILE, load_retriever, read_meta, save_retriever
     from index.sasrec import SASRecConfig
 
     from .retriever import fit_retriever
 
     folder = out / RETRIEVER_DIR
     if (folder / META_FILE).exists():
-        meta = json.loads((folder / META_FILE).read_text())
+        meta = read_meta(folder)
         if meta["item_keys"] == list(data.item_keys) and meta["info"].get("split") == split_fields(config):
             return load_retriever(folder)[1], meta["info"]
         log.warning("%s holds a retriever for other items or another split: fitting a new one", folder)
